@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds everything ser_node needs into ./.venv, from nothing: the venv, the ROS 2 core wheels, the interface
+# packages in interfaces/, and ser_node itself with its train and test extras.
+# Idempotent and fast on re-runs: each step leaves a stamp keyed on the files it depends on.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+venv="$root/.venv"
+py="${PYTHON:-python3}"
+stamp_dir="$venv/.stamps"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+digest() { cat "$@" | sha256sum | cut -c1-16; }
+fresh() { [ -f "$stamp_dir/$1" ] && [ "$(cat "$stamp_dir/$1")" = "$2" ]; }
+mark() { mkdir -p "$stamp_dir"; echo "$2" > "$stamp_dir/$1"; }
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$py" -c 'import sys; assert sys.version_info >= (3, 10), "ser_node needs Python 3.10+"'
+  say "creating $venv"
+  "$py" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip install -q)
+
+key=$(digest requirements/ros.txt)
+if ! fresh ros "$key"; then
+  say "installing ROS 2 core wheels"
+  "${pip[@]}" -r requirements/ros.txt
+  # The wheels' CMake exports name the wheel builder's Python include dirs; point them at this venv's.
+  inc=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  npinc=$("$venv/bin/python" -c 'import numpy; print(numpy.get_include())' 2>/dev/null || true)
+  if [ -z "$npinc" ]; then "${pip[@]}" -r requirements/runtime.txt; npinc=$("$venv/bin/python" -c 'import numpy; print(numpy.get_include())'); fi
+  grep -rlE '/opt/python/cp3[0-9]+-cp3[0-9]+' "$venv/share" --include='*.cmake' 2>/dev/null | while read -r f; do
+    sed -i -E "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$inc#g; s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/(_core|core)/include#$npinc#g" "$f"
+  done
+  rm -f "$stamp_dir/interfaces"
+  mark ros "$key"
+fi
+
+key=$(digest requirements/ros.txt $(find interfaces -type f | sort))
+if ! fresh interfaces "$key"; then
+  for pkg in audio_common_msgs hri_msgs vision_msgs; do
+    say "building interface package $pkg"
+    rm -rf "$root/build/$pkg"; mkdir -p "$root/build"
+    PATH="$venv/bin:$PATH" CMAKE_PREFIX_PATH="$venv" AMENT_PREFIX_PATH="$venv" \
+      "$venv/bin/cmake" -S "interfaces/$pkg" -B "build/$pkg" -G Ninja -DCMAKE_INSTALL_PREFIX="$venv" \
+      -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$venv/bin/python" -DCMAKE_MAKE_PROGRAM="$venv/bin/ninja" >"build/$pkg.log" 2>&1 \
+      && PATH="$venv/bin:$PATH" "$venv/bin/cmake" --build "build/$pkg" >>"build/$pkg.log" 2>&1 \
+      && "$venv/bin/cmake" --install "build/$pkg" >>"build/$pkg.log" 2>&1 \
+      || { tail -40 "build/$pkg.log" >&2; say "building $pkg failed (log: build/$pkg.log)"; exit 1; }
+  done
+  mark interfaces "$key"
+fi
+
+key=$(digest requirements/*.txt setup.py setup.cfg package.xml)
+if ! fresh python "$key"; then
+  say "installing Python dependencies (runtime, train, test)"
+  "${pip[@]}" -r requirements/runtime.txt -r requirements/train.txt -r requirements/test.txt
+  # silero-vad declares torch as a requirement, but the node only runs the ONNX model inside its wheel.
+  "${pip[@]}" --no-deps -r requirements/vad.txt
+  mark python "$key"
+fi
+
+# The package itself: a normal (non-editable) install also places launch/, config/ and the ament index
+# marker under share/ser_node, as on a real ROS install. Cheap enough to redo every time.
+say "installing ser_node"
+"${pip[@]}" --no-deps --no-build-isolation . >/dev/null
+say "ready: $venv"
