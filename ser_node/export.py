@@ -1,0 +1,121 @@
+"""Export trained PyTorch models to ONNX (fp32, batch axis dynamic) and to static int8 (QDQ, per channel).
+
+Int8 is calibrated on real mel images from a corpus, never on random data: activations of random images have
+nothing in common with spectrograms, and the scales they give lose accuracy.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .model_file import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelMetadata, write_metadata
+
+
+class _WithSoftmax(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(image), dim=1)
+
+
+def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+
+
+def export_onnx(model: nn.Module, metadata: ModelMetadata, path: str | Path) -> Path:
+    """Writes an fp32 ONNX model whose output is the class probabilities, metadata embedded."""
+    path = Path(path)
+    cfg = metadata.features
+    wrapped = _WithSoftmax(model).eval()
+    example = torch.zeros(2, 3, cfg.image_height, cfg.image_width)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(raw),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=1024)}},
+            dynamo=True,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+            report=False,
+        )
+        proto = onnx.load(str(raw))
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    metadata.precision = "fp32"
+    write_metadata(proto, metadata)
+    onnx.checker.check_model(proto)
+    _atomic_save(proto, path)
+    return path
+
+
+class _ImageReader:
+    """onnxruntime CalibrationDataReader over batches of real feature images."""
+
+    def __init__(self, images: Iterable[np.ndarray]) -> None:
+        self._batches: Iterator[np.ndarray] = iter(images)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        return {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+
+
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration_images: np.ndarray,
+                  batch_size: int = 8) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on real images (N, 3, H, W)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if len(calibration_images) == 0:
+        raise ValueError("int8 calibration needs real feature images, got none")
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    proto = onnx.load(str(fp32_path))
+    metadata_props = list(proto.metadata_props)
+    # Stale shape annotations from the exporter break onnxruntime's shape inference during quantisation.
+    del proto.graph.value_info[:]
+    with tempfile.TemporaryDirectory() as tmp:
+        cleaned = Path(tmp) / "clean.onnx"
+        quantized = Path(tmp) / "int8.onnx"
+        onnx.save(proto, str(cleaned))
+        # The softmax stays in float: uint8 probabilities (steps of 1/255) would erase the ranking of close classes.
+        softmax_nodes = [node.name for node in proto.graph.node if node.op_type == "Softmax"]
+        batches = [calibration_images[i : i + batch_size] for i in range(0, len(calibration_images), batch_size)]
+        quantize_static(
+            str(cleaned),
+            str(quantized),
+            _ImageReader(batches),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=softmax_nodes,
+        )
+        result = onnx.load(str(quantized))
+    del result.metadata_props[:]
+    result.metadata_props.extend(metadata_props)
+
+    for prop in result.metadata_props:
+        if prop.key == METADATA_KEY:
+            metadata = ModelMetadata.from_json(prop.value, str(fp32_path))
+            metadata.precision = "int8"
+            write_metadata(result, metadata)
+            break
+    _atomic_save(result, int8_path)
+    return int8_path
