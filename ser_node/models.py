@@ -64,6 +64,10 @@ class VGG16Backbone(nn.Module):
                 layers += [nn.Conv2d(in_channels, int(value), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
                 in_channels = int(value)
         self.features = nn.Sequential(*layers)
+        for module in self.features:
+            if isinstance(module, nn.Conv2d):  # torchvision's VGG initialisation: trainable from scratch
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
         self.channels = in_channels
         self.pool4_channels = [v for v in scaled_layout(width) if v != "M"][9]
 
