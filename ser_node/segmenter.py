@@ -1,0 +1,216 @@
+"""Cuts a 16 kHz mono stream into utterances from per-frame speech probabilities.
+
+State machine with hysteresis: speech starts when a frame's probability reaches `threshold`, and ends after
+`min_silence_s` of frames below `negative_threshold`. Utterances get `pre_roll_s` of audio before the first speech
+frame and `post_roll_s` after the last; shorter than `min_speech_s` of speech is discarded (counted); longer than
+`max_utterance_s` is cut into consecutive utterances, so no audio of a monologue is lost. Times are source times
+(seconds, from the audio message headers), never arrival times.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class FrameVad(Protocol):
+    frame_samples: int
+
+    def __call__(self, frame: np.ndarray) -> float: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass
+class SegmenterConfig:
+    threshold: float = 0.5
+    negative_threshold: float = 0.35  # hysteresis: speech continues until probability drops below this
+    min_speech_s: float = 0.25
+    min_silence_s: float = 0.3
+    pre_roll_s: float = 0.2
+    post_roll_s: float = 0.15
+    max_utterance_s: float = 10.0
+
+    def validate(self) -> None:
+        if not 0 < self.negative_threshold <= self.threshold < 1:
+            raise ValueError("need 0 < negative_threshold <= threshold < 1")
+        if min(self.min_speech_s, self.min_silence_s, self.pre_roll_s, self.post_roll_s) < 0:
+            raise ValueError("durations must not be negative")
+        if self.max_utterance_s <= self.min_speech_s:
+            raise ValueError("max_utterance_s must exceed min_speech_s")
+
+
+@dataclass
+class Utterance:
+    audio: np.ndarray  # 16 kHz mono float32
+    start: float  # source time of the first sample, seconds
+    end: float  # source time just after the last sample
+    reason: str  # silence | max_length | gap | flush
+
+    @property
+    def duration(self) -> float:
+        return self.audio.size / SAMPLE_RATE
+
+
+@dataclass
+class SegmenterStats:
+    utterances: int = 0
+    too_short: int = 0
+    cut_at_max_length: int = 0
+    gaps: int = 0
+
+
+class Segmenter:
+    """Feed audio with `push(samples, start_time)`; completed utterances come back from each call."""
+
+    def __init__(self, vad: FrameVad, config: SegmenterConfig | None = None,
+                 on_speaking: Callable[[bool, float], None] | None = None) -> None:
+        self.vad = vad
+        self.config = config or SegmenterConfig()
+        self.config.validate()
+        self.on_speaking = on_speaking
+        self.stats = SegmenterStats()
+        self.frame = vad.frame_samples
+        self.reset()
+
+    # -- state
+    def reset(self) -> None:
+        """Forgets everything in flight (used after a gap or a format change)."""
+        self.vad.reset()
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._pending_time: float | None = None  # source time of _pending[0]
+        pre_frames = int(np.ceil(self.config.pre_roll_s * SAMPLE_RATE / self.frame))
+        self._history: deque[np.ndarray] = deque(maxlen=max(pre_frames, 0) or None)
+        if pre_frames == 0:
+            self._history = deque(maxlen=1)
+        self._speech: list[np.ndarray] = []
+        self._speech_start = 0.0
+        self._voiced_samples = 0  # samples of frames at or above the negative threshold in this utterance
+        self._silence_samples = 0  # trailing samples below the negative threshold
+        self._speaking = False
+        self._continuation = False  # the turn was already cut at max length: its tail is never "too short"
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    @property
+    def next_time(self) -> float | None:
+        """Source time the next pushed sample is expected to have."""
+        if self._pending_time is None:
+            return None
+        return self._pending_time + self._pending.size / SAMPLE_RATE
+
+    # -- input
+    def push(self, samples: np.ndarray, start_time: float) -> list[Utterance]:
+        if self._pending_time is None or self._pending.size == 0:
+            self._pending_time = start_time - self._pending.size / SAMPLE_RATE
+        self._pending = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
+        out: list[Utterance] = []
+        usable = (self._pending.size // self.frame) * self.frame
+        for offset in range(0, usable, self.frame):
+            frame = self._pending[offset : offset + self.frame]
+            frame_time = self._pending_time + offset / SAMPLE_RATE
+            utterance = self._step(frame, frame_time, self.vad(frame))
+            if utterance is not None:
+                out.append(utterance)
+        self._pending = self._pending[usable:].copy()
+        self._pending_time += usable / SAMPLE_RATE
+        return out
+
+    def close(self, reason: str = "flush") -> list[Utterance]:
+        """Ends the stream (or a stretch before a gap): emits the utterance in progress if long enough."""
+        out = []
+        if self._speaking:
+            utterance = self._finish(reason, keep_trailing=True)
+            if utterance is not None:
+                out.append(utterance)
+        self.reset()
+        return out
+
+    def gap(self) -> list[Utterance]:
+        """A discontinuity (dropped chunks, time jump, format change): close cleanly and start afresh."""
+        self.stats.gaps += 1
+        return self.close("gap")
+
+    # -- machine
+    def _step(self, frame: np.ndarray, time: float, probability: float) -> Utterance | None:
+        cfg = self.config
+        if not self._speaking:
+            if probability >= cfg.threshold:
+                self._speaking = True
+                self._continuation = False
+                self._speech = list(self._history)
+                self._speech_start = time - sum(f.size for f in self._speech) / SAMPLE_RATE
+                self._voiced_samples = 0
+                self._silence_samples = 0
+                self._speech.append(frame.copy())
+                self._voiced_samples += frame.size
+                self._history.clear()
+                self._notify(True, self._speech_start)
+            else:
+                self._history.append(frame.copy())
+            return None
+
+        self._speech.append(frame.copy())
+        if probability >= cfg.negative_threshold:
+            self._voiced_samples += frame.size
+            self._silence_samples = 0
+        else:
+            self._silence_samples += frame.size
+        if self._silence_samples >= cfg.min_silence_s * SAMPLE_RATE:
+            return self._finish("silence", keep_trailing=False)
+        if sum(f.size for f in self._speech) >= cfg.max_utterance_s * SAMPLE_RATE:
+            return self._cut_at_max_length()
+        return None
+
+    def _cut_at_max_length(self) -> Utterance | None:
+        """Emits what was heard so far and goes on listening in the same speech turn."""
+        audio = np.concatenate(self._speech)
+        start = self._speech_start
+        self.stats.cut_at_max_length += 1
+        self.stats.utterances += 1
+        self._speech = []
+        self._speech_start = start + audio.size / SAMPLE_RATE
+        self._voiced_samples = 0
+        self._silence_samples = 0
+        self._continuation = True
+        return Utterance(audio, start, start + audio.size / SAMPLE_RATE, "max_length")
+
+    def _finish(self, reason: str, keep_trailing: bool) -> Utterance | None:
+        audio = np.concatenate(self._speech) if self._speech else np.zeros(0, np.float32)
+        if not keep_trailing:
+            post = int(self.config.post_roll_s * SAMPLE_RATE)
+            drop = max(0, self._silence_samples - post)
+            audio = audio[: audio.size - drop]
+        start = self._speech_start
+        end = start + audio.size / SAMPLE_RATE
+        self._speaking = False
+        self._speech = []
+        self._history.clear()
+        self._notify(False, end)
+        continuation, self._continuation = self._continuation, False
+        too_short = self._voiced_samples < self.config.min_speech_s * SAMPLE_RATE
+        if audio.size == 0 or (too_short and not (continuation and self._voiced_samples > 0)):
+            self.stats.too_short += 1
+            return None
+        self.stats.utterances += 1
+        return Utterance(audio, start, end, reason)
+
+    def _notify(self, speaking: bool, time: float) -> None:
+        if self.on_speaking is not None:
+            self.on_speaking(speaking, time)
+
+
+@dataclass
+class SpeakingEvents:
+    """Collects VAD state changes (time, speaking) for callers that poll instead of using a callback."""
+
+    events: list[tuple[float, bool]] = field(default_factory=list)
+
+    def __call__(self, speaking: bool, time: float) -> None:
+        self.events.append((time, speaking))

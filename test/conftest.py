@@ -1,0 +1,65 @@
+"""Shared test set-up: ROS isolation (loopback discovery, own domain id), the real corpus, a small trained model."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports rclpy: DDS discovery stays on loopback and this process gets its own domain.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 100))
+os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="ser_ros_log_"))
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("SER_CORPUS", ROOT.parent / "shared" / "data" / "uem-es"))
+
+
+def corpus_clip(speaker: str, name: str) -> Path:
+    path = CORPUS / speaker / f"{name}.flac"
+    if not path.is_file():
+        pytest.skip(f"real corpus clip {path} not present (set SER_CORPUS to the uem-es folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"corpus folder {CORPUS} not present (set SER_CORPUS to the uem-es folder)")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def real_waveforms(corpus_dir: Path) -> list[np.ndarray]:
+    from ser_node.audio import load_audio
+
+    names = ["Ira_01", "Tristeza_02", "Alegria_03", "Neutro_04", "Miedo_05", "Sorpresa_06", "Asco_07"]
+    return [load_audio(corpus_dir / speaker / f"{n}.flac") for speaker in ("s04", "s05") for n in names]
+
+
+@pytest.fixture(scope="session")
+def trained_run(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A small DS-AM trained for a few epochs on four real speakers (about 20 s on 2 cores)."""
+    pytest.importorskip("torch", reason="training needs the train extra (torch)")
+    from ser_node.training import TrainConfig, run_experiment
+
+    config = TrainConfig(corpus={"kind": "emomatch", "path": str(corpus_dir)}, speakers=["s00", "s01", "s02", "s03"],
+                         variant="ds_am", protocol="all", image_size=64, width=0.125, epochs=4, batch_size=16,
+                         backbone_lr=1e-3, lr=2e-3, spec_augment=False, speed_perturb=0.0, validation_fraction=0.25)
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    run_experiment(config, run_dir)
+    return config, run_dir
+
+
+@pytest.fixture(scope="session")
+def exported_models(trained_run, real_waveforms, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fp32 and int8 ONNX exports of the trained model (int8 calibrated on real clips of other speakers)."""
+    from ser_node.export_cli import export_run
+
+    config, run_dir = trained_run
+    out = tmp_path_factory.mktemp("models")
+    paths = export_run(run_dir, out / "tiny.onnx", int8=True, model_id="test-tiny-ds-am", calibration_clips=40)
+    return paths
