@@ -1,0 +1,284 @@
+"""The live node over real rclpy: real Spanish speech in, one expression per utterance out."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (scripts/setup.sh installs them)")
+pytest.importorskip("hri_msgs", reason="needs the interface packages built by scripts/setup.sh")
+
+from ros_harness import Harness, speech_stream, stamp_seconds, typed_chunks  # noqa: E402
+
+T0 = 1_700_000_000.0  # a robot-like epoch time in the headers: stamps must come from them, not from arrival
+
+
+@pytest.fixture(scope="module")
+def three_utterances(real_waveforms):
+    return speech_stream([real_waveforms[0], real_waveforms[8], real_waveforms[5]], silence_s=1.0)
+
+
+def node_params(models, **extra):
+    return {"model_path": str(models["fp32"]), "reliability": "reliable", "diagnostics_period_s": 0.2, **extra}
+
+
+def check_one_expression_per_utterance(expressions, bounds, t0=T0):
+    assert len(expressions) == len(bounds), [stamp_seconds(e.header.stamp) - t0 for e in expressions]
+    starts = sorted(stamp_seconds(e.header.stamp) - t0 for e in expressions)
+    for start, (clip_start, _clip_end) in zip(starts, bounds):
+        # Pre-roll (0.2 s) and the clip's own leading silence bound the onset error.
+        assert clip_start - 0.45 <= start <= clip_start + 0.6, (start, clip_start)
+
+
+@pytest.mark.parametrize("rate,channels,fmt,chunk_s", [
+    (16000, 1, "int16", 0.02),
+    (44100, 2, "float32", 0.05),
+    (48000, 2, "int16", 0.1),
+    (48000, 1, "float32", 0.032),
+])
+def test_stream_gives_one_expression_per_utterance(exported_models, three_utterances, rate, channels, fmt, chunk_s):
+    stream, bounds = three_utterances
+    harness = Harness(node_params(exported_models))
+    try:
+        harness.publish(typed_chunks(stream, rate, channels, fmt, chunk_s, T0), speed=8.0)
+        expressions = harness.wait_for("expression", len(bounds))
+        classifications = harness.wait_for("classification", len(bounds))
+        check_one_expression_per_utterance(expressions, bounds)
+        for expression, classification in zip(expressions, classifications):
+            assert expression.header == classification.header
+            assert expression.header.frame_id == "mic"
+            assert expression.expression in {"angry", "disgusted", "scared", "happy", "neutral", "sad", "surprised"}
+            assert 0 < expression.confidence <= 1 and -1 <= expression.valence <= 1 and -1 <= expression.arousal <= 1
+            scores = [r.score for r in classification.results]
+            assert [r.class_id for r in classification.results][0] == "anger" and len(scores) == 7
+            assert abs(sum(scores) - 1) < 1e-4 and abs(max(scores) - expression.confidence) < 1e-6
+        speaking = [m.data for m in harness.wait_for("is_speaking", 2 * len(bounds))]
+        assert speaking == [True, False] * len(bounds)
+    finally:
+        harness.close()
+
+
+def bad_chunks(t: float):
+    """One of each kind of broken message the node must survive."""
+    from audio_common_msgs.msg import AudioStamped
+
+    def make(fmt_code, channels, rate, field, data):
+        msg = AudioStamped()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), int((t - int(t)) * 1e9)
+        msg.audio.info.format, msg.audio.info.channels, msg.audio.info.rate = fmt_code, channels, rate
+        setattr(msg.audio.audio_data, field, data)
+        return msg
+
+    return [
+        make(1, 1, 16000, "float32_data", [float("nan")] * 320),  # NaN
+        make(8, 1, 16000, "int16_data", []),  # empty
+        make(8, 2, 16000, "int16_data", [1, 2, 3]),  # odd length for stereo
+        make(99, 1, 16000, "int16_data", [0] * 320),  # unknown format code
+        make(8, 1, 16000, "int16_data", [0] * 16000 * 6),  # absurd: 6 s in one message
+        make(8, 1, 0, "int16_data", [0] * 320),  # zero sample rate
+        make(8, 0, 16000, "int16_data", [0] * 320),  # zero channels
+    ]
+
+
+def test_bad_chunks_change_nothing_for_good_ones(exported_models, three_utterances):
+    stream, bounds = three_utterances
+    good = typed_chunks(stream, 16000, 1, "int16", 0.05, T0)
+    clean = Harness(node_params(exported_models))
+    try:
+        clean.publish(good, speed=8.0)
+        expected = clean.wait_for("classification", len(bounds))
+    finally:
+        clean.close()
+
+    mixed = []
+    for index, msg in enumerate(good):
+        mixed.append(msg)
+        if index % 25 == 3:
+            mixed += bad_chunks(T0 + index * 0.05)
+    harness = Harness(node_params(exported_models))
+    try:
+        harness.publish(mixed, speed=8.0)
+        got = harness.wait_for("classification", len(bounds))
+        assert len(got) == len(expected) == len(bounds)
+        for a, b in zip(expected, got):
+            assert a.header.stamp == b.header.stamp
+            np.testing.assert_allclose([r.score for r in a.results], [r.score for r in b.results], atol=1e-6)
+        level, _message, values = harness.node.diagnostic_values()
+        inserted = sum(1 for i in range(len(good)) if i % 25 == 3)
+        assert int(values["chunks_dropped"]) == 7 * inserted
+        for reason in ("non_finite", "empty", "bad_length", "unknown_format", "too_large", "bad_rate",
+                       "bad_channels"):
+            assert int(values[f"chunks_dropped_{reason}"]) == inserted, reason
+        from diagnostic_msgs.msg import DiagnosticStatus
+
+        assert level == DiagnosticStatus.WARN
+        diagnostics = harness.wait_for("diagnostics", 1)
+        keys = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+        assert keys["chunks_dropped"] == str(7 * inserted)
+        assert harness.node.state_label() == "active"
+    finally:
+        harness.close()
+
+
+def test_burst_at_ten_times_real_time_is_absorbed_or_counted(exported_models, real_waveforms):
+    stream, bounds = speech_stream(real_waveforms[:10], silence_s=0.6)
+    harness = Harness(node_params(exported_models, queue_size=2, max_batch=1))
+    try:
+        harness.publish(typed_chunks(stream, 48000, 2, "int16", 0.02, T0), speed=10.0)
+        harness.wait_idle()
+        expressions = harness.wait_for("expression", len(bounds), timeout=10.0)
+        _, _, values = harness.node.diagnostic_values()
+        segmented = harness.node.stream.segmenter.stats.utterances
+        dropped = int(values["utterances_dropped"])
+        assert segmented == len(bounds)
+        assert len(expressions) + dropped == segmented
+        assert int(values["utterances_classified"]) == len(expressions)
+        assert int(values["queue_depth"]) <= 2
+        assert float(values["latency_ms_p50"]) > 0
+    finally:
+        harness.close()
+
+
+def test_drop_oldest_policy_when_the_worker_falls_behind(exported_models, real_waveforms):
+    from ser_node.segmenter import Utterance
+
+    harness = Harness(node_params(exported_models, queue_size=2), autostart=False)
+    try:
+        harness.node.trigger_configure()  # configured, not active: no worker drains the queue
+        for i in range(5):
+            harness.node._enqueue(Utterance(real_waveforms[i], float(i), float(i) + 1, "silence"), "mic")
+        _, _, values = harness.node.diagnostic_values()
+        assert values["queue_depth"] == "2" and values["utterances_dropped"] == "3"
+        assert [p.utterance.start for p in harness.node._queue] == [3.0, 4.0]  # the newest are kept
+    finally:
+        harness.close()
+
+
+def test_lifecycle_transitions_and_bad_model(exported_models, three_utterances, tmp_path):
+    stream, bounds = three_utterances
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    harness = Harness(node_params(exported_models, model_path=str(broken)), autostart=False)
+    try:
+        node = harness.node
+        assert node.state_label() == "unconfigured"
+        node.trigger_configure()
+        assert node.state_label() == "unconfigured"  # failed cleanly, still alive
+        level, message, _ = node.diagnostic_values()
+        from diagnostic_msgs.msg import DiagnosticStatus
+
+        assert level == DiagnosticStatus.ERROR and "broken.onnx" in message
+        statuses = harness.wait_for("diagnostics", 1)
+        assert any(s.level == DiagnosticStatus.ERROR and "broken.onnx" in s.message for m in statuses for s in m.status)
+
+        from rclpy.parameter import Parameter
+
+        node.set_parameters([Parameter("model_path", value=str(exported_models["fp32"]))])
+        assert harness.configure_and_activate()
+        label_info = harness.wait_for("label_info", 1)
+        assert [c.class_name for c in label_info[-1].class_map][:2] == ["anger", "disgust"]
+
+        node.trigger_deactivate()
+        assert node.state_label() == "inactive"
+        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.05, T0), speed=8.0)
+        assert harness.wait_for("expression", 1, timeout=2.0) == []  # inactive: nothing published
+
+        node.trigger_activate()
+        harness.wait_for_subscriber()
+        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.05, T0 + 100), speed=8.0)
+        check_one_expression_per_utterance(harness.wait_for("expression", len(bounds)), bounds, T0 + 100)
+
+        node.trigger_deactivate()
+        node.trigger_cleanup()
+        assert node.state_label() == "unconfigured" and node.classifier is None
+        node.trigger_shutdown()
+        assert node.state_label() == "finalized"
+    finally:
+        harness.close()
+
+
+def test_late_subscriber_gets_latched_label_info(exported_models):
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from vision_msgs.msg import LabelInfo
+
+    harness = Harness(node_params(exported_models, min_confidence=0.3))
+    try:
+        got = []
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        harness.tester.create_subscription(LabelInfo, "/ser_node/label_info", got.append, qos)
+        import time
+
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got and len(got[0].class_map) == 7 and abs(got[0].threshold - 0.3) < 1e-6
+    finally:
+        harness.close()
+
+
+def test_reload_model_service_and_parameter(exported_models, three_utterances, tmp_path):
+    from rclpy.parameter import Parameter
+    from std_srvs.srv import Trigger
+
+    stream, bounds = three_utterances
+    harness = Harness(node_params(exported_models))
+    try:
+        node = harness.node
+        assert node.classifier.metadata.precision == "fp32"
+        client = harness.tester.create_client(Trigger, "/ser_node/reload_model")
+        assert client.wait_for_service(timeout_sec=5.0)
+
+        result = node.set_parameters([Parameter("model_path", value=str(tmp_path / "missing.onnx"))])[0]
+        assert not result.successful and "missing.onnx" in result.reason
+        assert node.classifier.metadata.precision == "fp32"  # kept
+
+        result = node.set_parameters([Parameter("model_path", value=str(exported_models["int8"]))])[0]
+        assert result.successful and node.classifier.metadata.precision == "int8"
+
+        response = client.call(Trigger.Request(), timeout_sec=10.0)
+        assert response.success and "test-tiny-ds-am" in response.message
+
+        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.05, T0), speed=8.0)
+        check_one_expression_per_utterance(harness.wait_for("expression", len(bounds)), bounds)
+        assert node.diagnostic_values()[2]["backend"] == "onnxruntime int8"
+    finally:
+        harness.close()
+
+
+def test_min_confidence_publishes_the_documented_fallback(exported_models, three_utterances):
+    stream, bounds = three_utterances
+    harness = Harness(node_params(exported_models, min_confidence=0.999, low_confidence_expression="neutral"))
+    try:
+        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.05, T0), speed=8.0)
+        expressions = harness.wait_for("expression", len(bounds))
+        assert len(expressions) == len(bounds)
+        for expression in expressions:
+            assert expression.confidence < 0.999 and expression.expression == "neutral"
+    finally:
+        harness.close()
+
+
+def test_runtime_parameter_limits(exported_models):
+    from rclpy.parameter import Parameter
+
+    harness = Harness(node_params(exported_models))
+    try:
+        node = harness.node
+        assert node.set_parameters([Parameter("vad_threshold", value=0.7)])[0].successful
+        assert node.stream.segmenter.config.threshold == 0.7
+        assert not node.set_parameters([Parameter("vad_threshold", value=1.5)])[0].successful  # out of range
+        assert not node.set_parameters([Parameter("vad_negative_threshold", value=0.9)])[0].successful
+        assert not node.set_parameters([Parameter("vad_backend", value="webrtc")])[0].successful  # while active
+        descriptor = node.describe_parameter("min_silence_s")
+        assert descriptor.description and descriptor.floating_point_range[0].to_value == 5.0
+    finally:
+        harness.close()
+
+
+def test_webrtc_backend_segments_the_same_stream(exported_models, three_utterances):
+    stream, bounds = three_utterances
+    harness = Harness(node_params(exported_models, vad_backend="webrtc"))
+    try:
+        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.03, T0), speed=8.0)
+        check_one_expression_per_utterance(harness.wait_for("expression", len(bounds)), bounds)
+    finally:
+        harness.close()
