@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import KFold, LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold
 
 from .corpora import Clip
 
@@ -40,10 +40,16 @@ def _validation_split(clips: Sequence[Clip], train: list[int], seed: int, fracti
         count = max(1, int(round(len(speakers) * fraction)))
         held = set(rng.permutation(speakers)[:count].tolist())
         return ([i for i in train if clips[i].speaker not in held], [i for i in train if clips[i].speaker in held], True)
-    labels = [clips[i].label for i in train]
     splits = max(2, int(round(1 / fraction)))
-    inner = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
-    keep, held_idx = next(inner.split(np.zeros(len(train)), labels))
+    if len(train) < 2 * splits:
+        return train, [], False  # too few clips to hold any out: train on all, no early stopping
+    labels = [clips[i].label for i in train]
+    try:
+        inner = StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed)
+        keep, held_idx = next(inner.split(np.zeros(len(train)), labels))
+    except ValueError:  # a class with fewer clips than splits: plain shuffled split
+        inner = KFold(n_splits=splits, shuffle=True, random_state=seed)
+        keep, held_idx = next(inner.split(np.zeros(len(train))))
     return [train[i] for i in keep], [train[i] for i in held_idx], False
 
 
