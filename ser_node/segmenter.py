@@ -84,9 +84,7 @@ class Segmenter:
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_time: float | None = None  # source time of _pending[0]
         pre_frames = int(np.ceil(self.config.pre_roll_s * SAMPLE_RATE / self.frame))
-        self._history: deque[np.ndarray] = deque(maxlen=max(pre_frames, 0) or None)
-        if pre_frames == 0:
-            self._history = deque(maxlen=1)
+        self._history: deque[np.ndarray] = deque(maxlen=pre_frames)  # maxlen 0 keeps nothing
         self._speech: list[np.ndarray] = []
         self._speech_start = 0.0
         self._voiced_samples = 0  # samples of frames at or above the negative threshold in this utterance

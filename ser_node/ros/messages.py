@@ -121,3 +121,13 @@ def interpret(probabilities: np.ndarray, classes: Sequence[str], start: float, e
         expression = low_confidence_expression
     valence, arousal = valence_arousal(probabilities, classes)
     return EmotionResult(start, end, classes, probabilities, expression, confidence, valence, arousal)
+
+
+# The raw-bytes generation's definitions (audio_common_msgs as released in the ROS 2 distros), for tools that
+# must read or write it without it being installed (rosbags typestores in the bag tools and tests).
+RAW_AUDIO_MSG_DEFINITIONS: dict[str, str] = {
+    "audio_common_msgs/msg/AudioData": "uint8[] data\n",
+    "audio_common_msgs/msg/AudioDataStamped": "std_msgs/Header header\naudio_common_msgs/AudioData audio\n",
+    "audio_common_msgs/msg/AudioInfo": ("uint8 channels\nuint32 sample_rate\nstring sample_format\nuint32 bitrate\n"
+                                        "string coding_format\n"),
+}

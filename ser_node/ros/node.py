@@ -165,7 +165,7 @@ def make_node_class():
             self.model_error = ""
             self.stream: StreamProcessor | None = None
             self.raw_format = RawFormat()
-            self._subscriptions: list[Any] = []
+            self._audio_subscriptions: list[Any] = []
             self._lock = threading.Condition()
             self._queue: deque[Pending] = deque()
             self._worker: threading.Thread | None = None
@@ -292,14 +292,14 @@ def make_node_class():
             qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.p("qos_depth"), reliability=reliability,
                              durability=DurabilityPolicy.VOLATILE)
             if self.variant == TYPED:
-                self._subscriptions.append(self.create_subscription(self.audio_class, "audio", self._on_typed, qos))
+                self._audio_subscriptions.append(self.create_subscription(self.audio_class, "audio", self._on_typed, qos))
             else:
                 from audio_common_msgs.msg import AudioData  # raw variant only
 
                 cls = self.audio_class if self.p("raw_stamped") else AudioData
-                self._subscriptions.append(self.create_subscription(cls, "audio", self._on_raw, qos))
+                self._audio_subscriptions.append(self.create_subscription(cls, "audio", self._on_raw, qos))
                 if self.info_class is not None:
-                    self._subscriptions.append(self.create_subscription(self.info_class, "audio_info",
+                    self._audio_subscriptions.append(self.create_subscription(self.info_class, "audio_info",
                                                                         self._on_info, 10))
             self._stop.clear()
             self._active = True
@@ -310,9 +310,9 @@ def make_node_class():
 
         def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
             self._active = False
-            for sub in self._subscriptions:
+            for sub in self._audio_subscriptions:
                 self.destroy_subscription(sub)
-            self._subscriptions.clear()
+            self._audio_subscriptions.clear()
             self._stop_worker()
             return super().on_deactivate(state)
 
@@ -322,9 +322,9 @@ def make_node_class():
 
         def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
             self._active = False
-            for sub in self._subscriptions:
+            for sub in self._audio_subscriptions:
                 self.destroy_subscription(sub)
-            self._subscriptions.clear()
+            self._audio_subscriptions.clear()
             self._stop_worker()
             self._release()
             return TransitionCallbackReturn.SUCCESS
@@ -440,8 +440,8 @@ def make_node_class():
             classification = Classification(header=header, results=[
                 ObjectHypothesis(class_id=name, score=float(score)) for name, score in zip(classes, probabilities)])
             if self.expression_pub is not None:
+                self.classification_pub.publish(classification)  # scores first: a listener of both can join them
                 self.expression_pub.publish(expression)
-                self.classification_pub.publish(classification)
             if self.utterance_pub is not None:
                 self.utterance_pub.publish(typed_audio_message(self.audio_class, u.audio, 16000, u.start,
                                                                item.frame_id, Header, Time))
