@@ -41,6 +41,7 @@ setup(
             "ser_demo = ser_node.ros.demo:main",
             "ser_train = ser_node.train_cli:main",
             "ser_export = ser_node.export_cli:main",
+            "ser_trainer = ser_node.ros.trainer_node:main",
         ],
     },
 )

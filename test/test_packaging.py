@@ -33,7 +33,7 @@ def test_package_xml_is_format_3_ament_python():
     assert (ROOT / "resource" / "ser_node").exists()
 
 
-@pytest.mark.parametrize("script", ["ser_node", "ser_train", "ser_export", "ser_demo"])
+@pytest.mark.parametrize("script", ["ser_node", "ser_train", "ser_export", "ser_demo", "ser_trainer"])
 def test_console_scripts_have_help(script):
     path = BIN / script
     if not path.exists():
@@ -58,7 +58,8 @@ def test_params_file_documents_every_parameter():
     documented = yaml.safe_load((ROOT / "config" / "ser_node.yaml").read_text())["/**"]["ros__parameters"]
     harness = Harness(autostart=False)
     try:
-        declared = {name for name in harness.node._parameters if name != "use_sim_time"}
+        declared = {name for name in harness.node._parameters
+                    if name not in ("use_sim_time", "start_type_description_service")}  # rclpy's own
         assert set(documented) == declared
         for name, value in documented.items():
             assert type(harness.node.get_parameter(name).value) is type(value), name  # defaults agree in type
@@ -103,6 +104,10 @@ def test_console_script_with_params_file_in_a_namespace(exported_models, real_wa
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("spawn_tester", context=context)
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
     try:
         received = []
         node.create_subscription(Expression, "/robot/ser_node/expression", received.append, 10)
@@ -110,15 +115,15 @@ def test_console_script_with_params_file_in_a_namespace(exported_models, real_wa
                                                                                   reliability=ReliabilityPolicy.RELIABLE))
         deadline = time.monotonic() + 30
         while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.1)
+            executor.spin_once(timeout_sec=0.1)
         assert publisher.get_subscription_count() == 1, "spawned node never subscribed to /robot/mic"
         stream, bounds = speech_stream(real_waveforms[:2])
         for msg in typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0):
             publisher.publish(msg)
-            rclpy.spin_once(node, timeout_sec=0.005)
+            executor.spin_once(timeout_sec=0.005)
         deadline = time.monotonic() + 20
         while len(received) < len(bounds) and time.monotonic() < deadline:
-            rclpy.spin_once(node, timeout_sec=0.1)
+            executor.spin_once(timeout_sec=0.1)
         assert len(received) == len(bounds)
         assert abs((received[0].header.stamp.sec + received[0].header.stamp.nanosec * 1e-9) - 1000.0 - bounds[0][0]) < 0.6
     finally:
