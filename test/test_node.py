@@ -282,3 +282,29 @@ def test_webrtc_backend_segments_the_same_stream(exported_models, three_utteranc
         check_one_expression_per_utterance(harness.wait_for("expression", len(bounds)), bounds)
     finally:
         harness.close()
+
+
+def test_utterance_audio_is_published_for_asr(exported_models, three_utterances):
+    from audio_common_msgs.msg import AudioStamped
+
+    stream, bounds = three_utterances
+    harness = Harness(node_params(exported_models, publish_utterance=True))
+    try:
+        got = []
+        harness.tester.create_subscription(AudioStamped, "/ser_node/utterance", got.append, 10)
+        harness.publish(typed_chunks(stream, 48000, 1, "float32", 0.05, T0), speed=8.0)
+        expressions = harness.wait_for("expression", len(bounds))
+        assert len(expressions) == len(bounds)
+        import time
+
+        deadline = time.monotonic() + 5
+        while len(got) < len(bounds) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(got) == len(bounds)
+        for audio, expression, (start, end) in zip(got, expressions, bounds):
+            assert audio.header.stamp == expression.header.stamp
+            assert audio.audio.info.rate == 16000 and audio.audio.info.format == 1 and audio.audio.info.channels == 1
+            duration = len(audio.audio.audio_data.float32_data) / 16000
+            assert end - start - 0.5 <= duration <= end - start + 0.8
+    finally:
+        harness.close()
