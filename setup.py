@@ -42,6 +42,7 @@ setup(
             "ser_train = ser_node.train_cli:main",
             "ser_export = ser_node.export_cli:main",
             "ser_trainer = ser_node.ros.trainer_node:main",
+            "ser_bag = ser_node.bag_cli:main",
         ],
     },
 )

@@ -131,3 +131,12 @@ RAW_AUDIO_MSG_DEFINITIONS: dict[str, str] = {
     "audio_common_msgs/msg/AudioInfo": ("uint8 channels\nuint32 sample_rate\nstring sample_format\nuint32 bitrate\n"
                                         "string coding_format\n"),
 }
+
+# The typed generation (audio_common 4.x), as built from interfaces/audio_common_msgs (fields only).
+TYPED_AUDIO_MSG_DEFINITIONS: dict[str, str] = {
+    "audio_common_msgs/msg/AudioInfo": "int32 format\nint32 channels\nint32 rate\nint32 chunk\n",
+    "audio_common_msgs/msg/AudioData": ("float32[] float32_data\nint32[] int32_data\nint16[] int16_data\n"
+                                        "int8[] int8_data\nuint8[] uint8_data\n"),
+    "audio_common_msgs/msg/Audio": "audio_common_msgs/AudioData audio_data\naudio_common_msgs/AudioInfo info\n",
+    "audio_common_msgs/msg/AudioStamped": "std_msgs/Header header\naudio_common_msgs/Audio audio\n",
+}

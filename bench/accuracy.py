@@ -1,0 +1,175 @@
+"""Accuracy benchmark on real Spanish speech, leave-one-speaker-out (LOSO) over uem-es's 12 speakers.
+
+Methods (choose with --methods, default all):
+  egemaps_svm, compare_svm  the peer baseline: openSMILE eGeMAPSv02 / ComParE_2016 functionals + linear SVM,
+                            C chosen by inner speaker-grouped CV (Garcia-Cuesta et al. recipe)
+  ds_svc, ds_fc, ds_am      DeepSpectrum variants through ser_train (from scratch: no ImageNet weights here)
+  default                   the shipped default model's recipe (config/train_default.yaml) under LOSO
+
+Every method sees the same folds (one per speaker). Results: bench/results/accuracy.json (per fold, per class,
+pooled confusion), accuracy.md (the table), ua_by_method.png and one confusion PNG per method. Slow runs are
+resumable: re-running skips finished folds (ser_train's --resume and a feature cache).
+
+  .venv/bin/python bench/accuracy.py --methods compare_svm,egemaps_svm,default
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ser_node.corpora import load_emomatch  # noqa: E402
+from ser_node.labels import EMOTIONS  # noqa: E402
+from ser_node.reports import (compute_metrics, format_table, plot_confusion, summarise_folds,  # noqa: E402
+                              write_json)
+
+OPENSMILE_SETS = {"egemaps_svm": "eGeMAPSv02", "compare_svm": "ComParE_2016"}
+DS_RECIPES = {
+    "ds_svc": {"variant": "ds_svc", "image_size": 224, "width": 1.0, "svc_layer": "pool45"},
+    "ds_fc": {"variant": "ds_fc", "image_size": 128, "width": 0.25, "epochs": 30, "backbone_lr": 1e-3},
+    "ds_am": {"variant": "ds_am", "image_size": 128, "width": 0.25, "epochs": 30, "backbone_lr": 1e-3},
+}
+
+
+def opensmile_features(clips, feature_set: str, cache: Path) -> np.ndarray:
+    """Functionals per clip, cached on disk (opensmile is a benchmark dependency only)."""
+    import opensmile
+    from tqdm import tqdm
+
+    path = cache / f"{feature_set}.npz"
+    stored = dict(np.load(path)) if path.exists() else {}
+    missing = [c for c in clips if str(c.path) not in stored]
+    if missing:
+        smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
+                                feature_level=opensmile.FeatureLevel.Functionals)
+        for clip in tqdm(missing, desc=feature_set, unit="clip"):
+            stored[str(clip.path)] = smile.process_file(str(clip.path)).to_numpy()[0].astype(np.float32)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **stored)
+    return np.stack([stored[str(c.path)] for c in clips])
+
+
+def run_opensmile_svm(clips, feature_set: str, cache: Path) -> dict:
+    from sklearn.model_selection import GridSearchCV, GroupKFold, LeaveOneGroupOut
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    x = opensmile_features(clips, feature_set, cache)
+    y = np.array([c.label for c in clips])
+    groups = np.array([c.speaker for c in clips])
+    folds, predictions = [], []
+    began = time.perf_counter()
+    for train, test in LeaveOneGroupOut().split(x, y, groups):
+        search = GridSearchCV(make_pipeline(StandardScaler(), LinearSVC(class_weight="balanced", max_iter=20000)),
+                              {"linearsvc__C": [1e-4, 1e-3, 1e-2, 1e-1, 1.0]}, cv=GroupKFold(5),
+                              scoring="balanced_accuracy", n_jobs=1)
+        search.fit(x[train], y[train], groups=groups[train])
+        predicted = search.predict(x[test])
+        metrics = compute_metrics(y[test], predicted, EMOTIONS)
+        folds.append({"fold": f"speaker_{groups[test][0]}", "metrics": metrics,
+                      "c": float(search.best_params_["linearsvc__C"])})
+        predictions += list(zip(y[test], predicted))
+    return {"folds": folds, "predictions": predictions, "train_seconds": time.perf_counter() - began}
+
+
+def run_ds(method: str, recipe: dict, runs: Path, corpus: Path) -> dict:
+    from ser_node.training import TrainConfig, run_experiment
+
+    config = TrainConfig.from_mapping({**TrainConfig().to_mapping(), "corpus": {"kind": "emomatch",
+                                                                                "path": str(corpus)},
+                                       "protocol": "loso", "threads": 1, **recipe})
+    result = run_experiment(config, runs / method, resume=True)
+    report = json.loads((result.run_dir / "report.json").read_text())
+    folds = [{"fold": f["fold"], "metrics": f["metrics"]} for f in report["folds"]]
+    predictions = []
+    for fold in report["folds"]:
+        fold_result = json.loads((result.run_dir / fold["fold"] / "result.json").read_text())
+        predictions += [(p["label"], p["predicted"]) for p in fold_result["predictions"]]
+    return {"folds": folds, "predictions": predictions, "train_seconds": report["train_seconds"],
+            "recipe": recipe}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "uem-es")
+    parser.add_argument("--methods", default="egemaps_svm,compare_svm,ds_svc,default")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work", help="caches and training runs")
+    args = parser.parse_args()
+    corpus = load_emomatch(args.corpus)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "accuracy.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for method in args.methods.split(","):
+        print(f"== {method}", flush=True)
+        if method in OPENSMILE_SETS:
+            outcome = run_opensmile_svm(corpus.clips, OPENSMILE_SETS[method], args.work / "opensmile")
+        elif method == "default":
+            import yaml
+
+            recipe = {k: v for k, v in yaml.safe_load((ROOT / "config" / "train_default.yaml").read_text()).items()
+                      if k not in ("corpus", "protocol")}
+            outcome = run_ds("default", recipe, args.work / "runs", args.corpus)
+        elif method in DS_RECIPES:
+            outcome = run_ds(method, DS_RECIPES[method], args.work / "runs", args.corpus)
+        else:
+            parser.error(f"unknown method {method}")
+        truth, predicted = zip(*outcome.pop("predictions"))
+        pooled = compute_metrics(truth, predicted, EMOTIONS)
+        results[method] = {**outcome, "summary": summarise_folds([f["metrics"] for f in outcome["folds"]]),
+                           "pooled": pooled, "protocol": "LOSO, 12 speakers of uem-es",
+                           "date": time.strftime("%Y-%m-%d")}
+        plot_confusion(pooled["confusion"], EMOTIONS, args.out / f"confusion_{method}.png",
+                       f"{method} · LOSO (12 folds) · pooled")
+        write_json(results_path, results)
+        s = results[method]["summary"]
+        print(f"{method}: UA {s['ua']['mean']:.3f} ± {s['ua']['std']:.3f}  accuracy {s['accuracy']['mean']:.3f}",
+              flush=True)
+    write_table(results, args.out)
+    return 0
+
+
+def write_table(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for method, r in results.items():
+        s = r["summary"]
+        rows.append({"method": method, "UA": f"{s['ua']['mean']:.3f} ± {s['ua']['std']:.3f}",
+                     "accuracy": f"{s['accuracy']['mean']:.3f} ± {s['accuracy']['std']:.3f}",
+                     "macro-F1": f"{s['macro_f1']['mean']:.3f} ± {s['macro_f1']['std']:.3f}",
+                     "train time": f"{r['train_seconds'] / 60:.0f} min",
+                     **{f"R {c[:4]}": f"{r['pooled']['per_class'][c]['recall']:.2f}" for c in EMOTIONS}})
+    columns = ["method", "UA", "accuracy", "macro-F1", "train time", *[f"R {c[:4]}" for c in EMOTIONS]]
+    text = ("# Accuracy on uem-es, leave-one-speaker-out (12 folds)\n\n"
+            "Mean ± standard deviation over the 12 test speakers; per-class recall (R) pooled over folds. "
+            "Chance UA is 0.143.\n\n" + format_table(rows, columns) + "\n")
+    (out / "accuracy.md").write_text(text)
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    names = list(results)
+    means = [results[m]["summary"]["ua"]["mean"] for m in names]
+    stds = [results[m]["summary"]["ua"]["std"] for m in names]
+    ax.bar(names, means, yerr=stds, capsize=4, color="#3b7dd8")
+    ax.axhline(1 / 7, color="grey", linestyle="--", label="chance")
+    ax.set_ylabel("UA (LOSO mean ± sd)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "ua_by_method.png")
+    plt.close(fig)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
