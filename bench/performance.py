@@ -1,0 +1,475 @@
+"""Performance benchmark: latency, throughput, idle cost and per-stage cost of ser_node on this machine.
+
+Every figure is printed next to a reference measured in the same run, so a reader can compare machines:
+  - the CPU's measured peak (fp32 matmul in torch, int8 matmul in ONNX Runtime) and each model's FLOPs, so each
+    backend's inference time is also a ratio of its compute floor (FLOPs / peak);
+  - openSMILE ComParE_2016 extraction on the same utterances, the peer pipeline's cost.
+End-to-end latency is measured through a ser_node process (the console script) fed at real time by a publisher
+in this process: from the end of an utterance (audio time) to the arrival of its expression message.
+
+  .venv/bin/python bench/performance.py                 # everything (~10 minutes on 2 cores)
+  .venv/bin/python bench/performance.py --quick         # fewer utterances, no full-size VGG16 end to end
+
+Writes bench/results/performance.json (plottable), performance.md and latency.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(60 + os.getpid() % 40))
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ser_node.audio import load_audio  # noqa: E402
+from ser_node.corpora import load_emomatch  # noqa: E402
+
+THREADS = 2
+
+
+def timed(fn, repeat: int = 20, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def ms(values: list[float]) -> dict[str, float]:
+    array = np.array(values) * 1000
+    return {"p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95)),
+            "p99": float(np.percentile(array, 99)), "mean": float(array.mean())}
+
+
+# ------------------------------------------------------------------ reference points
+
+def cpu_peak() -> dict[str, float]:
+    """Measured peak of this CPU: fp32 GEMM (torch) and int8 GEMM (ONNX Runtime MatMulInteger), 2 threads."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper
+
+    torch.set_num_threads(THREADS)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    fp32 = 2 * n**3 / min(timed(lambda: torch.mm(a, b), repeat=10)) / 1e9
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_peak",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    xa = np.random.randint(0, 255, (n, n), dtype=np.uint8)
+    xb = np.random.randint(-127, 127, (n, n), dtype=np.int8)
+    int8 = 2 * n**3 / min(timed(lambda: session.run(None, {"a": xa, "b": xb}), repeat=10)) / 1e9
+    conv_fp32, conv_int8 = conv_peak()
+    del onnx
+    # The peak is the best of the kernels tried: a floor computed from it is then a true lower bound.
+    return {"fp32_gflops": max(fp32, conv_fp32), "int8_gops": max(int8, conv_int8), "gemm_fp32_gflops": fp32,
+            "gemm_int8_gops": int8, "conv_fp32_gflops_ort": conv_fp32, "conv_int8_gops_ort": conv_int8}
+
+
+def conv_peak() -> tuple[float, float]:
+    """A VGG-sized 3x3 convolution (256 -> 256 channels, 56x56) in ONNX Runtime, fp32 and static int8 (QDQ).
+    Random calibration is fine here: only the speed of the kernel is measured, not its accuracy."""
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path, int8_path = Path(tmp) / "conv.onnx", Path(tmp) / "conv8.onnx"
+        conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval()
+        x = torch.randn(1, 256, 56, 56)
+        torch.onnx.export(conv, (x,), str(fp32_path), input_names=["x"], output_names=["y"], dynamo=False)
+        batches = iter([{"x": np.random.randn(1, 256, 56, 56).astype(np.float32)} for _ in range(4)])
+
+        class Reader:
+            def get_next(self):
+                return next(batches, None)
+
+        quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        flops = 2 * 256 * 256 * 9 * 56 * 56
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = THREADS
+        feed = {"x": x.numpy()}
+        rates = []
+        for path in (fp32_path, int8_path):
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            rates.append(flops / min(timed(lambda: session.run(None, feed), repeat=10)) / 1e9)
+    return rates[0], rates[1]
+
+
+def opensmile_cost(waveforms: list[np.ndarray]) -> dict[str, float] | None:
+    try:
+        import opensmile
+    except ImportError:
+        return None
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.ComParE_2016,
+                            feature_level=opensmile.FeatureLevel.Functionals)
+    times = []
+    for w in waveforms:
+        began = time.perf_counter()
+        smile.process_signal(w, 16000)
+        times.append(time.perf_counter() - began)
+    return ms(times)
+
+
+# ------------------------------------------------------------------ models
+
+def build_models(work: Path, calibration: np.ndarray, full: bool) -> dict[str, dict]:
+    """The shipped default (fp32, int8) and the paper's full-width DS-AM at 224x224 (fp32, int8; untrained weights:
+    latency does not depend on the values). Returns name -> {path, torch model, flops, image size}."""
+    import torch
+
+    from ser_node.export import export_onnx, quantize_int8
+    from ser_node.features import FeatureConfig, FeatureExtractor
+    from ser_node.labels import EMOTIONS
+    from ser_node.model_file import ModelMetadata, read_metadata
+    from ser_node.models import ModelConfig, build_model, count_flops
+
+    models: dict[str, dict] = {}
+    default_meta = read_metadata(ROOT / "models" / "ser_default.onnx")
+    default_cfg = ModelConfig.from_dict(default_meta.model)
+    torch.manual_seed(0)
+    specs = [("default", default_cfg, ROOT / "models" / "ser_default.onnx", ROOT / "models" / "ser_default.int8.onnx")]
+    if full:
+        specs.append(("vgg16_224", ModelConfig(variant="ds_am", width=1.0), work / "vgg16_224.onnx",
+                      work / "vgg16_224.int8.onnx"))
+    for name, config, fp32_path, int8_path in specs:
+        network = build_model(config).eval()
+        features = FeatureConfig(image_height=config.image_height, image_width=config.image_width)
+        if not fp32_path.exists():
+            export_onnx(network, ModelMetadata(f"bench-{name}", list(EMOTIONS), features, config.variant,
+                                               model=config.to_dict()), fp32_path)
+            images = FeatureExtractor(features).batch(calibration)
+            quantize_int8(fp32_path, int8_path, images)
+        models[name] = {"fp32": fp32_path, "int8": int8_path, "torch": network, "config": config,
+                        "flops": count_flops(network, config.image_height, config.image_width),
+                        "features": features}
+    return models
+
+
+def inference_latency(models: dict[str, dict], waveforms: list[np.ndarray], peak: dict) -> list[dict]:
+    """Per-utterance inference (features excluded) for torch fp32, ORT fp32 and ORT int8, batch 1."""
+    import torch
+
+    from ser_node.classifier import Classifier
+    from ser_node.features import FeatureExtractor
+
+    torch.set_num_threads(THREADS)
+    rows = []
+    for name, model in models.items():
+        images = FeatureExtractor(model["features"]).batch(waveforms[:8])
+        tensors = [torch.from_numpy(images[i : i + 1]) for i in range(len(images))]
+        network = model["torch"]
+
+        def run_torch() -> None:
+            with torch.no_grad():
+                for t in tensors:
+                    network(t)
+
+        backends = {"torch fp32": (run_torch, "fp32")}
+        for precision in ("fp32", "int8"):
+            classifier = Classifier(model[precision], threads=THREADS)
+            backends[f"onnxruntime {precision}"] = (
+                lambda c=classifier: [c.predict_images(images[i : i + 1]) for i in range(len(images))], precision)
+        for backend, (fn, precision) in backends.items():
+            per_utterance = [t / len(images) for t in timed(fn, repeat=5, warmup=1)]
+            floor_s = model["flops"] / ((peak["int8_gops"] if precision == "int8" else peak["fp32_gflops"]) * 1e9)
+            stats = ms(per_utterance)
+            rows.append({"model": name, "backend": backend, "gflop": model["flops"] / 1e9, **stats,
+                         "compute_floor_ms": floor_s * 1000, "ratio_to_floor": stats["p50"] / (floor_s * 1000)})
+            print(f"  {name:10s} {backend:18s} p50 {stats['p50']:7.2f} ms  floor {floor_s * 1000:6.2f} ms  "
+                  f"x{stats['p50'] / (floor_s * 1000):.2f}", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------ stages
+
+def stage_costs(waveforms: list[np.ndarray], models: dict) -> dict[str, float]:
+    """Cost of each pipeline stage in ms per second of audio (48 kHz stereo int16 input, 20 ms chunks)."""
+    from ser_node.audio import resample
+    from ser_node.classifier import Classifier
+    from ser_node.features import FeatureExtractor
+    from ser_node.ros.messages import interpret, typed_to_chunk
+    from ser_node.vad import SileroVad
+
+    sys.path.insert(0, str(ROOT / "test"))
+    from ros_harness import typed_chunks
+
+    audio = np.concatenate(waveforms[:5])
+    seconds = audio.size / 16000
+    messages = typed_chunks(audio, 48000, 2, "int16", 0.02, 0.0)
+    chunks = []
+    decode = min(timed(lambda: chunks.__setitem__(slice(None), [typed_to_chunk(m, 0.0) for m in messages]), 3, 1))
+    mono = [c.samples.mean(axis=1) for c in chunks]
+    import soxr
+
+    def run_resample() -> None:
+        stream = soxr.ResampleStream(48000, 16000, 1, dtype="float32")
+        for m in mono:
+            stream.resample_chunk(m.astype(np.float32))
+
+    resample_s = min(timed(run_resample, 3, 1))
+    vad = SileroVad()
+    frames = [audio[i : i + 512] for i in range(0, audio.size - 512, 512)]
+    vad_s = min(timed(lambda: [vad(f) for f in frames], 3, 1))
+    extractor = FeatureExtractor(models["default"]["features"])
+    features_s = min(timed(lambda: [extractor(w) for w in waveforms[:5]], 3, 1))
+    classifier = Classifier(models["default"]["fp32"], threads=THREADS)
+    images = extractor.batch(waveforms[:5])
+    inference_s = min(timed(lambda: [classifier.predict_images(images[i : i + 1]) for i in range(5)], 3, 1))
+    probabilities = classifier.predict_images(images)
+    publish_prep = min(timed(lambda: [interpret(p, classifier.classes, 0.0, 1.0, 0.0, "neutral")
+                                      for p in probabilities], 3, 1))
+    del resample
+    return {"decode": decode / seconds * 1000, "resample_48k": resample_s / seconds * 1000,
+            "vad_silero": vad_s / seconds * 1000, "features": features_s / seconds * 1000,
+            "inference_fp32": inference_s / seconds * 1000, "result_messages": publish_prep / seconds * 1000}
+
+
+def offline_throughput(waveforms: list[np.ndarray], work: Path) -> dict[str, float]:
+    from ser_node.bags import concatenate_clips, evaluate_bag, write_audio_bag
+    from ser_node.classifier import Classifier
+
+    stream, segments = concatenate_clips(waveforms, ["neutral"] * len(waveforms), 1.0)
+    bag = work / "throughput_bag"
+    if not bag.exists():
+        write_audio_bag(bag, stream, rate=48000, channels=2)
+    classifier = Classifier(ROOT / "models" / "ser_default.onnx", threads=THREADS)
+    evaluate_bag(bag, classifier)  # warm-up
+    evaluation = evaluate_bag(bag, classifier)
+    return {"audio_s": evaluation.audio_seconds, "processing_s": evaluation.processing_seconds,
+            "times_real_time": evaluation.audio_seconds / evaluation.processing_seconds}
+
+
+# ------------------------------------------------------------------ end to end
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "_ROS_WHEELS_BOOTSTRAP_COMPLETE"}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def decision_messages(stream: np.ndarray) -> dict[float, int]:
+    """For each utterance (by start offset), the index of the 20 ms message whose arrival lets the segmenter close
+    it: found by running the node's own StreamProcessor (same defaults) over the same messages."""
+    from ser_node.segmenter import Segmenter
+    from ser_node.stream import AudioChunk, StreamProcessor
+    from ser_node.vad import make_vad
+
+    processor = StreamProcessor(Segmenter(make_vad("silero")))
+    found: dict[float, int] = {}
+    for index, start in enumerate(range(0, stream.size, 320)):
+        for utterance in processor.feed(AudioChunk(stream[start : start + 320, None], 16000, start / 16000)):
+            found[utterance.start] = index
+    return found
+
+
+def end_to_end(model_path: Path, waveforms: list[np.ndarray], idle_s: float) -> dict:
+    """Spawns ser_node (console script), streams utterances at real time, measures latency, idle CPU and RSS."""
+    import rclpy
+    from audio_common_msgs.msg import AudioStamped
+    from hri_msgs.msg import Expression
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    sys.path.insert(0, str(ROOT / "test"))
+    from ros_harness import speech_stream, typed_chunks
+
+    process = subprocess.Popen([str(Path(sys.prefix) / "bin" / "ser_node"), "--ros-args", "-p",
+                                f"model_path:={model_path}", "-p", "reliability:=reliable"],
+                               env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("bench_source", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    arrivals: dict[float, float] = {}
+    node.create_subscription(Expression, "/ser_node/expression",
+                             lambda m: arrivals.setdefault(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9,
+                                                           time.monotonic()), 50)
+    publisher = node.create_publisher(AudioStamped, "audio", QoSProfile(depth=100,
+                                                                       reliability=ReliabilityPolicy.RELIABLE))
+    try:
+        deadline = time.monotonic() + 60
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        executor.spin_once(timeout_sec=1.0)
+        stream, bounds = speech_stream(waveforms, silence_s=1.0)
+        rng = np.random.default_rng(0)
+        idle = np.concatenate([np.zeros(int(idle_s * 8000), np.float32),
+                               rng.normal(0, 0.003, int(idle_s * 8000)).astype(np.float32)])  # silence, then noise
+        result: dict = {}
+        decided_at = decision_messages(stream)
+        for phase, audio in (("idle", idle), ("speech", stream)):
+            messages = typed_chunks(audio, 16000, 1, "int16", 0.02, 1000.0 if phase == "speech" else 0.0)
+            sent_at: list[float] = []
+            cpu0, wall0 = _proc_cpu_seconds(process.pid), time.monotonic()
+            began = time.monotonic()
+            for index, msg in enumerate(messages):
+                due = began + index * 0.02
+                while (ahead := due - time.monotonic()) > 0:
+                    executor.spin_once(timeout_sec=min(ahead, 0.005))
+                publisher.publish(msg)
+                sent_at.append(time.monotonic())
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end and (phase == "idle" or len(arrivals) < len(bounds)):
+                executor.spin_once(timeout_sec=0.05)
+            cpu = (_proc_cpu_seconds(process.pid) - cpu0) / (time.monotonic() - wall0) * 100
+            result[phase] = {"cpu_percent_of_one_core": cpu, "rss_mb": _proc_rss_mb(process.pid)}
+            if phase == "speech":
+                latencies, processing = [], []
+                for start in sorted(arrivals):
+                    offset = start - 1000.0
+                    match = min(bounds, key=lambda b: abs(b[0] - offset))
+                    # Wall time at which the utterance's last speech sample was published.
+                    latencies.append(arrivals[start] - (began + match[1]))
+                    index = min(decided_at, key=lambda s: abs(s - offset))
+                    processing.append(arrivals[start] - sent_at[decided_at[index]])
+                result["latency_from_utterance_end_ms"] = ms(latencies)
+                result["latency_from_decision_ms"] = ms(processing)
+                result["utterances"] = {"sent": len(bounds), "received": len(arrivals)}
+        return result
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        process.terminate()
+        process.wait(timeout=20)
+
+
+# ------------------------------------------------------------------ report
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "uem-es")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    clips = [c for c in load_emomatch(args.corpus, check_audio=False).clips if c.speaker in ("s02", "s09")]
+    clips = [clips[i] for i in np.random.default_rng(0).permutation(len(clips))[: 10 if args.quick else 24]]
+    waveforms = [load_audio(c.path) for c in clips]
+    calibration = [load_audio(c.path) for c in load_emomatch(args.corpus, check_audio=False).clips[::25]]
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": {
+        "cpu": next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                     if l.startswith("model name")), platform.processor()),
+        "cores": os.cpu_count(), "python": platform.python_version(), "threads": THREADS}}
+    print("measuring CPU peak", flush=True)
+    results["cpu_peak"] = cpu_peak()
+    print(f"  fp32 {results['cpu_peak']['fp32_gflops']:.0f} GFLOP/s, int8 {results['cpu_peak']['int8_gops']:.0f} GOP/s")
+    models = build_models(args.work, calibration, full=True)
+    print("inference latency (batch 1, features excluded)", flush=True)
+    results["inference"] = inference_latency(models, waveforms, results["cpu_peak"])
+    print("stage costs", flush=True)
+    results["stages_ms_per_audio_s"] = stage_costs(waveforms, models)
+    results["opensmile_compare_ms_per_utterance"] = opensmile_cost(waveforms[:10])
+    print("offline throughput", flush=True)
+    results["offline"] = offline_throughput(waveforms, args.work)
+    results["end_to_end"] = {}
+    targets = [("default fp32", models["default"]["fp32"]), ("default int8", models["default"]["int8"])]
+    if not args.quick:
+        targets.append(("vgg16_224 int8", models["vgg16_224"]["int8"]))
+    for label, path in targets:
+        print(f"end to end: {label}", flush=True)
+        results["end_to_end"][label] = end_to_end(path, waveforms, idle_s=10.0 if args.quick else 20.0)
+    (args.out / "performance.json").write_text(json.dumps(results, indent=1))
+    write_report(results, args.out)
+    return 0
+
+
+def write_report(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ser_node.reports import format_table
+
+    peak = results["cpu_peak"]
+    lines = [f"# Performance ({results['date']}, {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+             f"{results['machine']['threads']} inference threads)", "",
+             f"Measured peak of this CPU: {peak['fp32_gflops']:.0f} GFLOP/s fp32 (torch GEMM), "
+             f"{peak['int8_gops']:.0f} GOP/s int8 (ONNX Runtime MatMulInteger).", "",
+             "## Inference per utterance (batch 1, features excluded)", "",
+             format_table([{**r, **{k: f"{r[k]:.2f}" for k in ("p50", "p95", "compute_floor_ms", "ratio_to_floor",
+                                                              "gflop")}} for r in results["inference"]],
+                          ["model", "backend", "gflop", "p50", "p95", "compute_floor_ms", "ratio_to_floor"]), "",
+             "## End to end (ser_node process, real-time stream, utterance end -> expression received)", ""]
+    rows = []
+    for label, e2e in results["end_to_end"].items():
+        lat = e2e["latency_from_utterance_end_ms"]
+        dec = e2e["latency_from_decision_ms"]
+        rows.append({"model": label, "p50 ms": f"{lat['p50']:.0f}", "p95 ms": f"{lat['p95']:.0f}",
+                     "p99 ms": f"{lat['p99']:.0f}", "decision->arrival p50/p95 ms": f"{dec['p50']:.1f} / "
+                     f"{dec['p95']:.1f}", "received": f"{e2e['utterances']['received']}/"
+                     f"{e2e['utterances']['sent']}",
+                     "idle CPU %": f"{e2e['idle']['cpu_percent_of_one_core']:.1f}",
+                     "speech CPU %": f"{e2e['speech']['cpu_percent_of_one_core']:.1f}",
+                     "RSS MB": f"{e2e['speech']['rss_mb']:.0f}"})
+    lines += [format_table(rows, list(rows[0])) if rows else "(not run)", "",
+              "Latency from the utterance end includes the `min_silence_s` (0.3 s) of silence the segmenter must "
+              "hear before it can close an utterance (a design choice, tunable). *decision->arrival* starts at the "
+              "publication of the audio message that let the segmenter close the utterance: that is the pipeline's "
+              "own cost (features, inference, publish, DDS).", "",
+              "## Cost per stage (ms per second of audio, 48 kHz stereo int16 input)", "",
+              format_table([{"stage": k, "ms per audio s": f"{v:.2f}"} for k, v in
+                            results["stages_ms_per_audio_s"].items()], ["stage", "ms per audio s"]), ""]
+    offline = results["offline"]
+    lines.append(f"Offline bag evaluation: {offline['audio_s']:.0f} s of audio in {offline['processing_s']:.1f} s, "
+                 f"**{offline['times_real_time']:.0f}x real time**.")
+    peer = results.get("opensmile_compare_ms_per_utterance")
+    if peer:
+        lines.append(f"Peer cost: openSMILE ComParE_2016 functionals take {peer['p50']:.0f} ms per utterance (p50).")
+    (out / "performance.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=110)
+    labels = [f"{r['model']}\n{r['backend']}" for r in results["inference"]]
+    ax.bar(range(len(labels)), [r["p50"] for r in results["inference"]], color="#3b7dd8", label="measured p50")
+    ax.scatter(range(len(labels)), [r["compute_floor_ms"] for r in results["inference"]], color="black", zorder=3,
+               label="compute floor")
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per utterance")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latency.png")
+    plt.close(fig)
+    print((out / "performance.md").read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
