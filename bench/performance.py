@@ -423,8 +423,9 @@ def write_report(results: dict, out: Path) -> None:
     peak = results["cpu_peak"]
     lines = [f"# Performance ({results['date']}, {results['machine']['cpu']}, {results['machine']['cores']} cores, "
              f"{results['machine']['threads']} inference threads)", "",
-             f"Measured peak of this CPU: {peak['fp32_gflops']:.0f} GFLOP/s fp32 (torch GEMM), "
-             f"{peak['int8_gops']:.0f} GOP/s int8 (ONNX Runtime MatMulInteger).", "",
+             f"Measured peak of this CPU (best of a 2048² GEMM and a VGG-sized 3x3 convolution, same threads): "
+             f"{peak['fp32_gflops']:.0f} GFLOP/s fp32, {peak['int8_gops']:.0f} GOP/s int8. The compute floor of a "
+             "model is its FLOPs at that peak; `ratio_to_floor` = measured / floor (1.0 = perfect).", "",
              "## Inference per utterance (batch 1, features excluded)", "",
              format_table([{**r, **{k: f"{r[k]:.2f}" for k in ("p50", "p95", "compute_floor_ms", "ratio_to_floor",
                                                               "gflop")}} for r in results["inference"]],

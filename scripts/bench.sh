@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Benchmarks (slow; they print progress): accuracy (LOSO on uem-es, openSMILE baseline vs DeepSpectrum) and
+# performance (latency, idle cost, throughput). Results go to bench/results/. Resumable: re-run to continue.
+#   scripts/bench.sh                 # both
+#   scripts/bench.sh accuracy --methods compare_svm,default
+#   scripts/bench.sh performance --quick
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/setup.sh"
+"$root/.venv/bin/python" -m pip install -q -r "$root/requirements/bench.txt"
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST OPENBLAS_NUM_THREADS=1
+unset _ROS_WHEELS_BOOTSTRAP_COMPLETE
+what="${1:-all}"; [ $# -gt 0 ] && shift
+case "$what" in
+  accuracy) exec "$root/.venv/bin/python" "$root/bench/accuracy.py" "$@" ;;
+  performance) exec "$root/.venv/bin/python" "$root/bench/performance.py" "$@" ;;
+  all) "$root/.venv/bin/python" "$root/bench/accuracy.py" --methods egemaps_svm,compare_svm,ds_svc,default
+       exec "$root/.venv/bin/python" "$root/bench/performance.py" ;;
+  *) echo "usage: scripts/bench.sh [accuracy|performance|all] [options]" >&2; exit 2 ;;
+esac
