@@ -80,12 +80,12 @@ def run_opensmile_svm(clips, feature_set: str, cache: Path) -> dict:
     return {"folds": folds, "predictions": predictions, "train_seconds": time.perf_counter() - began}
 
 
-def run_ds(method: str, recipe: dict, runs: Path, corpus: Path) -> dict:
+def run_ds(method: str, recipe: dict, runs: Path, corpus: Path, threads: int) -> dict:
     from ser_node.training import TrainConfig, run_experiment
 
     config = TrainConfig.from_mapping({**TrainConfig().to_mapping(), "corpus": {"kind": "emomatch",
                                                                                 "path": str(corpus)},
-                                       "protocol": "loso", "threads": 1, **recipe})
+                                       "protocol": "loso", **recipe, "threads": threads})
     result = run_experiment(config, runs / method, resume=True)
     report = json.loads((result.run_dir / "report.json").read_text())
     folds = [{"fold": f["fold"], "metrics": f["metrics"]} for f in report["folds"]]
@@ -103,6 +103,7 @@ def main() -> int:
     parser.add_argument("--methods", default="egemaps_svm,compare_svm,ds_svc,default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work", help="caches and training runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the DeepSpectrum trainings")
     args = parser.parse_args()
     corpus = load_emomatch(args.corpus)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -117,9 +118,9 @@ def main() -> int:
 
             recipe = {k: v for k, v in yaml.safe_load((ROOT / "config" / "train_default.yaml").read_text()).items()
                       if k not in ("corpus", "protocol")}
-            outcome = run_ds("default", recipe, args.work / "runs", args.corpus)
+            outcome = run_ds("default", recipe, args.work / "runs", args.corpus, args.threads)
         elif method in DS_RECIPES:
-            outcome = run_ds(method, DS_RECIPES[method], args.work / "runs", args.corpus)
+            outcome = run_ds(method, DS_RECIPES[method], args.work / "runs", args.corpus, args.threads)
         else:
             parser.error(f"unknown method {method}")
         truth, predicted = zip(*outcome.pop("predictions"))

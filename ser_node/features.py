@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .settings import check_known_fields
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -58,10 +60,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "FeatureConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown feature settings: {sorted(unknown)}")
+        check_known_fields(cls, values, "feature settings")
         values = dict(values)
         for key in ("mean", "std"):
             if key in values:

@@ -28,6 +28,7 @@ from .features import FeatureConfig, FeatureExtractor
 from .labels import EMOTIONS
 from .models import ModelConfig, build_model, load_imagenet_backbone, save_checkpoint
 from .protocols import Fold, make_folds, write_folds
+from .settings import check_known_fields
 from .reports import (compute_metrics, format_table, per_speaker_accuracy, plot_confusion, summarise_folds,
                       write_confusion_csv, write_json, write_per_class_csv)
 
@@ -89,10 +90,7 @@ class TrainConfig:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        check_known_fields(cls, values, "training settings")
         config = cls(**values)
         config.validate()
         return config
@@ -418,7 +416,9 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
     config_path = run_dir / "config.yaml"
     if resume and config_path.exists():
         saved = yaml.safe_load(config_path.read_text())
-        if saved != config.to_mapping():
+        runtime_only = {"threads"}  # how fast, not what: may change between a crash and its resume
+        if {k: v for k, v in saved.items() if k not in runtime_only} != {
+                k: v for k, v in config.to_mapping().items() if k not in runtime_only}:
             raise ValueError(f"{config_path} differs from the requested settings: resume needs the same config")
     config_path.write_text(yaml.safe_dump(config.to_mapping(), sort_keys=True))
     if config.threads:

@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("SER_CORPUS", ROOT.parent / "shared" / "data" / "uem-es"))
 
 
+def child_env() -> dict[str, str]:
+    """Environment for a spawned ser_node process: this checkout's code, loopback discovery, the same domain."""
+    env = {k: v for k, v in os.environ.items() if k != "_ROS_WHEELS_BOOTSTRAP_COMPLETE"}
+    env["PYTHONPATH"] = str(ROOT)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    return env
+
+
 def corpus_clip(speaker: str, name: str) -> Path:
     path = CORPUS / speaker / f"{name}.flac"
     if not path.is_file():

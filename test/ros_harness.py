@@ -182,3 +182,24 @@ class Harness:
 
 def stamp_seconds(stamp: Any) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
+
+
+class SideNode:
+    """A plain node in its own context, spun by the caller (executor.spin_once), for talking to other processes."""
+
+    def __init__(self, name: str) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def wait_for_subscriber(self, publisher: Any, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+        return publisher.get_subscription_count() > 0
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)

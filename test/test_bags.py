@@ -162,41 +162,30 @@ def test_cli_make_and_evaluate(corpus_dir, tmp_path):
 
 def test_record_an_audio_topic(labelled_stream, default_classifier, tmp_path):
     pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
-    import os
     import time
 
-    import rclpy
     from audio_common_msgs.msg import AudioStamped
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-    from ros_harness import typed_chunks
+    from conftest import child_env
+    from ros_harness import SideNode, typed_chunks
 
     stream, _ = labelled_stream
-    env = {k: v for k, v in os.environ.items() if k != "_ROS_WHEELS_BOOTSTRAP_COMPLETE"}
-    env["PYTHONPATH"] = str(ROOT)
     out = tmp_path / "recorded"
     recorder = subprocess.Popen([sys.executable, "-m", "ser_node.bag_cli", "record", "/mic", "--out", str(out),
-                                 "--duration", "8"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("record_source", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
+                                 "--duration", "8"], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    side = SideNode("record_source")
     try:
-        publisher = node.create_publisher(AudioStamped, "/mic", QoSProfile(depth=200,
-                                                                           reliability=ReliabilityPolicy.RELIABLE))
-        deadline = time.monotonic() + 20
-        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        assert publisher.get_subscription_count() == 1
+        publisher = side.node.create_publisher(AudioStamped, "/mic",
+                                               QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
+        assert side.wait_for_subscriber(publisher, timeout=20)
         messages = typed_chunks(stream[: 16000 * 6], 16000, 1, "int16", 0.05, T0)
         for msg in messages:
             publisher.publish(msg)
             time.sleep(0.005)
     finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        side.close()
     stdout, stderr = recorder.communicate(timeout=60)
     assert recorder.returncode == 0, stderr[-1500:]
     assert f"wrote {len(messages)} message(s)" in stdout

@@ -1,7 +1,6 @@
 """The package as users meet it: package.xml, installed data files, console scripts, params file, launch file."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -11,15 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.prefix) / "bin"
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "_ROS_WHEELS_BOOTSTRAP_COMPLETE"}
-    env["PYTHONPATH"] = str(ROOT)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    return env
 
 
 def test_package_xml_is_format_3_ament_python():
@@ -87,11 +81,10 @@ def test_console_script_with_params_file_in_a_namespace(exported_models, real_wa
     script = BIN / "ser_node"
     if not script.exists():
         pytest.skip(f"{script} not installed: run scripts/setup.sh")
-    import rclpy
     from audio_common_msgs.msg import AudioStamped
     from hri_msgs.msg import Expression
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from ros_harness import speech_stream, typed_chunks
+    from ros_harness import SideNode, speech_stream, typed_chunks
 
     params = tmp_path / "params.yaml"
     values = yaml.safe_load((ROOT / "config" / "ser_node.yaml").read_text())
@@ -101,22 +94,14 @@ def test_console_script_with_params_file_in_a_namespace(exported_models, real_wa
     process = subprocess.Popen([str(script), "--ros-args", "--params-file", str(params), "-r", "__ns:=/robot",
                                 "-r", "audio:=/robot/mic"], env=child_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("spawn_tester", context=context)
-    from rclpy.executors import SingleThreadedExecutor
-
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
+    side = SideNode("spawn_tester")
+    node, executor = side.node, side.executor
     try:
         received = []
         node.create_subscription(Expression, "/robot/ser_node/expression", received.append, 10)
         publisher = node.create_publisher(AudioStamped, "/robot/mic", QoSProfile(depth=200,
                                                                                   reliability=ReliabilityPolicy.RELIABLE))
-        deadline = time.monotonic() + 30
-        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.1)
-        assert publisher.get_subscription_count() == 1, "spawned node never subscribed to /robot/mic"
+        assert side.wait_for_subscriber(publisher), "spawned node never subscribed to /robot/mic"
         stream, bounds = speech_stream(real_waveforms[:2])
         for msg in typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0):
             publisher.publish(msg)
@@ -127,8 +112,7 @@ def test_console_script_with_params_file_in_a_namespace(exported_models, real_wa
         assert len(received) == len(bounds)
         assert abs((received[0].header.stamp.sec + received[0].header.stamp.nanosec * 1e-9) - 1000.0 - bounds[0][0]) < 0.6
     finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        side.close()
         process.terminate()
         output = process.communicate(timeout=20)[0]
     assert "variant: typed" in output and "active: listening on /robot/mic" in output, output

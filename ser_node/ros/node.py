@@ -308,12 +308,16 @@ def make_node_class():
             self.get_logger().info(f"active: listening on {self.resolve_topic_name('audio')}")
             return result
 
-        def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        def _stop_listening(self) -> None:
+            """Unsubscribes from audio and stops the inference worker (deactivate and shutdown)."""
             self._active = False
             for sub in self._audio_subscriptions:
                 self.destroy_subscription(sub)
             self._audio_subscriptions.clear()
             self._stop_worker()
+
+        def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+            self._stop_listening()
             return super().on_deactivate(state)
 
         def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -321,11 +325,7 @@ def make_node_class():
             return TransitionCallbackReturn.SUCCESS
 
         def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-            self._active = False
-            for sub in self._audio_subscriptions:
-                self.destroy_subscription(sub)
-            self._audio_subscriptions.clear()
-            self._stop_worker()
+            self._stop_listening()
             self._release()
             return TransitionCallbackReturn.SUCCESS
 
@@ -498,7 +498,7 @@ def make_node_class():
 def main(argv: list[str] | None = None) -> int:
     """Console script: runs the node, configured and activated unless --no-autostart."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     parser = argparse.ArgumentParser(
         prog="ser_node",
@@ -513,23 +513,31 @@ def main(argv: list[str] | None = None) -> int:
     node = make_node_class()()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    code = 0
+    if not args.no_autostart:
+        node.trigger_configure()
+        if node.state_label() == "inactive":
+            node.trigger_activate()
+        else:
+            node.get_logger().error("not activated: configure failed (see above); fix the parameters and "
+                                    "configure again through the lifecycle services")
+    spin_until_done(node, executor)
+    return 0
+
+
+def spin_until_done(node: Any, executor: Any, done: threading.Event | None = None) -> None:
+    """Spins until Ctrl-C, shutdown or `done`, then destroys the node and shuts rclpy down (console scripts)."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
     try:
-        if not args.no_autostart:
-            node.trigger_configure()
-            if node.state_label() == "inactive":
-                node.trigger_activate()
-            else:
-                node.get_logger().error("not activated: configure failed (see above); fix the parameters and "
-                                        "configure again through the lifecycle services")
-        executor.spin()
+        while rclpy.ok() and not (done is not None and done.is_set()):
+            executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-    return code
 
 
 if __name__ == "__main__":

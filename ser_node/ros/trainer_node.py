@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor
+
+    from .node import spin_until_done
 
     parser = argparse.ArgumentParser(
         prog="ser_trainer", description=__doc__,
@@ -109,15 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     node.start()
-    try:
-        while rclpy.ok() and not node.done.is_set():
-            executor.spin_once(timeout_sec=0.2)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    spin_until_done(node, executor, node.done)
     return 0 if node.result.get("event") in ("trained", "exported", "reloaded") else 1
 
 
