@@ -115,16 +115,36 @@ def test_corrupt_empty_and_foreign_bags_give_clear_errors(labelled_stream, defau
         evaluate_bag(only_labels, default_classifier, topic="/audio")
 
 
-def test_offline_and_live_replay_agree(labelled_stream, tmp_path):
+def test_live_replay_refuses_the_generation_that_is_not_installed(labelled_stream, tmp_path):
+    pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
+    from ros_harness import SideNode
+
+    from ser_node.ros.replay import replay_bag
+
+    stream, _ = labelled_stream
+    bag = write_audio_bag(tmp_path / "raw", stream[:16000], variant="raw", storage="mcap", t0=T0)
+    side = SideNode("replay_refusal")
+    try:
+        with pytest.raises(BagError, match="raw audio_common_msgs generation, this install has the typed"):
+            replay_bag(bag, side.node, executor_running=False)
+    finally:
+        side.close()
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_offline_and_live_replay_agree(labelled_stream, tmp_path, storage):
     pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
     from ros_harness import Harness
 
     from ser_node.ros.replay import replay_bag
 
     stream, references = labelled_stream
-    bag = write_audio_bag(tmp_path / "bag", stream, storage="mcap", rate=48000, t0=T0, references=references)
+    bag = write_audio_bag(tmp_path / "bag", stream, storage=storage, rate=48000, t0=T0, references=references)
     classifier = Classifier(ROOT / "models" / "ser_default.onnx")
     offline = evaluate_bag(bag, classifier)
+    again = evaluate_bag(bag, classifier)  # deterministic: the same bag gives the same answer
+    assert [(u.start, u.label, u.scores) for u in again.utterances] == [
+        (u.start, u.label, u.scores) for u in offline.utterances]
     harness = Harness({"reliability": "reliable"})  # default model, default segmentation: as offline
     try:
         live = replay_bag(bag, harness.tester, executor_running=True, speed=4.0, offline=offline.utterances,

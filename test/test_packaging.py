@@ -116,3 +116,19 @@ def test_console_script_with_params_file_in_a_namespace(exported_models, real_wa
         process.terminate()
         output = process.communicate(timeout=20)[0]
     assert "variant: typed" in output and "active: listening on /robot/mic" in output, output
+
+
+def test_bag_tool_definitions_match_the_interface_package():
+    """The typed audio definitions used to read/write bags are the fields of interfaces/audio_common_msgs."""
+    from ser_node.ros.messages import TYPED_AUDIO_MSG_DEFINITIONS
+
+    for name, definition in TYPED_AUDIO_MSG_DEFINITIONS.items():
+        msg_file = ROOT / "interfaces" / "audio_common_msgs" / "msg" / f"{name.rsplit('/', 1)[1]}.msg"
+        fields = []
+        for line in msg_file.read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if line and "=" not in line:  # constants are not fields
+                kind, field_name = line.split()
+                fields.append(f"{kind.replace('audio_common_msgs/', '')} {field_name}")
+        expected = [line.replace("audio_common_msgs/", "") for line in definition.strip().splitlines()]
+        assert fields == expected, name
