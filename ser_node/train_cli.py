@@ -24,7 +24,9 @@ def apply_override(values: dict[str, Any], assignment: str) -> None:
     target = values
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        target = target.setdefault(part, {})
+        if not isinstance(target.get(part), dict):  # absent or None (e.g. test_corpus): start a mapping
+            target[part] = {}
+        target = target[part]
     target[parts[-1]] = yaml.safe_load(raw)
 
 

@@ -133,7 +133,25 @@ def test_cli_help_and_config_resolution(tmp_path):
     config = build_config(config_file, ["epochs=5", "svc_c_grid=[1, 2]"])
     assert config.variant == "ds_fc" and config.epochs == 5 and config.svc_c_grid == [1, 2]
     assert config.corpus == {"kind": "manifest", "path": "list.csv"}
+    cross = build_config(None, ["protocol=cross_corpus", "test_corpus.kind=manifest", "test_corpus.path=b.csv"])
+    assert cross.test_corpus == {"kind": "manifest", "path": "b.csv"}
     with pytest.raises(ValueError, match="unknown training settings"):
         build_config(None, ["epoch=5"])
     with pytest.raises(ValueError, match="variant"):
         build_config(None, ["variant=ds_xx"])
+
+
+def test_cross_corpus_run_with_normal_neutral_test_side(corpus_dir, tmp_path):
+    from test_corpora import ELRA_LABELS, ELRA_PATTERN, make_elra_like
+
+    make_elra_like(corpus_dir, tmp_path / "elra")
+    config = tiny_config(corpus_dir, "ds_svc", speakers=["s04", "s05", "s09"], protocol="cross_corpus",
+                         max_folds=0, elra_test_normal_neutral=True,
+                         test_corpus={"kind": "elra", "path": str(tmp_path / "elra"), "pattern": ELRA_PATTERN,
+                                      "label_map": ELRA_LABELS})
+    result = run_experiment(config, tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert len(report["folds"]) == 1 and report["speaker_independent"]
+    # Only the labels both corpora share, and only normal-style neutral on the ELRA test side (2 of 10).
+    assert report["folds"][0]["n_test"] == 8 and result.pooled["n"] == 8
+    assert {c for c, v in result.pooled["per_class"].items() if v["support"]} == {"anger", "joy", "sadness", "neutral"}
