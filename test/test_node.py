@@ -267,6 +267,10 @@ def test_runtime_parameter_limits(exported_models):
         assert node.stream.segmenter.config.threshold == 0.7
         assert not node.set_parameters([Parameter("vad_threshold", value=1.5)])[0].successful  # out of range
         assert not node.set_parameters([Parameter("vad_negative_threshold", value=0.9)])[0].successful
+        assert node.set_parameters([Parameter("max_utterance_s", value=1.0)])[0].successful
+        refused = node.set_parameters([Parameter("min_speech_s", value=2.0)])[0]  # in range, but > max_utterance_s
+        assert not refused.successful and "max_utterance_s" in refused.reason
+        assert node.stream.segmenter.config.max_utterance_s == 1.0 and node.stream.segmenter.config.min_speech_s == 0.25
         assert not node.set_parameters([Parameter("vad_backend", value="webrtc")])[0].successful  # while active
         descriptor = node.describe_parameter("min_silence_s")
         assert descriptor.description and descriptor.floating_point_range[0].to_value == 5.0

@@ -192,12 +192,10 @@ def make_node_class():
                 if name in parameters and name not in self.live_names and self.state_label() == "active":
                     return SetParametersResult(successful=False,
                                                reason=f"{name} can only change while the node is not active")
-            threshold = values.get("vad_threshold", self.p("vad_threshold") if self.has_parameter("vad_threshold") else 0.5)
-            negative = values.get("vad_negative_threshold",
-                                  self.p("vad_negative_threshold") if self.has_parameter("vad_negative_threshold")
-                                  else 0.35)
-            if negative > threshold:
-                return SetParametersResult(successful=False, reason="vad_negative_threshold must be <= vad_threshold")
+            try:  # the segmenter settings must stay consistent with each other, not only within their ranges
+                self._segmenter_config(values).validate()
+            except ValueError as error:
+                return SetParametersResult(successful=False, reason=str(error))
             if "model_path" in values and self.classifier is not None:
                 try:
                     self._swap_model(values["model_path"])
