@@ -1,17 +1,17 @@
 """ament_python package setup for ser_node (also a plain pip-installable package)."""
 from glob import glob
-from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "ser_node"
-HERE = Path(__file__).parent
 
-
-def requirements(name: str) -> list[str]:
-    """Pinned requirements from requirements/<name>.txt, without comments."""
-    lines = (HERE / "requirements" / f"{name}.txt").read_text().splitlines()
-    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+# Ranges, not pins: on a robot this package shares numpy & co. with the ROS distro's Python packages. The exact
+# versions that CI and scripts/setup.sh install are pinned in requirements/*.txt.
+RUNTIME = ["numpy>=1.21", "onnxruntime>=1.16", "soundfile>=0.10", "soxr>=0.3", "webrtcvad-wheels>=2.0.10",
+           "pyyaml>=5.4"]
+TRAIN = ["torch>=2.1", "onnx>=1.15", "onnxscript>=0.1", "scikit-learn>=1.3", "matplotlib>=3.5", "tqdm>=4.60",
+         "rosbags>=0.10", "mcap>=1.1"]
+TEST = ["pytest>=7", "librosa>=0.10"]
 
 
 setup(
@@ -28,8 +28,8 @@ setup(
         (f"share/{PACKAGE}/demo", glob("demo/*.wav")),
     ],
     python_requires=">=3.10",
-    install_requires=requirements("runtime"),
-    extras_require={"train": requirements("train"), "test": requirements("test")},
+    install_requires=RUNTIME,
+    extras_require={"train": TRAIN, "test": TEST},
     zip_safe=True,
     maintainer="ser_node maintainers",
     maintainer_email="ser-node@example.org",
