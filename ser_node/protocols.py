@@ -30,7 +30,7 @@ class Fold:
         return asdict(self)
 
 
-def _validation_split(clips: Sequence[Clip], train: list[int], seed: int, fraction: float) -> tuple[list[int], list[int], bool]:
+def validation_split(clips: Sequence[Clip], train: list[int], seed: int, fraction: float) -> tuple[list[int], list[int], bool]:
     """Carves a validation part from `train`: whole speakers when there are at least 3, else stratified clips."""
     rng = np.random.default_rng(seed)
     speakers = sorted({clips[i].speaker for i in train})
@@ -90,7 +90,7 @@ def make_folds(clips: Sequence[Clip], protocol: str, folds: int = 10, seed: int 
     everything = list(clips) + list(test_clips)
     result = []
     for number, (train_idx, test_idx) in enumerate(pairs):
-        train, validation, _ = _validation_split(everything, sorted(int(i) for i in train_idx), seed + number,
+        train, validation, _ = validation_split(everything, sorted(int(i) for i in train_idx), seed + number,
                                                  validation_fraction)
         test = sorted(int(i) for i in test_idx)
         name = f"fold{number:02d}"

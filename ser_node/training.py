@@ -27,7 +27,7 @@ from .corpora import Clip, Corpus, LoadProblem, load_corpus, only_normal_neutral
 from .features import FeatureConfig, FeatureExtractor
 from .labels import EMOTIONS
 from .models import ModelConfig, build_model, load_imagenet_backbone, save_checkpoint
-from .protocols import Fold, make_folds, write_folds
+from .protocols import Fold, make_folds, validation_split, write_folds
 from .settings import check_known_fields
 from .reports import (compute_metrics, format_table, per_speaker_accuracy, plot_confusion, summarise_folds,
                       write_confusion_csv, write_json, write_per_class_csv)
@@ -451,8 +451,8 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
         train = [everything[i] for i in fold.train]
         validation = [everything[i] for i in fold.validation]
         test = [everything[i] for i in fold.test]
-        if config.protocol == "cross_corpus" or config.elra_test_normal_neutral:
-            test = only_normal_neutral(test) if config.elra_test_normal_neutral else test
+        if config.elra_test_normal_neutral:
+            test = only_normal_neutral(test)
         began = time.perf_counter()
         extra: dict[str, Any] = {}
         if config.variant == "ds_svc":
@@ -481,9 +481,8 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
 
 
 def _all_split(clips: Sequence[Clip], config: TrainConfig) -> tuple[list[int], list[int]]:
-    from .protocols import _validation_split
-
-    train, validation, _ = _validation_split(clips, list(range(len(clips))), config.seed, config.validation_fraction)
+    """Protocol `all` (the deployable model): every clip trains, but a few held-out speakers pick the epoch."""
+    train, validation, _ = validation_split(clips, list(range(len(clips))), config.seed, config.validation_fraction)
     return train, validation
 
 
