@@ -11,7 +11,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -461,7 +461,6 @@ def evaluate_bag(path: str | Path, classifier: Any, *, topic: str | None = None,
     audio_topic = find_audio_topic(contents, topic)
     variant = audio_variant_of(contents.topics[audio_topic], contents.msgdefs.get(audio_topic))
     store = audio_typestore(variant)
-    msgtype = contents.topics[audio_topic]
     fmt = raw_format or RawFormat()
     processor = StreamProcessor(Segmenter(make_vad(vad_backend), segmenter_config), stream_config)
     found: list[Utterance] = []

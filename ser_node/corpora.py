@@ -52,16 +52,6 @@ class Corpus:
     def labels(self) -> list[str]:
         return sorted({c.label for c in self.clips})
 
-    def summary(self) -> str:
-        counts: dict[str, int] = {}
-        for clip in self.clips:
-            counts[clip.label] = counts.get(clip.label, 0) + 1
-        per_class = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        text = f"{self.name}: {len(self.clips)} clips, {len(self.speakers)} speakers ({per_class})"
-        if self.problems:
-            text += f"; {len(self.problems)} file(s) not used (see problems)"
-        return text
-
 
 def _audio_files(root: Path) -> Iterable[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)

@@ -9,7 +9,7 @@ frame and `post_roll_s` after the last; shorter than `min_speech_s` of speech is
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
@@ -95,13 +95,6 @@ class Segmenter:
     @property
     def speaking(self) -> bool:
         return self._speaking
-
-    @property
-    def next_time(self) -> float | None:
-        """Source time the next pushed sample is expected to have."""
-        if self._pending_time is None:
-            return None
-        return self._pending_time + self._pending.size / SAMPLE_RATE
 
     # -- input
     def push(self, samples: np.ndarray, start_time: float) -> list[Utterance]:
@@ -203,12 +196,3 @@ class Segmenter:
         if self.on_speaking is not None:
             self.on_speaking(speaking, time)
 
-
-@dataclass
-class SpeakingEvents:
-    """Collects VAD state changes (time, speaking) for callers that poll instead of using a callback."""
-
-    events: list[tuple[float, bool]] = field(default_factory=list)
-
-    def __call__(self, speaking: bool, time: float) -> None:
-        self.events.append((time, speaking))

@@ -25,7 +25,7 @@ from ..model_file import ModelFileError
 from ..segmenter import Segmenter, SegmenterConfig, Utterance
 from ..stream import ChunkError, StreamConfig, StreamProcessor
 from ..vad import VadError, make_vad
-from .messages import (RAW, TYPED, RawFormat, detect_audio_variant, interpret, raw_to_chunk, seconds_to_stamp,
+from .messages import (TYPED, RawFormat, detect_audio_variant, interpret, raw_to_chunk, seconds_to_stamp,
                        typed_audio_message, typed_to_chunk)
 
 NODE_NAME = "ser_node"
@@ -77,11 +77,10 @@ class LatencyWindow:
 
 def make_node_class():
     """Builds the node class on first use, so the core stays importable without rclpy."""
-    import rclpy
     from builtin_interfaces.msg import Time
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from hri_msgs.msg import Expression
-    from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
+    from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                     SetParametersResult)
     from rclpy.lifecycle import LifecycleState, Node as LifecycleNode, TransitionCallbackReturn
     from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)

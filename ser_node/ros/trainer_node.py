@@ -14,7 +14,6 @@ from typing import Any
 
 
 def make_trainer_class():
-    import rclpy
     from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
     from rclpy.node import Node
