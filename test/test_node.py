@@ -57,6 +57,41 @@ def test_stream_gives_one_expression_per_utterance(exported_models, three_uttera
         harness.close()
 
 
+def test_batched_intake_and_executor_callbacks_give_the_same_results(exported_models, three_utterances):
+    """The idle-time batching (idle_batch_s > 0) only changes when messages are taken, never what comes out."""
+    stream, bounds = three_utterances
+    chunks = typed_chunks(stream, 16000, 1, "int16", 0.02, T0)
+    outcomes = {}
+    for idle_batch_s in (0.0, 0.25):
+        harness = Harness(node_params(exported_models, idle_batch_s=idle_batch_s))
+        try:
+            intake = harness.node._intake
+            assert (intake is None) == (idle_batch_s == 0.0)
+            harness.publish(chunks, speed=8.0)
+            outcomes[idle_batch_s] = harness.wait_for("classification", len(bounds))
+            if intake is not None:
+                # Far fewer wake-ups than messages: the point of batching (the speech parts are taken one by one).
+                assert 0 < intake.wakeups < 0.8 * len(chunks), (intake.wakeups, len(chunks))
+        finally:
+            harness.close()
+    assert len(outcomes[0.0]) == len(outcomes[0.25]) == len(bounds)
+    for a, b in zip(outcomes[0.0], outcomes[0.25]):
+        assert a.header.stamp == b.header.stamp
+        np.testing.assert_allclose([r.score for r in a.results], [r.score for r in b.results], atol=1e-6)
+
+
+def test_intake_pause_is_zero_while_speaking_and_fits_the_queue(exported_models):
+    harness = Harness(node_params(exported_models, idle_batch_s=0.5, qos_depth=20))
+    try:
+        node = harness.node
+        node._chunk_s = 0.02
+        assert node._intake_pause() == pytest.approx(0.2)  # 0.5 s would fill 20 messages of 20 ms: capped at half
+        node._speaking = True
+        assert node._intake_pause() == 0.0
+    finally:
+        harness.close()
+
+
 def bad_chunks(t: float):
     """One of each kind of broken message the node must survive."""
     from audio_common_msgs.msg import AudioStamped

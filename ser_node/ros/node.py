@@ -25,6 +25,7 @@ from ..model_file import ModelFileError
 from ..segmenter import Segmenter, SegmenterConfig, Utterance
 from ..stream import ChunkError, StreamConfig, StreamProcessor
 from ..vad import VadError, make_vad
+from . import intake
 from .messages import (TYPED, RawFormat, detect_audio_variant, interpret, raw_to_chunk, seconds_to_stamp,
                        typed_audio_message, typed_to_chunk)
 
@@ -128,6 +129,10 @@ def make_node_class():
         "reliability": ("best_effort", describe("audio subscription reliability", choices="best_effort|reliable"),
                         False),
         "qos_depth": (100, describe("audio subscription history depth", low=1, high=10000, integer=True), False),
+        "idle_batch_s": (0.25, describe("while nobody speaks, take audio messages in batches this often (saves CPU; "
+                                       "delays only the detection of speech onset, not the result); 0 = take "
+                                       "each message through the executor (from 0 to >0 at the next activation)",
+                                       low=0.0, high=1.0), True),
         "queue_size": (8, describe("utterances waiting for classification; when full the oldest is dropped",
                                    low=1, high=256, integer=True), False),
         "max_batch": (8, describe("queued utterances classified together in one batch", low=1, high=64,
@@ -165,6 +170,9 @@ def make_node_class():
             self.stream: StreamProcessor | None = None
             self.raw_format = RawFormat()
             self._audio_subscriptions: list[Any] = []
+            self._intake: intake.BatchedIntake | None = None
+            self._speaking = False
+            self._chunk_s = 0.02
             self._lock = threading.Condition()
             self._queue: deque[Pending] = deque()
             self._worker: threading.Thread | None = None
@@ -289,12 +297,11 @@ def make_node_class():
             qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.p("qos_depth"), reliability=reliability,
                              durability=DurabilityPolicy.VOLATILE)
             if self.variant == TYPED:
-                self._audio_subscriptions.append(self.create_subscription(self.audio_class, "audio", self._on_typed, qos))
+                self._subscribe_audio(self.audio_class, self._on_typed, qos)
             else:
                 from audio_common_msgs.msg import AudioData  # raw variant only
 
-                cls = self.audio_class if self.p("raw_stamped") else AudioData
-                self._audio_subscriptions.append(self.create_subscription(cls, "audio", self._on_raw, qos))
+                self._subscribe_audio(self.audio_class if self.p("raw_stamped") else AudioData, self._on_raw, qos)
                 if self.info_class is not None:
                     self._audio_subscriptions.append(self.create_subscription(self.info_class, "audio_info",
                                                                         self._on_info, 10))
@@ -302,12 +309,37 @@ def make_node_class():
             self._active = True
             self._worker = threading.Thread(target=self._work, name="ser_inference", daemon=True)
             self._worker.start()
-            self.get_logger().info(f"active: listening on {self.resolve_topic_name('audio')}")
+            if self._intake is not None:
+                self._intake.start()
+            self.get_logger().info(f"active: listening on {self.resolve_topic_name('audio')}"
+                                   f"{' (batched intake)' if self._intake is not None else ''}")
             return result
+
+        def _subscribe_audio(self, msg_class: Any, callback: Any, qos: Any) -> None:
+            """Audio goes through the batched intake thread (see intake.py) unless idle_batch_s is 0."""
+            self._speaking = False
+            if self.p("idle_batch_s") <= 0 or not intake.available():
+                self._audio_subscriptions.append(self.create_subscription(msg_class, "audio", callback, qos))
+                return
+            sub = self.create_subscription(msg_class, "audio", callback, qos,
+                                           callback_group=intake.never_executed_group())
+            self._audio_subscriptions.append(sub)
+            self._intake = intake.BatchedIntake(sub, self.context, callback, self._intake_pause,
+                                                on_error=lambda e: self.get_logger().error(f"audio intake: {e!r}"))
+
+        def _intake_pause(self) -> float:
+            """No pause while speech may be going on; else idle_batch_s, capped so the batch fits in the
+            subscription's history with room to spare (nothing is lost to a full queue)."""
+            if self._speaking:
+                return 0.0
+            return min(float(self.p("idle_batch_s")), 0.5 * int(self.p("qos_depth")) * self._chunk_s)
 
         def _stop_listening(self) -> None:
             """Unsubscribes from audio and stops the inference worker (deactivate and shutdown)."""
             self._active = False
+            if self._intake is not None:
+                self._intake.stop()
+                self._intake = None
             for sub in self._audio_subscriptions:
                 self.destroy_subscription(sub)
             self._audio_subscriptions.clear()
@@ -370,6 +402,7 @@ def make_node_class():
             now = self.get_clock().now().nanoseconds * 1e-9
             try:
                 chunk = make_chunk(now)
+                self._chunk_s = chunk.duration
             except ChunkError as error:
                 self.stream.stats.bad_chunks[error.reason] += 1  # feed() counts its own refusals
                 self._warn_bad_chunk(error)
@@ -390,6 +423,7 @@ def make_node_class():
                                           f"{self.stream.stats.dropped if self.stream else '?'} dropped so far")
 
         def _on_speaking(self, speaking: bool, _time: float) -> None:
+            self._speaking = speaking
             pub = getattr(self, "speaking_pub", None)
             if pub is not None:
                 pub.publish(Bool(data=speaking))

@@ -1,0 +1,103 @@
+"""Audio intake that takes messages off the subscription in batches while nobody speaks.
+
+Why not a plain subscription callback: rclpy's executor spends about 1 ms of Python per message rebuilding its
+wait set, so a 50 msgs/s audio topic alone costs ~5 % of a core with a callback that does nothing (measured
+here, see bench/results/performance.md). A robot's microphone streams all day, mostly silence, so that cost is
+paid all day. This thread waits on the one audio subscription directly and, while the segmenter hears no
+speech, lets messages pile up in the subscription's history for `batch_s` before draining them in one go
+(~1.2 % of a core for the same stream). While somebody speaks it takes every message at once, so the latency
+from the end of an utterance is unchanged; only the detection of speech onset waits up to `batch_s`, and the
+onset is not lost (the pre-roll comes from the batched audio).
+
+rclpy has no public call to take one message from a subscription, so this uses the same two calls that rclpy's
+own `wait_for_message` and executors use (`WaitSet` and `Subscription.handle.take_message`). `available()`
+says whether they are there; if a future rclpy drops them, the node falls back to executor callbacks.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+WAIT_TIMEOUT_NS = 250_000_000  # how often the thread checks for stop while no message comes
+
+
+def available() -> bool:
+    try:
+        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+        return hasattr(_rclpy, "WaitSet")
+    except ImportError:
+        return False
+
+
+def never_executed_group() -> Any:
+    """A callback group the executor never runs: it keeps the intake's subscription out of the executor's wait
+    set, while the subscription still belongs to the node (remapping, `ros2 topic info`, destroy)."""
+    from rclpy.callback_groups import CallbackGroup
+
+    class NeverExecuted(CallbackGroup):
+        def can_execute(self, entity: Any) -> bool:
+            return False
+
+        def beginning_execution(self, entity: Any) -> bool:
+            return False
+
+        def ending_execution(self, entity: Any) -> None:
+            pass
+
+    return NeverExecuted()
+
+
+class BatchedIntake:
+    """Drains one subscription in a thread: `deliver(msg)` for every message, in arrival order.
+
+    `batch_s()` is asked after each drain: how long to let messages accumulate before the next one
+    (0 = take each message as it arrives).
+    """
+
+    def __init__(self, subscription: Any, context: Any, deliver: Callable[[Any], None],
+                 batch_s: Callable[[], float], on_error: Callable[[BaseException], None]) -> None:
+        self.subscription = subscription
+        self.context = context
+        self.deliver = deliver
+        self.batch_s = batch_s
+        self.on_error = on_error
+        self.wakeups = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ser_audio_intake", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Returns once the thread has ended, so the subscription can be destroyed safely."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+        sub = self.subscription
+        wait_set = _rclpy.WaitSet(1, 0, 0, 0, 0, 0, self.context.handle)
+        while not self._stop.is_set():
+            try:
+                with sub.handle:
+                    wait_set.clear_entities()
+                    wait_set.add_subscription(sub.handle)
+                    wait_set.wait(WAIT_TIMEOUT_NS)
+                    self.wakeups += 1
+                    while not self._stop.is_set():
+                        taken = sub.handle.take_message(sub.msg_type, sub.raw)
+                        if taken is None:
+                            break
+                        self.deliver(taken[0])
+            except Exception as error:  # the context went down under us, or a callback bug: report, go on
+                if self._stop.is_set() or not self.context.ok():
+                    return
+                self.on_error(error)
+                self._stop.wait(0.1)
+                continue
+            pause = self.batch_s()
+            if pause > 0:
+                self._stop.wait(pause)
