@@ -327,6 +327,7 @@ def end_to_end(model_path: Path, waveforms: list[np.ndarray], idle_s: float, par
     """Spawns ser_node (console script), streams utterances at real time, measures latency, idle CPU and RSS."""
     import rclpy
     from audio_common_msgs.msg import AudioStamped
+    from diagnostic_msgs.msg import DiagnosticArray
     from hri_msgs.msg import Expression
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -347,6 +348,9 @@ def end_to_end(model_path: Path, waveforms: list[np.ndarray], idle_s: float, par
     node.create_subscription(Expression, "/ser_node/expression",
                              lambda m: arrivals.setdefault(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9,
                                                            time.monotonic()), 50)
+    diagnostics: dict[str, str] = {}  # the node's own view: enqueue -> inference done (queue, features, model)
+    node.create_subscription(DiagnosticArray, "/diagnostics",
+                             lambda m: diagnostics.update({kv.key: kv.value for kv in m.status[0].values}), 10)
     publisher = node.create_publisher(AudioStamped, "audio", QoSProfile(depth=100,
                                                                        reliability=ReliabilityPolicy.RELIABLE))
     try:
@@ -388,6 +392,9 @@ def end_to_end(model_path: Path, waveforms: list[np.ndarray], idle_s: float, par
                 result["latency_from_utterance_end_ms"] = ms(latencies)
                 result["latency_from_decision_ms"] = ms(processing)
                 result["utterances"] = {"sent": len(bounds), "received": len(arrivals)}
+                executor.spin_once(timeout_sec=1.5)  # one more diagnostics period
+                result["node_inference_ms"] = {k: float(diagnostics[f"latency_ms_{k}"]) for k in ("p50", "p95")
+                                               if f"latency_ms_{k}" in diagnostics}
         return result
     finally:
         node.destroy_node()
@@ -483,7 +490,8 @@ def write_report(results: dict, out: Path) -> None:
         dec = e2e["latency_from_decision_ms"]
         rows.append({"model": label, "p50 ms": f"{lat['p50']:.0f}", "p95 ms": f"{lat['p95']:.0f}",
                      "p99 ms": f"{lat['p99']:.0f}", "decision->arrival p50/p95 ms": f"{dec['p50']:.1f} / "
-                     f"{dec['p95']:.1f}", "received": f"{e2e['utterances']['received']}/"
+                     f"{dec['p95']:.1f}", "of which in the worker p50/p95 ms": "{p50:.1f} / {p95:.1f}".format(
+                         **e2e.get("node_inference_ms", {"p50": float("nan"), "p95": float("nan")})), "received": f"{e2e['utterances']['received']}/"
                      f"{e2e['utterances']['sent']}",
                      "idle CPU %": f"{e2e['idle']['cpu_percent_of_one_core']:.1f}",
                      "speech CPU %": f"{e2e['speech']['cpu_percent_of_one_core']:.1f}",
@@ -492,7 +500,8 @@ def write_report(results: dict, out: Path) -> None:
               "Latency from the utterance end includes the `min_silence_s` (0.3 s) of silence the segmenter must "
               "hear before it can close an utterance (a design choice, tunable). *decision->arrival* starts at the "
               "publication of the audio message that let the segmenter close the utterance: that is the pipeline's "
-              "own cost (features, inference, publish, DDS). `idle_batch_s=0` is the node taking every audio "
+              "own cost (features, inference, publish, DDS); *in the worker* is the node's own measurement (its "
+              "diagnostics) from queueing the utterance to the end of inference. `idle_batch_s=0` is the node taking every audio "
               "message through the rclpy executor; the default takes them in 0.25 s batches while nobody speaks "
               "(see ser_node/ros/intake.py).", "", *torch_estimates(results), "",
               "## Cost per stage (ms per second of audio, 48 kHz stereo int16 input)", "",
