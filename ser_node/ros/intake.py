@@ -12,6 +12,8 @@ onset is not lost (the pre-roll comes from the batched audio).
 rclpy has no public call to take one message from a subscription, so this uses the same two calls that rclpy's
 own `wait_for_message` and executors use (`WaitSet` and `Subscription.handle.take_message`). `available()`
 says whether they are there; if a future rclpy drops them, the node falls back to executor callbacks.
+rclpy's wait-set executors (single- and multi-threaded) honour the callback group below; the experimental
+EventsExecutor does not, so with it set idle_batch_s: 0 (the node logs an error if it sees this happen).
 """
 from __future__ import annotations
 

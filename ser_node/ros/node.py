@@ -173,6 +173,8 @@ def make_node_class():
             self._intake: intake.BatchedIntake | None = None
             self._speaking = False
             self._chunk_s = 0.02
+            self._warned_executor_took_audio = False
+            self._feed_lock = threading.Lock()  # the intake thread and (see _subscribe_audio) an executor
             self._lock = threading.Condition()
             self._queue: deque[Pending] = deque()
             self._worker: threading.Thread | None = None
@@ -321,7 +323,15 @@ def make_node_class():
             if self.p("idle_batch_s") <= 0 or not intake.available():
                 self._audio_subscriptions.append(self.create_subscription(msg_class, "audio", callback, qos))
                 return
-            sub = self.create_subscription(msg_class, "audio", callback, qos,
+            def executor_took(msg: Any) -> None:
+                # Only an executor that ignores callback groups (rclpy's experimental EventsExecutor) gets here.
+                if not self._warned_executor_took_audio:
+                    self._warned_executor_took_audio = True
+                    self.get_logger().error("this executor ignores callback groups and takes audio messages "
+                                            "too; set idle_batch_s: 0 with it")
+                callback(msg)
+
+            sub = self.create_subscription(msg_class, "audio", executor_took, qos,
                                            callback_group=intake.never_executed_group())
             self._audio_subscriptions.append(sub)
             self._intake = intake.BatchedIntake(sub, self.context, callback, self._intake_pause,
@@ -397,21 +407,23 @@ def make_node_class():
                 self.raw_format = fmt
 
         def _feed(self, make_chunk: Any, frame_id: str) -> None:
-            if not self._active or self.stream is None:
+            stream = self.stream
+            if not self._active or stream is None:
                 return
             now = self.get_clock().now().nanoseconds * 1e-9
-            try:
-                chunk = make_chunk(now)
-                self._chunk_s = chunk.duration
-            except ChunkError as error:
-                self.stream.stats.bad_chunks[error.reason] += 1  # feed() counts its own refusals
-                self._warn_bad_chunk(error)
-                return
-            try:
-                utterances = self.stream.feed(chunk)
-            except ChunkError as error:
-                self._warn_bad_chunk(error)
-                return
+            with self._feed_lock:
+                try:
+                    chunk = make_chunk(now)
+                    self._chunk_s = chunk.duration
+                except ChunkError as error:
+                    stream.stats.bad_chunks[error.reason] += 1  # feed() counts its own refusals
+                    self._warn_bad_chunk(error)
+                    return
+                try:
+                    utterances = stream.feed(chunk)
+                except ChunkError as error:
+                    self._warn_bad_chunk(error)
+                    return
             for utterance in utterances:
                 self._enqueue(utterance, frame_id)
 
