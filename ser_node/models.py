@@ -19,8 +19,6 @@ from .labels import EMOTIONS
 
 VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                                        512, 512, 512, "M", 512, 512, 512, "M")
-# Indices in `features` of the max-pool closing VGG16 blocks 4 and 5 (torchvision numbering).
-POOL4_INDEX, POOL5_INDEX = 23, 30
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,7 @@ class ModelConfig:
     hidden: int = 256  # dense layer of the DS-AM / DS-FC head
     dropout: float = 0.5
     vgg_classifier: bool = False  # DS-FC only: torchvision's 4096-4096 classifier (the paper) instead of pooling
+    batch_norm: bool = False  # VGG16-BN layout (torchvision's vgg16_bn): trains from scratch far more easily
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,9 +50,9 @@ def scaled_layout(width: float) -> list[int | str]:
 
 
 class VGG16Backbone(nn.Module):
-    """VGG16 convolutional layers, `features.N` named as in torchvision."""
+    """VGG16 convolutional layers, `features.N` named as in torchvision (vgg16 or, with batch_norm, vgg16_bn)."""
 
-    def __init__(self, width: float = 1.0) -> None:
+    def __init__(self, width: float = 1.0, batch_norm: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         in_channels = 3
@@ -61,7 +60,10 @@ class VGG16Backbone(nn.Module):
             if value == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
-                layers += [nn.Conv2d(in_channels, int(value), kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                layers.append(nn.Conv2d(in_channels, int(value), kernel_size=3, padding=1))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(int(value)))
+                layers.append(nn.ReLU(inplace=True))
                 in_channels = int(value)
         self.features = nn.Sequential(*layers)
         for module in self.features:
@@ -70,14 +72,16 @@ class VGG16Backbone(nn.Module):
                 nn.init.zeros_(module.bias)
         self.channels = in_channels
         self.pool4_channels = [v for v in scaled_layout(width) if v != "M"][9]
+        # Index in `features` of the max-pool closing block 4 (23 in vgg16, 33 in vgg16_bn).
+        self.pool4_index = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)][3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def forward_pools(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs of pool4 and pool5 (the inputs of the two attention heads)."""
-        pool4 = self.features[: POOL4_INDEX + 1](x)
-        return pool4, self.features[POOL4_INDEX + 1 :](pool4)
+        pool4 = self.features[: self.pool4_index + 1](x)
+        return pool4, self.features[self.pool4_index + 1 :](pool4)
 
 
 class LocallyConnected1x1(nn.Module):
@@ -125,7 +129,7 @@ class DSAM(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = VGG16Backbone(config.width)
+        self.backbone = VGG16Backbone(config.width, config.batch_norm)
         h4, w4 = config.image_height // 16, config.image_width // 16
         h5, w5 = config.image_height // 32, config.image_width // 32
         if min(h5, w5) < 1:
@@ -159,7 +163,7 @@ class DSFC(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = VGG16Backbone(config.width)
+        self.backbone = VGG16Backbone(config.width, config.batch_norm)
         channels = self.backbone.channels
         if config.vgg_classifier:
             self.pool = nn.AdaptiveAvgPool2d((7, 7))
@@ -215,7 +219,8 @@ def load_imagenet_backbone(model: nn.Module, path: str | Path) -> list[str]:
     wanted = {k: v for k, v in state.items() if k in own}
     missing = sorted(set(own) - set(wanted))
     if missing:
-        raise WeightsError(f"{path}: missing backbone tensors {missing[:4]}... (is it VGG16 without batch norm?)")
+        raise WeightsError(f"{path}: missing backbone tensors {missing[:4]}... (vgg16 weights need "
+                           "batch_norm: false, vgg16_bn weights batch_norm: true)")
     for key, value in wanted.items():
         if tuple(value.shape) != tuple(own[key].shape):
             raise WeightsError(

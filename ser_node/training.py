@@ -56,6 +56,7 @@ class TrainConfig:
     hidden: int = 256
     dropout: float = 0.5
     vgg_classifier: bool = False
+    batch_norm: bool = False  # VGG16-BN backbone (from-scratch training converges far more easily)
     imagenet_weights: str | None = None  # path to torchvision vgg16-397923af.pth
     # optimisation (DS-FC, DS-AM)
     epochs: int = 30
@@ -80,7 +81,7 @@ class TrainConfig:
         variant = "ds_fc" if self.variant == "ds_svc" else self.variant
         return ModelConfig(variant=variant, width=self.width, image_height=self.image_size,
                            image_width=self.image_size, hidden=self.hidden, dropout=self.dropout,
-                           vgg_classifier=self.vgg_classifier)
+                           vgg_classifier=self.vgg_classifier, batch_norm=self.batch_norm)
 
     def validate(self) -> None:
         if self.variant not in VARIANTS:

@@ -96,3 +96,46 @@ def test_wrong_weight_files_give_clear_errors(tmp_path):
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="unknown model variant"):
         build_model(ModelConfig(variant="resnet"))
+
+
+def test_batch_norm_backbone_follows_torchvision_vgg16_bn(tmp_path):
+    """batch_norm=True is torchvision's vgg16_bn layout: conv, BN, ReLU; DS-AM still taps pool4 and pool5."""
+    bn_convs = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]
+    model = build_model(ModelConfig(variant="ds_am", width=0.125, image_height=64, image_width=64, batch_norm=True))
+    names = {k.rsplit(".", 1)[0] for k in model.state_dict() if k.startswith("backbone.features.")}
+    assert names == {f"backbone.features.{i}" for i in bn_convs} | {f"backbone.features.{i + 1}" for i in bn_convs}
+    assert model.backbone.pool4_index == 33
+    logits, (a4, a5) = model.eval().forward_with_attention(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 7) and a4.shape == (2, 4, 4) and a5.shape == (2, 2, 2)
+    plain_weights = tmp_path / "vgg16.pth"
+    torch.save(torchvision_style_state_dict(0.125), plain_weights)
+    with pytest.raises(WeightsError, match="batch_norm"):
+        load_imagenet_backbone(model, plain_weights)
+
+
+def test_batch_norm_model_exports_to_onnx_with_the_same_outputs(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime")
+    import numpy as np
+
+    from ser_node.export import export_onnx
+    from ser_node.features import FeatureConfig
+    from ser_node.labels import EMOTIONS
+    from ser_node.model_file import ModelMetadata
+
+    config = ModelConfig(variant="ds_am", width=0.125, image_height=64, image_width=64, batch_norm=True)
+    torch.manual_seed(0)
+    model = build_model(config)
+    model.train()
+    with torch.no_grad():  # give the BN layers non-trivial running statistics, as training would
+        for _ in range(3):
+            model(torch.randn(8, 3, 64, 64) * 2 + 0.5)
+    model.eval()
+    features = FeatureConfig(image_height=64, image_width=64)
+    path = export_onnx(model, ModelMetadata("bn-test", list(EMOTIONS), features, "ds_am", model=config.to_dict()),
+                       tmp_path / "bn.onnx")
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = torch.softmax(model(x), dim=1).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
