@@ -5,6 +5,8 @@ Methods (choose with --methods, default all):
                             C chosen by inner speaker-grouped CV (Garcia-Cuesta et al. recipe)
   ds_svc, ds_fc, ds_am      DeepSpectrum variants through ser_train (from scratch: no ImageNet weights here)
   default                   the shipped default model's recipe (config/train_default.yaml) under LOSO
+  default_tta               the same fold models with test-time augmentation: log-probabilities averaged over
+                            5 playback speeds (0.85-1.15); needs `default` first (inference only, ~2 min)
 
 Every method sees the same folds (one per speaker). Results: bench/results/accuracy.json (per fold, per class,
 pooled confusion), accuracy.md (the table), ua_by_method.png and one confusion PNG per method. Slow runs are
@@ -97,10 +99,42 @@ def run_ds(method: str, recipe: dict, runs: Path, corpus: Path, threads: int) ->
             "recipe": recipe}
 
 
+def run_tta(run_dir: Path, corpus: Path, speeds: tuple[float, ...] = (0.85, 0.925, 1.0, 1.075, 1.15)) -> dict:
+    """Test-time augmentation on a finished LOSO run's fold models (the `default` method's)."""
+    import torch
+    import yaml
+
+    from ser_node.features import FeatureExtractor
+    from ser_node.training import AudioBank, TrainConfig, load_trained_network, speed_perturb
+
+    if not (run_dir / "report.json").exists():
+        raise SystemExit(f"{run_dir} has no finished LOSO run: run the `default` method first")
+    config = TrainConfig.from_mapping(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    clips = load_emomatch(corpus).clips
+    extractor, bank = FeatureExtractor(config.feature_config()), AudioBank()
+    bank.load(clips)
+    folds, predictions = [], []
+    began = time.perf_counter()
+    for fold_dir in sorted(run_dir.glob("speaker_*")):
+        model = load_trained_network(fold_dir, config)
+        test = [c for c in clips if f"speaker_{c.speaker}" == fold_dir.name]
+        log_probabilities = []
+        for speed in speeds:
+            images = torch.from_numpy(np.stack([extractor(speed_perturb(bank[c], speed)) for c in test]))
+            with torch.no_grad():
+                log_probabilities.append(torch.log_softmax(model(images), dim=1).numpy())
+        predicted = [EMOTIONS[i] for i in np.mean(log_probabilities, axis=0).argmax(axis=1)]
+        truth = [c.label for c in test]
+        folds.append({"fold": fold_dir.name, "metrics": compute_metrics(truth, predicted, EMOTIONS)})
+        predictions += list(zip(truth, predicted))
+    return {"folds": folds, "predictions": predictions, "train_seconds": time.perf_counter() - began,
+            "recipe": {"tta_speeds": list(speeds)}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "uem-es")
-    parser.add_argument("--methods", default="egemaps_svm,compare_svm,ds_svc,default")
+    parser.add_argument("--methods", default="egemaps_svm,compare_svm,ds_svc,ds_fc,default,default_tta")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work", help="caches and training runs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the DeepSpectrum trainings")
@@ -119,6 +153,8 @@ def main() -> int:
             recipe = {k: v for k, v in yaml.safe_load((ROOT / "config" / "train_default.yaml").read_text()).items()
                       if k not in ("corpus", "protocol")}
             outcome = run_ds("default", recipe, args.work / "runs", args.corpus, args.threads)
+        elif method == "default_tta":
+            outcome = run_tta(args.work / "runs" / "default", args.corpus)
         elif method in DS_RECIPES:
             outcome = run_ds(method, DS_RECIPES[method], args.work / "runs", args.corpus, args.threads)
         else:

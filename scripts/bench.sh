@@ -14,7 +14,7 @@ what="${1:-all}"; [ $# -gt 0 ] && shift
 case "$what" in
   accuracy) exec "$root/.venv/bin/python" "$root/bench/accuracy.py" "$@" ;;
   performance) exec "$root/.venv/bin/python" "$root/bench/performance.py" "$@" ;;
-  all) "$root/.venv/bin/python" "$root/bench/accuracy.py" --methods egemaps_svm,compare_svm,ds_svc,default
+  all) "$root/.venv/bin/python" "$root/bench/accuracy.py" --methods egemaps_svm,compare_svm,ds_svc,ds_fc,default,default_tta
        exec "$root/.venv/bin/python" "$root/bench/performance.py" ;;
   *) echo "usage: scripts/bench.sh [accuracy|performance|all] [options]" >&2; exit 2 ;;
 esac
