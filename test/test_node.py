@@ -72,6 +72,8 @@ def test_batched_intake_and_executor_callbacks_give_the_same_results(exported_mo
             if intake is not None:
                 # Far fewer wake-ups than messages: the point of batching (the speech parts are taken one by one).
                 assert 0 < intake.wakeups < 0.8 * len(chunks), (intake.wakeups, len(chunks))
+                assert intake.full_drains == 0
+                assert harness.node.diagnostic_values()[2]["intake_full_drains"] == "0"
         finally:
             harness.close()
     assert len(outcomes[0.0]) == len(outcomes[0.25]) == len(bounds)
@@ -80,14 +82,19 @@ def test_batched_intake_and_executor_callbacks_give_the_same_results(exported_mo
         np.testing.assert_allclose([r.score for r in a.results], [r.score for r in b.results], atol=1e-6)
 
 
-def test_intake_pause_is_zero_while_speaking_and_fits_the_queue(exported_models):
-    harness = Harness(node_params(exported_models, idle_batch_s=0.5, qos_depth=20))
+def test_intake_pause_is_zero_while_speaking_and_fits_the_history(exported_models):
+    harness = Harness(node_params(exported_models, idle_batch_s=0.5, qos_depth=40))
     try:
-        node = harness.node
-        node._chunk_s = 0.02
-        assert node._intake_pause() == pytest.approx(0.2)  # 0.5 s would fill 20 messages of 20 ms: capped at half
+        node, intake = harness.node, harness.node._intake
+        assert node._intake_pause() == 0.5
         node._speaking = True
         assert node._intake_pause() == 0.0
+        assert intake.depth == 40
+        assert intake.safe_pause(0.5, 0, 0.25) == 0.5  # nothing streaming
+        assert intake.safe_pause(0.5, 1, 0.25) == pytest.approx(0.05)  # a stream starting: probe its rate
+        assert intake.safe_pause(0.5, 10, 0.2) == pytest.approx(0.2)  # 50 msgs/s: a quarter of 40 takes 0.2 s
+        assert intake.safe_pause(0.5, 50, 0.05) == pytest.approx(0.01)  # a fast replay: 1000 msgs/s
+        assert intake.safe_pause(0.0, 10, 0.2) == 0.0
     finally:
         harness.close()
 

@@ -18,9 +18,12 @@ EventsExecutor does not, so with it set idle_batch_s: 0 (the node logs an error 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable
 
 WAIT_TIMEOUT_NS = 250_000_000  # how often the thread checks for stop while no message comes
+HISTORY_SHARE = 0.25  # a pause may let the subscription's history fill this far at the rate last seen
+PROBE_S = 0.05  # the pause after a lone message, long enough to measure the stream's rate
 
 
 def available() -> bool:
@@ -53,8 +56,11 @@ def never_executed_group() -> Any:
 class BatchedIntake:
     """Drains one subscription in a thread: `deliver(msg)` for every message, in arrival order.
 
-    `batch_s()` is asked after each drain: how long to let messages accumulate before the next one
-    (0 = take each message as it arrives).
+    `batch_s()` is asked after each drain: how long the caller would like messages to accumulate (0 = take each
+    message as it arrives). The pause is capped so that, at the message rate seen in the last drain, the history
+    fills at most a quarter (4x headroom for a sudden burst, e.g. a bag replayed fast); until a rate is known
+    the pause is short (PROBE_S). A drain that finds the history full may have lost messages: counted in
+    `full_drains` (diagnostics).
     """
 
     def __init__(self, subscription: Any, context: Any, deliver: Callable[[Any], None],
@@ -65,6 +71,8 @@ class BatchedIntake:
         self.batch_s = batch_s
         self.on_error = on_error
         self.wakeups = 0
+        self.full_drains = 0
+        self.depth = int(getattr(subscription.qos_profile, "depth", 0) or 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ser_audio_intake", daemon=True)
 
@@ -82,7 +90,9 @@ class BatchedIntake:
 
         sub = self.subscription
         wait_set = _rclpy.WaitSet(1, 0, 0, 0, 0, 0, self.context.handle)
+        last_drain = time.monotonic()
         while not self._stop.is_set():
+            count = 0
             try:
                 with sub.handle:
                     wait_set.clear_entities()
@@ -93,6 +103,7 @@ class BatchedIntake:
                         taken = sub.handle.take_message(sub.msg_type, sub.raw)
                         if taken is None:
                             break
+                        count += 1
                         self.deliver(taken[0])
             except Exception as error:  # the context went down under us, or a callback bug: report, go on
                 if self._stop.is_set() or not self.context.ok():
@@ -100,6 +111,20 @@ class BatchedIntake:
                 self.on_error(error)
                 self._stop.wait(0.1)
                 continue
-            pause = self.batch_s()
+            now = time.monotonic()
+            if self.depth and count >= self.depth:
+                self.full_drains += 1
+            pause = self.safe_pause(self.batch_s(), count, now - last_drain)
+            last_drain = now
             if pause > 0:
                 self._stop.wait(pause)
+
+    def safe_pause(self, wanted: float, count: int, elapsed: float) -> float:
+        """`wanted`, capped by what the history holds at the rate of the last drain (`count` in `elapsed` s)."""
+        if wanted <= 0 or not self.depth:
+            return max(0.0, wanted)
+        if count == 0:
+            return wanted  # nothing is streaming
+        if count == 1 or elapsed <= 0:
+            return min(wanted, PROBE_S)  # a stream (re)starting: measure its rate over a short pause first
+        return min(wanted, HISTORY_SHARE * self.depth * elapsed / count)

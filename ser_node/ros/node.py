@@ -172,7 +172,6 @@ def make_node_class():
             self._audio_subscriptions: list[Any] = []
             self._intake: intake.BatchedIntake | None = None
             self._speaking = False
-            self._chunk_s = 0.02
             self._warned_executor_took_audio = False
             self._feed_lock = threading.Lock()  # the intake thread and (see _subscribe_audio) an executor
             self._lock = threading.Condition()
@@ -338,11 +337,8 @@ def make_node_class():
                                                 on_error=lambda e: self.get_logger().error(f"audio intake: {e!r}"))
 
         def _intake_pause(self) -> float:
-            """No pause while speech may be going on; else idle_batch_s, capped so the batch fits in the
-            subscription's history with room to spare (nothing is lost to a full queue)."""
-            if self._speaking:
-                return 0.0
-            return min(float(self.p("idle_batch_s")), 0.5 * int(self.p("qos_depth")) * self._chunk_s)
+            """No pause while speech may be going on; else idle_batch_s (the intake caps it to the history)."""
+            return 0.0 if self._speaking else float(self.p("idle_batch_s"))
 
         def _stop_listening(self) -> None:
             """Unsubscribes from audio and stops the inference worker (deactivate and shutdown)."""
@@ -414,7 +410,6 @@ def make_node_class():
             with self._feed_lock:
                 try:
                     chunk = make_chunk(now)
-                    self._chunk_s = chunk.duration
                 except ChunkError as error:
                     stream.stats.bad_chunks[error.reason] += 1  # feed() counts its own refusals
                     self._warn_bad_chunk(error)
@@ -521,6 +516,11 @@ def make_node_class():
                 values["audio_seconds"] = f"{stats.seconds:.1f}"
                 values["utterances_too_short"] = str(self.stream.segmenter.stats.too_short)
                 values["speaking"] = str(self.stream.segmenter.speaking)
+            if self._intake is not None:
+                values["intake_full_drains"] = str(self._intake.full_drains)
+                if level == DiagnosticStatus.OK and self._intake.full_drains:
+                    level = DiagnosticStatus.WARN
+                    message = "audio history found full: raise qos_depth or lower idle_batch_s"
                 if level == DiagnosticStatus.OK and (stats.dropped or self.counts["utterances_dropped"]):
                     level, message = DiagnosticStatus.WARN, "audio chunks or utterances dropped (see values)"
             for key, value in self.latency.percentiles().items():
