@@ -72,8 +72,8 @@ def test_batched_intake_and_executor_callbacks_give_the_same_results(exported_mo
             if intake is not None:
                 # Far fewer wake-ups than messages: the point of batching (the speech parts are taken one by one).
                 assert 0 < intake.wakeups < 0.8 * len(chunks), (intake.wakeups, len(chunks))
-                assert intake.full_drains == 0
-                assert harness.node.diagnostic_values()[2]["intake_full_drains"] == "0"
+                assert intake.lost == 0
+                assert harness.node.diagnostic_values()[2]["audio_messages_lost"] == "0"
         finally:
             harness.close()
     assert len(outcomes[0.0]) == len(outcomes[0.25]) == len(bounds)
@@ -95,6 +95,23 @@ def test_intake_pause_is_zero_while_speaking_and_fits_the_history(exported_model
         assert intake.safe_pause(0.5, 10, 0.2) == pytest.approx(0.2)  # 50 msgs/s: a quarter of 40 takes 0.2 s
         assert intake.safe_pause(0.5, 50, 0.05) == pytest.approx(0.01)  # a fast replay: 1000 msgs/s
         assert intake.safe_pause(0.0, 10, 0.2) == 0.0
+    finally:
+        harness.close()
+
+
+def test_audio_lost_to_a_full_history_is_counted_and_reported(exported_models, real_waveforms):
+    """A history far too small for the stream: the intake sees the publisher's sequence gaps and says so."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    stream, _bounds = speech_stream(real_waveforms[:2], silence_s=1.0)
+    harness = Harness(node_params(exported_models, qos_depth=3, reliability="best_effort", idle_batch_s=1.0))
+    try:
+        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.01, T0), speed=20.0)
+        harness.wait_idle()
+        level, message, values = harness.node.diagnostic_values()
+        assert int(values["audio_messages_lost"]) > 0
+        assert level == DiagnosticStatus.WARN and "lost" in message
+        assert harness.node.state_label() == "active"
     finally:
         harness.close()
 

@@ -128,7 +128,8 @@ def make_node_class():
                                           low=0.001, high=10.0), True),
         "reliability": ("best_effort", describe("audio subscription reliability", choices="best_effort|reliable"),
                         False),
-        "qos_depth": (100, describe("audio subscription history depth", low=1, high=10000, integer=True), False),
+        "qos_depth": (500, describe("audio subscription history depth (500 = 10 s of 20 ms chunks: room for a "
+                                    "stalled machine or a fast bag replay)", low=1, high=10000, integer=True), False),
         "idle_batch_s": (0.25, describe("while nobody speaks, take audio messages in batches this often (saves CPU; "
                                        "delays only the detection of speech onset, not the result); 0 = take "
                                        "each message through the executor (from 0 to >0 at the next activation)",
@@ -517,10 +518,10 @@ def make_node_class():
                 values["utterances_too_short"] = str(self.stream.segmenter.stats.too_short)
                 values["speaking"] = str(self.stream.segmenter.speaking)
             if self._intake is not None:
-                values["intake_full_drains"] = str(self._intake.full_drains)
-                if level == DiagnosticStatus.OK and self._intake.full_drains:
+                values["audio_messages_lost"] = str(self._intake.lost)
+                if level == DiagnosticStatus.OK and self._intake.lost:
                     level = DiagnosticStatus.WARN
-                    message = "audio history found full: raise qos_depth or lower idle_batch_s"
+                    message = "audio messages lost before intake: raise qos_depth or lower idle_batch_s"
                 if level == DiagnosticStatus.OK and (stats.dropped or self.counts["utterances_dropped"]):
                     level, message = DiagnosticStatus.WARN, "audio chunks or utterances dropped (see values)"
             for key, value in self.latency.percentiles().items():
