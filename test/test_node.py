@@ -100,16 +100,28 @@ def test_intake_pause_is_zero_while_speaking_and_fits_the_history(exported_model
 
 
 def test_audio_lost_to_a_full_history_is_counted_and_reported(exported_models, real_waveforms):
-    """A history far too small for the stream: the intake sees the publisher's sequence gaps and says so."""
+    """A burst far larger than the history, sent while the intake idles: it sees the publisher's sequence gaps."""
+    import time
+
     from diagnostic_msgs.msg import DiagnosticStatus
 
-    stream, _bounds = speech_stream(real_waveforms[:2], silence_s=1.0)
     harness = Harness(node_params(exported_models, qos_depth=3, reliability="best_effort", idle_batch_s=1.0))
     try:
-        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.01, T0), speed=20.0)
+        harness.wait_for_subscriber()
+        chunks = typed_chunks(real_waveforms[0][:16000], 16000, 1, "int16", 0.01, T0)  # 100 messages
+        harness.publish(chunks[:1])  # the intake learns this publisher's sequence number...
+        deadline = time.monotonic() + 5.0
+        while harness.node.diagnostic_values()[2]["chunks_received"] == "0" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # ...then its wait times out on silence and it pauses for idle_batch_s (1 s)
+        harness.publish(chunks[1:], speed=1e6)  # back to back, into a history of 3
+        while harness.node.diagnostic_values()[2]["chunks_received"] == "1" and time.monotonic() < deadline + 5:
+            time.sleep(0.01)  # the intake drains after its pause
         harness.wait_idle()
         level, message, values = harness.node.diagnostic_values()
-        assert int(values["audio_messages_lost"]) > 0
+        lost = int(values["audio_messages_lost"])
+        assert 0 < lost <= len(chunks) - 1
+        assert int(values["chunks_received"]) + lost == len(chunks)  # every message: either seen or counted lost
         assert level == DiagnosticStatus.WARN and "lost" in message
         assert harness.node.state_label() == "active"
     finally:
