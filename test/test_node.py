@@ -190,6 +190,23 @@ def test_bad_chunks_change_nothing_for_good_ones(exported_models, three_utteranc
         harness.close()
 
 
+def test_dropped_chunks_warn_on_the_executor_path_too(exported_models):
+    """Diagnostics do not depend on how audio is taken (idle_batch_s: 0 = executor callbacks)."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    harness = Harness(node_params(exported_models, idle_batch_s=0.0))
+    try:
+        assert harness.node._intake is None
+        harness.publish(bad_chunks(T0), speed=8.0)
+        harness.wait_idle()
+        level, _message, values = harness.node.diagnostic_values()
+        assert int(values["chunks_dropped"]) == 7
+        assert level == DiagnosticStatus.WARN
+        assert "audio_messages_lost" not in values
+    finally:
+        harness.close()
+
+
 def test_burst_at_ten_times_real_time_is_absorbed_or_counted(exported_models, real_waveforms):
     stream, bounds = speech_stream(real_waveforms[:10], silence_s=0.6)
     harness = Harness(node_params(exported_models, queue_size=2, max_batch=1))

@@ -517,13 +517,13 @@ def make_node_class():
                 values["audio_seconds"] = f"{stats.seconds:.1f}"
                 values["utterances_too_short"] = str(self.stream.segmenter.stats.too_short)
                 values["speaking"] = str(self.stream.segmenter.speaking)
+                if level == DiagnosticStatus.OK and (stats.dropped or self.counts["utterances_dropped"]):
+                    level, message = DiagnosticStatus.WARN, "audio chunks or utterances dropped (see values)"
             if self._intake is not None:
                 values["audio_messages_lost"] = str(self._intake.lost)
                 if level == DiagnosticStatus.OK and self._intake.lost:
                     level = DiagnosticStatus.WARN
                     message = "audio messages lost before intake: raise qos_depth or lower idle_batch_s"
-                if level == DiagnosticStatus.OK and (stats.dropped or self.counts["utterances_dropped"]):
-                    level, message = DiagnosticStatus.WARN, "audio chunks or utterances dropped (see values)"
             for key, value in self.latency.percentiles().items():
                 values[f"latency_ms_{key}" if key.startswith("p") else key] = f"{value:.2f}"
             return level, message, values
