@@ -82,12 +82,16 @@ def test_batched_intake_and_executor_callbacks_give_the_same_results(exported_mo
         np.testing.assert_allclose([r.score for r in a.results], [r.score for r in b.results], atol=1e-6)
 
 
-def test_intake_pause_is_zero_while_speaking_and_fits_the_history(exported_models):
+def test_intake_pause_is_zero_while_speaking_and_fits_the_history(exported_models, real_waveforms):
+    from ser_node.stream import AudioChunk
+
     harness = Harness(node_params(exported_models, idle_batch_s=0.5, qos_depth=40))
     try:
         node, intake = harness.node, harness.node._intake
         assert node._intake_pause() == 0.5
-        node._speaking = True
+        speech = real_waveforms[0][: int(0.5 * len(real_waveforms[0]))]  # stops mid-utterance
+        node._feed(lambda _now: AudioChunk(speech[:, None], 16000, T0), "mic")
+        assert node.stream.segmenter.speaking
         assert node._intake_pause() == 0.0
         assert intake.depth == 40
         assert intake.safe_pause(0.5, 0, 0.25) == 0.5  # nothing streaming

@@ -172,7 +172,6 @@ def make_node_class():
             self.raw_format = RawFormat()
             self._audio_subscriptions: list[Any] = []
             self._intake: intake.BatchedIntake | None = None
-            self._speaking = False
             self._warned_executor_took_audio = False
             self._feed_lock = threading.Lock()  # the intake thread and (see _subscribe_audio) an executor
             self._lock = threading.Condition()
@@ -319,7 +318,6 @@ def make_node_class():
 
         def _subscribe_audio(self, msg_class: Any, callback: Any, qos: Any) -> None:
             """Audio goes through the batched intake thread (see intake.py) unless idle_batch_s is 0."""
-            self._speaking = False
             if self.p("idle_batch_s") <= 0 or not intake.available():
                 self._audio_subscriptions.append(self.create_subscription(msg_class, "audio", callback, qos))
                 return
@@ -339,7 +337,8 @@ def make_node_class():
 
         def _intake_pause(self) -> float:
             """No pause while speech may be going on; else idle_batch_s (the intake caps it to the history)."""
-            return 0.0 if self._speaking else float(self.p("idle_batch_s"))
+            stream = self.stream
+            return 0.0 if stream is not None and stream.segmenter.speaking else float(self.p("idle_batch_s"))
 
         def _stop_listening(self) -> None:
             """Unsubscribes from audio and stops the inference worker (deactivate and shutdown)."""
@@ -431,7 +430,6 @@ def make_node_class():
                                           f"{self.stream.stats.dropped if self.stream else '?'} dropped so far")
 
         def _on_speaking(self, speaking: bool, _time: float) -> None:
-            self._speaking = speaking
             pub = getattr(self, "speaking_pub", None)
             if pub is not None:
                 pub.publish(Bool(data=speaking))
