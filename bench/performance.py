@@ -488,11 +488,12 @@ def write_report(results: dict, out: Path) -> None:
     for label, e2e in results["end_to_end"].items():
         lat = e2e["latency_from_utterance_end_ms"]
         dec = e2e["latency_from_decision_ms"]
+        worker = e2e.get("node_inference_ms", {"p50": float("nan"), "p95": float("nan")})
         rows.append({"model": label, "p50 ms": f"{lat['p50']:.0f}", "p95 ms": f"{lat['p95']:.0f}",
-                     "p99 ms": f"{lat['p99']:.0f}", "decision->arrival p50/p95 ms": f"{dec['p50']:.1f} / "
-                     f"{dec['p95']:.1f}", "of which in the worker p50/p95 ms": "{p50:.1f} / {p95:.1f}".format(
-                         **e2e.get("node_inference_ms", {"p50": float("nan"), "p95": float("nan")})), "received": f"{e2e['utterances']['received']}/"
-                     f"{e2e['utterances']['sent']}",
+                     "p99 ms": f"{lat['p99']:.0f}",
+                     "decision->arrival p50/p95 ms": f"{dec['p50']:.1f} / {dec['p95']:.1f}",
+                     "of which in the worker p50/p95 ms": f"{worker['p50']:.1f} / {worker['p95']:.1f}",
+                     "received": f"{e2e['utterances']['received']}/{e2e['utterances']['sent']}",
                      "idle CPU %": f"{e2e['idle']['cpu_percent_of_one_core']:.1f}",
                      "speech CPU %": f"{e2e['speech']['cpu_percent_of_one_core']:.1f}",
                      "RSS MB": f"{e2e['speech']['rss_mb']:.0f}"})
@@ -501,9 +502,9 @@ def write_report(results: dict, out: Path) -> None:
               "hear before it can close an utterance (a design choice, tunable). *decision->arrival* starts at the "
               "publication of the audio message that let the segmenter close the utterance: that is the pipeline's "
               "own cost (features, inference, publish, DDS); *in the worker* is the node's own measurement (its "
-              "diagnostics) from queueing the utterance to the end of inference. `idle_batch_s=0` is the node taking every audio "
-              "message through the rclpy executor; the default takes them in 0.25 s batches while nobody speaks "
-              "(see ser_node/ros/intake.py).", "", *torch_estimates(results), "",
+              "diagnostics) from queueing the utterance to the end of inference. `idle_batch_s=0` is the node "
+              "taking every audio message through the rclpy executor; the default takes them in 0.25 s batches "
+              "while nobody speaks (see ser_node/ros/intake.py).", "", *torch_estimates(results), "",
               "## Cost per stage (ms per second of audio, 48 kHz stereo int16 input)", "",
               format_table([{"stage": k, "ms per audio s": f"{v:.2f}"} for k, v in
                             results["stages_ms_per_audio_s"].items()], ["stage", "ms per audio s"]), ""]
