@@ -12,6 +12,8 @@ RUNTIME = ["numpy>=1.21", "onnxruntime>=1.16", "soundfile>=0.10", "soxr>=0.3", "
 TRAIN = ["torch>=2.1", "onnx>=1.15", "onnxscript>=0.1", "scikit-learn>=1.3", "matplotlib>=3.5", "tqdm>=4.60",
          "rosbags>=0.10", "mcap>=1.1"]
 TEST = ["pytest>=7", "librosa>=0.10"]
+# The openSMILE teacher (training only; non-commercial licence, so it is an extra of its own).
+TEACHER = ["opensmile>=2.5"]
 
 
 setup(
@@ -29,7 +31,7 @@ setup(
     ],
     python_requires=">=3.10",
     install_requires=RUNTIME,
-    extras_require={"train": TRAIN, "test": TEST},
+    extras_require={"train": TRAIN, "teacher": TEACHER, "test": TEST},
     zip_safe=True,
     maintainer="ser_node maintainers",
     maintainer_email="ser-node@example.org",

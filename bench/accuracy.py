@@ -7,6 +7,13 @@ Methods (choose with --methods, default all):
   default                   the shipped default model's recipe (config/train_default.yaml) under LOSO
   default_tta               the same fold models with test-time augmentation: log-probabilities averaged over
                             5 playback speeds (0.85-1.15); needs `default` first (inference only, ~2 min)
+  pretrained                the default recipe fine-tuned per fold from a DS-AM backbone pretrained once on
+                            emovo + emodb + ased (config/pretrain_other_corpora.yaml): no uem-es speaker is ever
+                            seen by the pretraining, which the trainer checks for every fold
+  pretrained_teacher        the same with the openSMILE teacher (eGeMAPS + ComParE PCA-64) during pretraining
+  loco                      leave-one-corpus-out over the four corpora: the default recipe and ComParE + SVM,
+                            trained on three corpora, tested on the fourth on the labels it has
+                            (bench/results/accuracy_loco.json, a second table in accuracy.md)
 
 Every method sees the same folds (one per speaker). Results: bench/results/accuracy.json (per fold, per class,
 pooled confusion), accuracy.md (the table), ua_by_method.png and one confusion PNG per method. Slow runs are
@@ -27,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ser_node.corpora import load_emomatch  # noqa: E402
+from ser_node.corpora import load_corpus_entry, load_emomatch  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.reports import (compute_metrics, format_table, plot_confusion, summarise_folds,  # noqa: E402
                               write_json)
@@ -41,28 +48,28 @@ DS_RECIPES = {
 
 
 def opensmile_features(clips, feature_set: str, cache: Path) -> np.ndarray:
-    """Functionals per clip, cached on disk (opensmile is a benchmark dependency only)."""
-    import opensmile
-    from tqdm import tqdm
+    """Functionals per clip, cached on disk by clip content (the trainer's teacher shares the cache)."""
+    from ser_node.teacher import opensmile_functionals
 
-    path = cache / f"{feature_set}.npz"
-    stored = dict(np.load(path)) if path.exists() else {}
-    missing = [c for c in clips if str(c.path) not in stored]
-    if missing:
-        smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
-                                feature_level=opensmile.FeatureLevel.Functionals)
-        for clip in tqdm(missing, desc=feature_set, unit="clip"):
-            stored[str(clip.path)] = smile.process_file(str(clip.path)).to_numpy()[0].astype(np.float32)
-        cache.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **stored)
-    return np.stack([stored[str(c.path)] for c in clips])
+    return opensmile_functionals([c.path for c in clips], feature_set, cache)
 
 
-def run_opensmile_svm(clips, feature_set: str, cache: Path) -> dict:
-    from sklearn.model_selection import GridSearchCV, GroupKFold, LeaveOneGroupOut
+def fit_svm(x: np.ndarray, y: np.ndarray, groups: np.ndarray):
+    """StandardScaler + linear SVM, C chosen by speaker-grouped inner CV: the peer baseline as a lab runs it."""
+    from sklearn.model_selection import GridSearchCV, GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
+
+    search = GridSearchCV(make_pipeline(StandardScaler(), LinearSVC(class_weight="balanced", max_iter=20000)),
+                          {"linearsvc__C": [1e-4, 1e-3, 1e-2, 1e-1, 1.0]}, cv=GroupKFold(5),
+                          scoring="balanced_accuracy", n_jobs=1)
+    search.fit(x, y, groups=groups)
+    return search
+
+
+def run_opensmile_svm(clips, feature_set: str, cache: Path) -> dict:
+    from sklearn.model_selection import LeaveOneGroupOut
 
     x = opensmile_features(clips, feature_set, cache)
     y = np.array([c.label for c in clips])
@@ -70,16 +77,82 @@ def run_opensmile_svm(clips, feature_set: str, cache: Path) -> dict:
     folds, predictions = [], []
     began = time.perf_counter()
     for train, test in LeaveOneGroupOut().split(x, y, groups):
-        search = GridSearchCV(make_pipeline(StandardScaler(), LinearSVC(class_weight="balanced", max_iter=20000)),
-                              {"linearsvc__C": [1e-4, 1e-3, 1e-2, 1e-1, 1.0]}, cv=GroupKFold(5),
-                              scoring="balanced_accuracy", n_jobs=1)
-        search.fit(x[train], y[train], groups=groups[train])
+        search = fit_svm(x[train], y[train], groups[train])
         predicted = search.predict(x[test])
         metrics = compute_metrics(y[test], predicted, EMOTIONS)
         folds.append({"fold": f"speaker_{groups[test][0]}", "metrics": metrics,
                       "c": float(search.best_params_["linearsvc__C"])})
         predictions += list(zip(y[test], predicted))
     return {"folds": folds, "predictions": predictions, "train_seconds": time.perf_counter() - began}
+
+
+# ---------------------------------------------------------------- multi-corpus rows (pretraining, LOCO)
+
+FINE_TUNE = {"epochs": 15, "patience": 5}  # a pretrained backbone converges in fewer epochs; 2x cheaper
+
+
+def all_corpora(data: Path) -> list[dict]:
+    """The four corpora of ../shared/data as `corpora:` entries (as in config/train_multicorpus.yaml)."""
+    return [{"name": "uem-es", "kind": "emomatch", "path": str(data / "uem-es")},
+            {"name": "emovo", "kind": "manifest", "path": str(data / "emovo")},
+            {"name": "emodb", "kind": "manifest", "path": str(data / "emodb"), "label_map": {"boredom": None}},
+            {"name": "ased", "kind": "manifest", "path": str(data / "ased")}]
+
+
+def pretrained_backbone(work: Path, data: Path, teacher: bool, threads: int) -> Path:
+    """The backbone of config/pretrain_other_corpora.yaml (trained once, resumable), with or without teacher."""
+    import yaml
+
+    from ser_node.training import TrainConfig, run_experiment
+
+    values = yaml.safe_load((ROOT / "config" / "pretrain_other_corpora.yaml").read_text())
+    values["corpora"] = [{**e, "role": "pretrain"} for e in all_corpora(data) if e["name"] != "uem-es"]
+    values.update(threads=threads, cache_dir=str(work / "cache"), teacher_weight=0.5 if teacher else 0.0)
+    run_dir = work / "runs" / ("pretrain_teacher" if teacher else "pretrain")
+    if not (run_dir / "backbone.pt").exists():
+        run_experiment(TrainConfig.from_mapping({**TrainConfig().to_mapping(), **values}), run_dir, resume=True)
+    return run_dir / "backbone.pt"
+
+
+def default_recipe() -> dict:
+    import yaml
+
+    return {k: v for k, v in yaml.safe_load((ROOT / "config" / "train_default.yaml").read_text()).items()
+            if k not in ("corpus", "protocol")}
+
+
+def run_loco(work: Path, data: Path, threads: int) -> dict:
+    """Leave-one-corpus-out: the default recipe (fewer epochs: 3,000+ clips per epoch) and ComParE + SVM, each
+    trained on three corpora and scored on the fourth, restricted to the labels that corpus has."""
+    from ser_node.protocols import leave_one_corpus_out
+    from ser_node.training import TrainConfig, run_experiment
+
+    recipe = {**default_recipe(), "epochs": 8, "patience": 4, "balance": "sampler"}
+    config = TrainConfig.from_mapping({**TrainConfig().to_mapping(), **recipe, "corpora": all_corpora(data),
+                                       "protocol": "loco", "threads": threads})
+    network = json.loads((run_experiment(config, work / "runs" / "loco", resume=True).run_dir
+                          / "report.json").read_text())
+    clips = [c for spec in all_corpora(data) for c in load_corpus_entry(spec).corpus.clips]
+    x = opensmile_features(clips, "ComParE_2016", work / "cache" / "opensmile")
+    y = np.array([c.label for c in clips])
+    groups = np.array([c.speaker for c in clips])
+    rows = {}
+    for fold in leave_one_corpus_out(clips):
+        held_out = fold.name.removeprefix("corpus_")
+        train = np.array(fold.train + fold.validation)
+        search = fit_svm(x[train], y[train], groups[train])
+        labels = sorted({clips[i].label for i in fold.test})
+        margins = search.decision_function(x[fold.test])  # scored on the held-out corpus's own labels
+        allowed = [list(search.classes_).index(label) for label in labels]
+        predicted = search.classes_[np.array(allowed)[margins[:, allowed].argmax(axis=1)]]
+        svm = compute_metrics(y[fold.test], predicted, labels)
+        ds = next(f["metrics"] for f in network["folds"] if f["fold"] == fold.name)
+        rows[held_out] = {"n_test": len(fold.test), "labels": labels,
+                          "default_recipe": {k: ds[k] for k in ("ua", "accuracy", "macro_f1")},
+                          "compare_svm": {k: svm[k] for k in ("ua", "accuracy", "macro_f1")}}
+    return {"protocol": "leave one corpus out (uem-es, emovo, emodb, ased)", "recipe": recipe,
+            "date": time.strftime("%Y-%m-%d"), "corpora": rows,
+            "train_seconds": network["train_seconds"]}
 
 
 def run_ds(method: str, recipe: dict, runs: Path, corpus: Path, threads: int) -> dict:
@@ -146,7 +219,7 @@ def main() -> int:
     for method in args.methods.split(","):
         print(f"== {method}", flush=True)
         if method in OPENSMILE_SETS:
-            outcome = run_opensmile_svm(corpus.clips, OPENSMILE_SETS[method], args.work / "opensmile")
+            outcome = run_opensmile_svm(corpus.clips, OPENSMILE_SETS[method], args.work / "cache" / "opensmile")
         elif method == "default":
             import yaml
 
@@ -155,12 +228,22 @@ def main() -> int:
             outcome = run_ds("default", recipe, args.work / "runs", args.corpus, args.threads)
         elif method == "default_tta":
             outcome = run_tta(args.work / "runs" / "default", args.corpus)
+        elif method in ("pretrained", "pretrained_teacher"):
+            backbone = pretrained_backbone(args.work, args.corpus.parent, method.endswith("teacher"), args.threads)
+            recipe = {**default_recipe(), **FINE_TUNE, "backbone_weights": str(backbone)}
+            outcome = run_ds(method, recipe, args.work / "runs", args.corpus, args.threads)
+        elif method == "loco":
+            loco = run_loco(args.work, args.corpus.parent, args.threads)
+            write_json(args.out / "accuracy_loco.json", loco)
+            continue
         elif method in DS_RECIPES:
             outcome = run_ds(method, DS_RECIPES[method], args.work / "runs", args.corpus, args.threads)
         else:
             parser.error(f"unknown method {method}")
         truth, predicted = zip(*outcome.pop("predictions"))
         pooled = compute_metrics(truth, predicted, EMOTIONS)
+        # Re-read: another bench process (another method, the other core) may have written rows meanwhile.
+        results = json.loads(results_path.read_text()) if results_path.exists() else {}
         results[method] = {**outcome, "summary": summarise_folds([f["metrics"] for f in outcome["folds"]]),
                            "pooled": pooled, "protocol": "LOSO, 12 speakers of uem-es",
                            "date": time.strftime("%Y-%m-%d")}

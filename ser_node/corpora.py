@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -150,10 +150,18 @@ def only_normal_neutral(clips: Iterable[Clip]) -> list[Clip]:
     return [c for c in clips if c.label != "neutral" or c.style in (None, "normal")]
 
 
-def load_manifest(path: str | Path, name: str | None = None, check_audio: bool = True) -> Corpus:
-    """CSV with columns path, label, speaker and optionally split (train/test) and style; paths relative to it."""
+def load_manifest(path: str | Path, name: str | None = None, check_audio: bool = True,
+                  label_map: dict[str, str | None] | None = None) -> Corpus:
+    """CSV with columns path, label, speaker and optionally split (train/test) and style; paths relative to it.
+
+    label_map renames corpus labels before canonicalisation (e.g. {boredom: neutral}); a label mapped to null is
+    left out and listed among the problems, like any label outside the seven emotions.
+    """
     path = Path(path)
-    corpus = Corpus(name or path.stem)
+    if path.is_dir():
+        path = path / "manifest.csv"
+    corpus = Corpus(name or path.parent.name)
+    label_map = {k.lower(): v for k, v in (label_map or {}).items()}
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         needed = {"path", "label", "speaker"}
@@ -171,7 +179,12 @@ def load_manifest(path: str | Path, name: str | None = None, check_audio: bool =
                 corpus.problems.append(LoadProblem(str(audio_path), f"unknown split {split!r} (train or test)"))
                 continue
             style = (row.get("style") or "").strip().lower() or None
-            _add(corpus, audio_path, row["label"], row["speaker"].strip(), check_audio, split=split, style=style)
+            raw = row["label"].strip()
+            if raw.lower() in label_map and not label_map[raw.lower()]:
+                corpus.problems.append(LoadProblem(str(audio_path), f"label {raw!r} left out by label_map"))
+                continue
+            raw = label_map.get(raw.lower()) or raw
+            _add(corpus, audio_path, raw, row["speaker"].strip(), check_audio, split=split, style=style)
     return corpus
 
 
@@ -207,3 +220,46 @@ def load_corpus(spec: dict) -> Corpus:
     if kind == "folders":
         return load_class_folders(path, **spec)
     raise ValueError(f"unknown corpus kind {kind!r}: emomatch, elra, pattern, manifest or folders")
+
+
+# ---------------------------------------------------------------- several corpora in one run
+
+ROLES = ("train", "pretrain", "test")
+
+
+@dataclass
+class CorpusEntry:
+    """One item of a run's `corpora:` list: a loaded corpus, its role in the run and its sampling weight."""
+
+    name: str
+    role: str
+    weight: float
+    corpus: Corpus
+
+    @property
+    def labels(self) -> list[str]:
+        """The emotions this corpus can express: its clips' loss covers only these."""
+        return self.corpus.labels
+
+
+def load_corpus_entry(spec: dict) -> CorpusEntry:
+    """A `corpora:` item: a corpus spec as for load_corpus plus optional `name`, `weight` and `role`.
+
+    Speakers are namespaced by the corpus name (`ased/spk01`), since speaker ids are unique only within a corpus.
+    """
+    spec = dict(spec)
+    role = spec.pop("role", "train")
+    if role not in ROLES:
+        raise ValueError(f"corpus role must be one of {ROLES}, got {role!r}")
+    weight = float(spec.pop("weight", 1.0))
+    if weight <= 0:
+        raise ValueError(f"corpus weight must be positive, got {weight}")
+    name = spec.pop("name", None) or Path(spec["path"]).name
+    if "/" in name:
+        raise ValueError(f"corpus name {name!r} must not contain '/': it prefixes speaker ids")
+    if spec.get("kind", "emomatch") in ("emomatch", "manifest", "folders", "pattern"):
+        spec["name"] = name
+    corpus = load_corpus(spec)
+    corpus.name = name
+    corpus.clips = [replace(c, speaker=f"{name}/{c.speaker}", corpus=name) for c in corpus.clips]
+    return CorpusEntry(name, role, weight, corpus)

@@ -33,19 +33,30 @@ def export_run(run_dir: str | Path, output: str | Path, int8: bool = True, fold:
         raise FileNotFoundError(f"{fold_dir / 'model.pt'} not found: is the run finished? (protocol 'all' trains "
                                 "the deployable model on every clip)")
     model = load_trained_network(fold_dir, config)
-    report = run_dir / "report.json"
+    report_path = run_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
     metadata = ModelMetadata(
         model_id=model_id or f"{config.variant}-w{config.width:g}-{config.image_size}px-{run_dir.name}",
         classes=list(EMOTIONS), features=config.feature_config(), variant=config.variant, version=version,
         model=config.model_config().to_dict(),
-        training={"corpus": config.corpus, "protocol": config.protocol, "speakers": config.speakers,
-                  "epochs": config.epochs, "run": run_dir.name,
-                  "report": json.loads(report.read_text()).get("summary") if report.exists() else None},
+        training={"corpus": None if config.corpora else config.corpus, "protocol": config.protocol,
+                  "corpora": [{k: e[k] for k in ("name", "role", "weight", "clips", "speakers")}
+                              for e in report.get("corpora", [])],
+                  "speakers": config.speakers, "epochs": config.epochs, "run": run_dir.name,
+                  # the pretrained backbone it started from: file hash and what that backbone was trained on
+                  "backbone": report.get("backbone"),
+                  "report": report.get("summary")},
     )
     paths = {"fp32": export_onnx(model, metadata, output)}
     if int8:
-        corpus = load_corpus(config.corpus)
-        clips = [c for c in corpus.clips if not config.speakers or c.speaker in set(config.speakers)]
+        if config.corpora:  # calibrate on real images from every corpus the model was trained on
+            from .training import prepare_clips
+
+            data = prepare_clips(config)
+            clips = data.target + data.extra
+        else:
+            corpus = load_corpus(config.corpus)
+            clips = [c for c in corpus.clips if not config.speakers or c.speaker in set(config.speakers)]
         rng = np.random.default_rng(config.seed)
         chosen = [clips[i] for i in rng.permutation(len(clips))[:calibration_clips]]
         bank = AudioBank()

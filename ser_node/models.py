@@ -140,10 +140,20 @@ class DSAM(nn.Module):
                                 config.dropout, config.num_classes)
         self.last_attention: tuple[torch.Tensor, torch.Tensor] | None = None
 
+        self.embedding_size = self.backbone.pool4_channels + self.backbone.channels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits, maps = self.forward_with_attention(x)
         self.last_attention = (maps[0].detach(), maps[1].detach())
         return logits
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled descriptor the classifier reads (what an auxiliary teacher head regresses from)."""
+        pool4, pool5 = self.backbone.forward_pools(x)
+        return torch.cat([self.attention4(pool4)[0], self.attention5(pool5)[0]], dim=1)
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.head(embedding)
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Logits and the two attention maps (pool4: H/16 x W/16, pool5: H/32 x W/32), for inspection."""
@@ -177,8 +187,16 @@ class DSFC(nn.Module):
             self.pool = nn.AdaptiveAvgPool2d((1, 1))
             self.classifier = _dense_head(channels, config.hidden, config.dropout, config.num_classes)
 
+        self.embedding_size = channels * (49 if config.vgg_classifier else 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.backbone(x)), 1))
+        return self.classify(self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.backbone(x)), 1)
+
+    def classify(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.classifier(embedding)
 
 
 MODEL_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {"ds_am": DSAM, "ds_fc": DSFC}
@@ -197,15 +215,16 @@ class WeightsError(RuntimeError):
     """A weights file that cannot be used, with the file named."""
 
 
-def load_imagenet_backbone(model: nn.Module, path: str | Path) -> list[str]:
-    """Loads torchvision-format VGG16 ImageNet weights (e.g. vgg16-397923af.pth) into `model.backbone`.
+def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Loads torchvision-format VGG16 weights into `model.backbone`: ImageNet's (vgg16-397923af.pth) or a backbone
+    written by `ser_train --set stage=pretrain` (same naming, any width).
 
     Returns the names of the loaded tensors. With a DS-FC that uses torchvision's classifier, its first two dense
     layers are loaded too (the last one is new: 7 classes, not 1000).
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: ImageNet weights file not found")
+        raise WeightsError(f"{path}: backbone weights file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or pickled-code files
@@ -225,7 +244,7 @@ def load_imagenet_backbone(model: nn.Module, path: str | Path) -> list[str]:
         if tuple(value.shape) != tuple(own[key].shape):
             raise WeightsError(
                 f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(own[key].shape)}"
-                " (ImageNet weights exist for width 1.0 only)"
+                " (ImageNet weights exist for width 1.0 only; a pretrained backbone needs the same width)"
             )
     backbone.load_state_dict(wanted)
     loaded = [f"backbone.{k}" for k in wanted]
@@ -240,6 +259,17 @@ def load_imagenet_backbone(model: nn.Module, path: str | Path) -> list[str]:
                         target.copy_(state[key])
                     loaded.append(key)
     return loaded
+
+
+load_imagenet_backbone = load_backbone_weights  # the ImageNet file is one case of backbone weights
+
+
+def save_backbone(path: str | Path, model: nn.Module) -> None:
+    """The backbone alone in torchvision naming (`features.N.weight`), loadable by load_backbone_weights."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(model.backbone.state_dict(), tmp)  # type: ignore[union-attr]
+    tmp.replace(path)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, extra: dict[str, torch.Tensor] | None = None) -> None:

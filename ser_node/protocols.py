@@ -15,7 +15,7 @@ from sklearn.model_selection import KFold, LeaveOneGroupOut, StratifiedGroupKFol
 
 from .corpora import Clip
 
-PROTOCOLS = ("speaker_kfold", "loso", "stratified_kfold", "fixed", "cross_corpus")
+PROTOCOLS = ("speaker_kfold", "loso", "stratified_kfold", "fixed", "cross_corpus", "loco")
 
 
 @dataclass
@@ -98,6 +98,25 @@ def make_folds(clips: Sequence[Clip], protocol: str, folds: int = 10, seed: int 
             name = f"speaker_{everything[test[0]].speaker}"
         result.append(Fold(name, train, validation, test, _disjoint(everything, train, validation, test)))
     return result
+
+
+def leave_one_corpus_out(clips: Sequence[Clip], seed: int = 0, validation_fraction: float = 0.15) -> list[Fold]:
+    """One fold per corpus: train on every other corpus, test on this one's clips whose labels training has.
+
+    The paper's cross-corpus experiment, generalised: our in-the-wild check while no natural corpus exists.
+    Validation speakers (early stopping) come from the training corpora, never from the held-out one.
+    """
+    names = sorted({c.corpus for c in clips})
+    if len(names) < 2:
+        raise ValueError(f"leave-one-corpus-out needs at least two corpora, got {names}")
+    folds = []
+    for number, held_out in enumerate(names):
+        rest = [i for i, c in enumerate(clips) if c.corpus != held_out]
+        known = {clips[i].label for i in rest}
+        test = [i for i, c in enumerate(clips) if c.corpus == held_out and c.label in known]
+        train, validation, _ = validation_split(clips, rest, seed + number, validation_fraction)
+        folds.append(Fold(f"corpus_{held_out}", train, validation, test, _disjoint(clips, train, validation, test)))
+    return folds
 
 
 def write_folds(path: str | Path, folds: Sequence[Fold], clips: Sequence[Clip]) -> None:

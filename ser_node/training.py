@@ -23,11 +23,11 @@ from torch import nn
 from tqdm import tqdm
 
 from .audio import AudioError, load_audio, resample
-from .corpora import Clip, Corpus, LoadProblem, load_corpus, only_normal_neutral
+from .corpora import Clip, Corpus, CorpusEntry, LoadProblem, load_corpus, load_corpus_entry, only_normal_neutral
 from .features import FeatureConfig, FeatureExtractor
 from .labels import EMOTIONS
-from .models import ModelConfig, build_model, load_imagenet_backbone, save_checkpoint
-from .protocols import Fold, make_folds, validation_split, write_folds
+from .models import ModelConfig, build_model, load_backbone_weights, save_backbone, save_checkpoint
+from .protocols import Fold, leave_one_corpus_out, make_folds, validation_split, write_folds
 from .settings import check_known_fields
 from .reports import (compute_metrics, format_table, per_speaker_accuracy, plot_confusion, summarise_folds,
                       write_confusion_csv, write_json, write_per_class_csv)
@@ -42,8 +42,13 @@ class TrainConfig:
 
     corpus: dict = field(default_factory=lambda: {"kind": "emomatch", "path": "../shared/data/uem-es"})
     test_corpus: dict | None = None  # cross-corpus experiments
+    # Several corpora in one run (replaces corpus/test_corpus when given): each a corpus spec plus optional
+    # name, weight (share of the sampled batches) and role (train | pretrain | test).
+    corpora: list[dict] = field(default_factory=list)
+    target_corpus: str | None = None  # the corpus folds run over (default: the first with role train)
+    stage: str = "train"  # train | pretrain (trains on the pretrain corpora, writes backbone.pt)
     variant: str = "ds_am"
-    protocol: str = "speaker_kfold"  # speaker_kfold | loso | stratified_kfold | fixed | cross_corpus | all
+    protocol: str = "speaker_kfold"  # speaker_kfold | loso | stratified_kfold | fixed | cross_corpus | loco | all
     folds: int = 10
     max_folds: int = 0  # run only the first N folds (0 = all), for quick checks
     seed: int = 0
@@ -57,7 +62,13 @@ class TrainConfig:
     dropout: float = 0.5
     vgg_classifier: bool = False
     batch_norm: bool = False  # VGG16-BN backbone (from-scratch training converges far more easily)
-    imagenet_weights: str | None = None  # path to torchvision vgg16-397923af.pth
+    imagenet_weights: str | None = None  # path to torchvision vgg16-397923af.pth (kept: one case of the next)
+    backbone_weights: str | None = None  # torchvision-named backbone: ImageNet's or a stage=pretrain backbone.pt
+    # openSMILE teacher: an auxiliary head regresses z-scored functionals from the pooled features (0 = off)
+    teacher_weight: float = 0.0
+    teacher_sets: list[str] = field(default_factory=lambda: ["eGeMAPSv02", "ComParE_2016"])
+    teacher_pca: int = 64  # ComParE_2016 components kept
+    cache_dir: str = "~/.cache/ser_node"  # openSMILE functionals, keyed by clip content
     # optimisation (DS-FC, DS-AM)
     epochs: int = 30
     batch_size: int = 16
@@ -66,7 +77,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     patience: int = 8  # early stopping on validation UA
     validation_fraction: float = 0.15
-    balance: str = "loss"  # loss (class-weighted cross-entropy) | sampler | none
+    balance: str = "loss"  # loss (class-weighted cross-entropy) | sampler (by corpus weight and class) | none
     spec_augment: bool = True  # time and frequency masks on the image
     speed_perturb: float = 0.1  # random speed factor in [1-x, 1+x] (0 = off)
     threads: int = 0  # torch CPU threads (0 = all cores)
@@ -88,6 +99,19 @@ class TrainConfig:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.balance not in ("loss", "sampler", "none"):
             raise ValueError(f"balance must be loss, sampler or none, got {self.balance!r}")
+        if self.stage not in ("train", "pretrain"):
+            raise ValueError(f"stage must be train or pretrain, got {self.stage!r}")
+        if self.stage == "pretrain" and self.variant == "ds_svc":
+            raise ValueError("pretraining trains a network: use variant ds_am or ds_fc")
+        if self.teacher_weight < 0:
+            raise ValueError(f"teacher_weight must be >= 0, got {self.teacher_weight}")
+        if self.imagenet_weights and self.backbone_weights:
+            raise ValueError("give backbone_weights or imagenet_weights, not both")
+
+    @property
+    def weights_path(self) -> str | None:
+        """The backbone weights to start from, if any (imagenet_weights is the older name of the same thing)."""
+        return self.backbone_weights or self.imagenet_weights
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -178,6 +202,46 @@ class ImageMaker:
         return np.stack([self.augmented(c) if augment else self.clean(c) for c in clips])
 
 
+@dataclass
+class CorpusMix:
+    """What each corpus of a run may say (its label mask) and how much of every epoch it gets (its weight)."""
+
+    labels: dict[str, set[str]]
+    weights: dict[str, float]
+
+    @classmethod
+    def of(cls, clips: Sequence[Clip], weights: dict[str, float] | None = None) -> "CorpusMix":
+        labels: dict[str, set[str]] = {}
+        for clip in clips:
+            labels.setdefault(clip.corpus, set()).add(clip.label)
+        return cls(labels, {name: (weights or {}).get(name, 1.0) for name in labels})
+
+    def mask(self, clips: Sequence[Clip]) -> np.ndarray:
+        """(clips, classes) booleans: True where the clip's corpus can express the class."""
+        return np.array([[e in self.labels.get(c.corpus, EMOTIONS) for e in EMOTIONS] for c in clips], dtype=bool)
+
+    def sampling_probabilities(self, clips: Sequence[Clip]) -> np.ndarray:
+        """Each corpus gets its weight's share of an epoch, split equally among the classes it has."""
+        counts: dict[tuple[str, str], int] = {}
+        for clip in clips:
+            counts[(clip.corpus, clip.label)] = counts.get((clip.corpus, clip.label), 0) + 1
+        classes = {name: sum(1 for (n, _) in counts if n == name) for name in {c.corpus for c in clips}}
+        p = np.array([self.weights.get(c.corpus, 1.0) / classes[c.corpus] / counts[(c.corpus, c.label)]
+                      for c in clips])
+        return p / p.sum()
+
+
+def describe_mix(clips: Sequence[Clip]) -> str:
+    """`uem-es 0.50 emovo 0.17 ...`: the share of each corpus among the clips an epoch actually drew."""
+    names = [c.corpus for c in clips]
+    return " ".join(f"{name} {names.count(name) / len(names):.2f}" for name in sorted(set(names)))
+
+
+def masked_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Classes a clip's corpus cannot express leave the softmax: they get no probability and no gradient."""
+    return logits.masked_fill(~mask, float("-inf"))
+
+
 # ---------------------------------------------------------------- networks (DS-FC, DS-AM)
 
 def _device() -> torch.device:
@@ -190,7 +254,9 @@ def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
     return [{"params": backbone, "lr": config.backbone_lr}, {"params": heads, "lr": config.lr}]
 
 
-def predict_network(model: nn.Module, images: ImageMaker, clips: Sequence[Clip], batch_size: int = 32) -> np.ndarray:
+def predict_network(model: nn.Module, images: ImageMaker, clips: Sequence[Clip], batch_size: int = 32,
+                    mask: np.ndarray | None = None) -> np.ndarray:
+    """Class probabilities per clip; with `mask`, only the classes each clip's corpus can express (renormalised)."""
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -200,7 +266,11 @@ def predict_network(model: nn.Module, images: ImageMaker, clips: Sequence[Clip],
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(batch)
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(EMOTIONS)), np.float32)
+    probabilities = np.concatenate(out) if out else np.zeros((0, len(EMOTIONS)), np.float32)
+    if mask is not None and len(probabilities):
+        probabilities = np.where(mask, probabilities, 0.0)
+        probabilities /= np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
+    return probabilities
 
 
 def _ua(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
@@ -209,13 +279,24 @@ def _ua(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
 
 
 def train_network(config: TrainConfig, images: ImageMaker, train: Sequence[Clip], validation: Sequence[Clip],
-                  fold_dir: Path, progress: Callable[[dict], None] | None = None) -> nn.Module:
-    """Fine-tunes DS-FC or DS-AM with AdamW and cosine LR; early stopping on validation UA; resumable."""
+                  fold_dir: Path, progress: Callable[[dict], None] | None = None,
+                  mix: CorpusMix | None = None) -> nn.Module:
+    """Fine-tunes DS-FC or DS-AM with AdamW and cosine LR; early stopping on validation UA; resumable.
+
+    A clip's loss covers only the classes its corpus can express (`mix`); with the openSMILE teacher on, an
+    auxiliary head regresses the clip's functionals from the pooled features (it is not part of the model).
+    """
     device = _device()
     torch.manual_seed(config.seed)
+    mix = mix or CorpusMix.of(train)
     model = build_model(config.model_config())
-    if config.imagenet_weights:
-        load_imagenet_backbone(model, config.imagenet_weights)
+    if config.weights_path:
+        load_backbone_weights(model, config.weights_path)
+    teacher_head, teacher_targets = None, None
+    if config.teacher_weight > 0:
+        teacher_targets = torch.from_numpy(teacher_matrix(config, train))
+        teacher_head = nn.Linear(model.embedding_size, teacher_targets.shape[1])  # type: ignore[arg-type]
+        model.add_module("_teacher", teacher_head)  # trained with the model; removed before it is returned
     model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, config), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
@@ -229,6 +310,7 @@ def train_network(config: TrainConfig, images: ImageMaker, train: Sequence[Clip]
     checkpoint_path = fold_dir / "checkpoint.pt"
     metrics_path = fold_dir / "metrics.csv"
     start_epoch, best_ua, best_state, stale = 0, -1.0, None, 0
+    train_mask = torch.from_numpy(mix.mask(train)).to(device)
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -245,10 +327,10 @@ def train_network(config: TrainConfig, images: ImageMaker, train: Sequence[Clip]
         began = time.perf_counter()
         model.train()
         if config.balance == "sampler":
-            p = 1.0 / counts[y_train]
-            order = rng.choice(len(train), size=len(train), p=p / p.sum())
+            order = rng.choice(len(train), size=len(train), p=mix.sampling_probabilities(train))
         else:
             order = rng.permutation(len(train))
+        epoch_mix = describe_mix([train[i] for i in order])
         total_loss, seen = 0.0, 0
         bar = tqdm(range(0, len(order), config.batch_size), desc=f"{fold_dir.name} epoch {epoch + 1}/{config.epochs}",
                    unit="batch", leave=False, disable=None)
@@ -259,23 +341,29 @@ def train_network(config: TrainConfig, images: ImageMaker, train: Sequence[Clip]
             x = torch.from_numpy(images.batch([train[i] for i in chosen], augment=True)).to(device)
             y = torch.from_numpy(y_train[chosen]).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = loss_fn(model(x).float(), y)
+                embedding = model.embed(x)  # type: ignore[operator]
+                loss = loss_fn(masked_logits(model.classify(embedding).float(), train_mask[chosen]), y)  # type: ignore[operator]
+                if teacher_head is not None and teacher_targets is not None:
+                    target = teacher_targets[chosen].to(device)
+                    loss = loss + config.teacher_weight * nn.functional.mse_loss(teacher_head(embedding).float(),
+                                                                                 target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total_loss += float(loss.detach()) * len(chosen)
             seen += len(chosen)
-            bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}")
+            bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}", mix=epoch_mix)
         scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "seconds": 0.0}
         if validation:
-            probabilities = predict_network(model, images, validation)
+            probabilities = predict_network(model, images, validation, mask=mix.mask(validation))
             y_val = [class_index[c.label] for c in validation]
             row["val_ua"] = _ua(y_val, probabilities.argmax(1))
             row["val_accuracy"] = float(np.mean(np.array(y_val) == probabilities.argmax(1)))
         else:
             row["val_ua"] = -row["train_loss"]  # no validation: keep the last epoch
         row["seconds"] = time.perf_counter() - began
+        row["mix"] = epoch_mix
         if row["val_ua"] > best_ua:
             best_ua, stale = row["val_ua"], 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -291,7 +379,18 @@ def train_network(config: TrainConfig, images: ImageMaker, train: Sequence[Clip]
             progress({"fold": fold_dir.name, **row})
     if best_state is not None:
         model.load_state_dict(best_state)
+    if teacher_head is not None:
+        del model._teacher  # the teacher head never leaves training: not saved, not exported
     return model.cpu().eval()
+
+
+def teacher_matrix(config: TrainConfig, clips: Sequence[Clip]) -> np.ndarray:
+    """The teacher's regression targets for `clips`, z-scored (and ComParE PCA-reduced) on these same clips."""
+    from .teacher import TeacherTargets, opensmile_functionals
+
+    cache = Path(config.cache_dir).expanduser() / "opensmile"
+    raw = {name: opensmile_functionals([c.path for c in clips], name, cache) for name in config.teacher_sets}
+    return TeacherTargets(tuple(config.teacher_sets), config.teacher_pca).fit(raw).transform(raw)
 
 
 def _append_csv(path: Path, row: dict) -> None:
@@ -330,8 +429,8 @@ def train_svc(config: TrainConfig, images: ImageMaker, train: Sequence[Clip], fo
 
     torch.manual_seed(config.seed)
     backbone_model = build_model(config.model_config())
-    if config.imagenet_weights:
-        load_imagenet_backbone(backbone_model, config.imagenet_weights)
+    if config.weights_path:
+        load_backbone_weights(backbone_model, config.weights_path)
     cache = fold_dir.parent / "svc_features"
     cache.mkdir(exist_ok=True)
     x = _cached_embeddings(cache, backbone_model, images, train, config.svc_layer)
@@ -387,8 +486,23 @@ class RunResult:
     problems: list[LoadProblem]
 
 
-def prepare_clips(config: TrainConfig) -> tuple[list[Clip], list[Clip], list[LoadProblem]]:
-    """The corpus (and cross-corpus test corpus) with the speaker filter applied."""
+@dataclass
+class RunData:
+    """The clips of a run by role. Folds run over `target`; `extra` clips join every fold's training part."""
+
+    target: list[Clip]
+    extra: list[Clip] = field(default_factory=list)  # other train corpora (multi-corpus runs)
+    test: list[Clip] = field(default_factory=list)  # cross-corpus test corpus / role: test
+    pretrain: list[Clip] = field(default_factory=list)
+    weights: dict[str, float] = field(default_factory=dict)
+    entries: list[dict] = field(default_factory=list)  # what each corpus contributed, for the report
+    problems: list[LoadProblem] = field(default_factory=list)
+
+
+def prepare_clips(config: TrainConfig) -> RunData:
+    """The run's corpora, loaded and filtered: one corpus (+ a test corpus) or a `corpora:` list."""
+    if config.corpora:
+        return _prepare_corpora(config)
     corpus: Corpus = load_corpus(config.corpus)
     problems = list(corpus.problems)
     clips = corpus.clips
@@ -403,12 +517,112 @@ def prepare_clips(config: TrainConfig) -> tuple[list[Clip], list[Clip], list[Loa
         clips = [c for c in clips if c.label in shared]
     if not clips:
         raise ValueError(f"no usable clips in corpus {config.corpus}")
-    return clips, test_clips, problems
+    return RunData(clips, test=test_clips, problems=problems)
+
+
+def _prepare_corpora(config: TrainConfig) -> RunData:
+    entries: list[CorpusEntry] = [load_corpus_entry(spec) for spec in config.corpora]
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"corpus names must be unique, got {names}: give each entry a `name`")
+    data = RunData(target=[], weights={e.name: e.weight for e in entries})
+    train_entries = [e for e in entries if e.role == "train"]
+    target = config.target_corpus or (train_entries[0].name if train_entries else None)
+    if config.stage == "train" and target not in [e.name for e in train_entries]:
+        raise ValueError(f"target_corpus {target!r} is not among the train corpora {[e.name for e in train_entries]}")
+    for spec, entry in zip(config.corpora, entries):
+        clips = entry.corpus.clips
+        if config.speakers:  # namespaced (`uem-es/s01`) or plain ids of the target corpus
+            wanted = set(config.speakers)
+            clips = [c for c in clips if c.speaker in wanted or (entry.name == target and
+                                                                 c.speaker.split("/", 1)[1] in wanted)]
+        data.problems += entry.corpus.problems
+        if entry.role == "pretrain":
+            data.pretrain += clips
+        elif entry.role == "test":
+            data.test += clips
+        elif entry.name == target:
+            data.target = clips
+        else:
+            data.extra += clips
+        data.entries.append({"name": entry.name, "role": entry.role, "weight": entry.weight, "clips": len(clips),
+                             "speakers": len({c.speaker for c in clips}), "labels": entry.labels,
+                             "spec": dict(spec)})
+    if config.stage == "pretrain":
+        if not data.pretrain:
+            raise ValueError("stage=pretrain needs at least one corpus with role: pretrain")
+    elif not data.target:
+        raise ValueError(f"no usable clips in the target corpus {target!r}")
+    if data.test:
+        shared = {c.label for c in data.target + data.extra}
+        data.test = [c for c in data.test if c.label in shared]
+    return data
+
+
+def backbone_provenance(path: str | Path) -> dict[str, Any]:
+    """Hash of a backbone weights file and, for a stage=pretrain backbone, what it was trained on (backbone.json)."""
+    import hashlib
+
+    path = Path(path)
+    info: dict[str, Any] = {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        info["provenance"] = json.loads(sidecar.read_text())
+    else:
+        info["provenance"] = None  # e.g. ImageNet weights: trained on no speech at all
+    return info
+
+
+def check_unseen_by_backbone(backbone: dict[str, Any], folds: Sequence[Fold], clips: Sequence[Clip]) -> None:
+    """Raises if any fold's test speaker or test file helped train the pretrained backbone."""
+    provenance = backbone.get("provenance") or {}
+    seen_files, seen_speakers = set(provenance.get("files", [])), set(provenance.get("speakers", []))
+    for fold in folds:
+        test = [clips[i] for i in fold.test]
+        files = {str(Path(c.path).resolve()) for c in test} & seen_files
+        speakers = {c.speaker for c in test} & seen_speakers
+        if files or speakers:
+            raise ValueError(f"fold {fold.name}: the backbone {backbone['path']} was pretrained on test "
+                             f"{'speakers ' + str(sorted(speakers)[:5]) if speakers else ''}"
+                             f"{' files ' + str(sorted(files)[:3]) if files else ''}: its scores would not be "
+                             "speaker-independent. Pretrain on other corpora only.")
+
+
+def make_run_folds(config: TrainConfig, data: RunData) -> tuple[list[Fold], list[Clip]]:
+    """The protocol's folds over the run's clips, and the clip list their indexes point into."""
+    if config.stage == "pretrain":
+        clips = data.pretrain
+        train, validation, _ = validation_split(clips, list(range(len(clips))), config.seed,
+                                                config.validation_fraction)
+        return [Fold("pretrain", train, validation, test=[], speaker_disjoint=True)], clips
+    if config.protocol == "loco":
+        clips = data.target + data.extra
+        return leave_one_corpus_out(clips, config.seed, config.validation_fraction), clips
+    if config.protocol == "all":
+        # Validation speakers (who pick the epoch) come from the target corpus only.
+        train, validation, _ = validation_split(data.target, list(range(len(data.target))), config.seed,
+                                                config.validation_fraction)
+        folds = [Fold("all", train, validation, test=[], speaker_disjoint=True)]
+        clips = list(data.target)
+    else:
+        folds = make_folds(data.target, config.protocol, config.folds, config.seed, config.validation_fraction,
+                           data.test)
+        clips = data.target + data.test
+    if data.extra:  # other train corpora join every fold's training part
+        extra = list(range(len(clips), len(clips) + len(data.extra)))
+        clips = clips + data.extra
+        for fold in folds:
+            fold.train = fold.train + extra
+    return folds, clips
 
 
 def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = False,
                    progress: Callable[[dict], None] | None = None) -> RunResult:
-    """Trains and evaluates every fold of the protocol, then writes the report. Finished folds are kept."""
+    """Trains and evaluates every fold of the protocol, then writes the report. Finished folds are kept.
+
+    With stage=pretrain it trains one network on the pretrain corpora and writes its backbone (backbone.pt, in
+    torchvision naming) with backbone.json: hash, corpora, speakers and files it saw.
+    """
     config.validate()
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -417,7 +631,7 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
     config_path = run_dir / "config.yaml"
     if resume and config_path.exists():
         saved = yaml.safe_load(config_path.read_text())
-        runtime_only = {"threads"}  # how fast, not what: may change between a crash and its resume
+        runtime_only = {"threads", "cache_dir"}  # how fast, not what: may change between a crash and its resume
         if {k: v for k, v in saved.items() if k not in runtime_only} != {
                 k: v for k, v in config.to_mapping().items() if k not in runtime_only}:
             raise ValueError(f"{config_path} differs from the requested settings: resume needs the same config")
@@ -425,19 +639,20 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
     if config.threads:
         torch.set_num_threads(config.threads)
 
-    clips, test_clips, problems = prepare_clips(config)
+    data = prepare_clips(config)
     bank = AudioBank()
-    clips = bank.load(clips)
-    test_clips = bank.load(test_clips, "decoding test corpus")
-    problems += bank.problems
-    everything = clips + test_clips
-    if config.protocol == "all":
-        folds = [Fold("all", *_all_split(clips, config), test=[], speaker_disjoint=True)]
-    else:
-        folds = make_folds(clips, config.protocol, config.folds, config.seed, config.validation_fraction, test_clips)
+    data.target, data.extra = bank.load(data.target), bank.load(data.extra, "decoding other train corpora")
+    data.test = bank.load(data.test, "decoding test corpus")
+    data.pretrain = bank.load(data.pretrain, "decoding pretraining corpora")
+    data.problems += bank.problems
+    folds, everything = make_run_folds(config, data)
     if config.max_folds:
         folds = folds[: config.max_folds]
     write_folds(run_dir / "folds.json", folds, everything)
+    backbone = backbone_provenance(config.weights_path) if config.weights_path else None
+    if backbone:
+        check_unseen_by_backbone(backbone, folds, everything)
+    mix = CorpusMix.of(everything, data.weights)
 
     extractor = FeatureExtractor(config.feature_config())
     fold_results = []
@@ -462,9 +677,13 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
             probabilities = predict_svc(backbone_model, pipeline, images, test, config.svc_layer,
                                         run_dir / "svc_features") if test else None
         else:
-            model = train_network(config, images, train, validation, fold_dir, progress)
+            model = train_network(config, images, train, validation, fold_dir, progress, mix)
             save_checkpoint(fold_dir / "model.pt", model)
-            probabilities = predict_network(model, images, test) if test else None
+            # LOCO scores a held-out corpus on the labels it has (an ASED clip is never called surprise).
+            mask = mix.mask(test) if config.protocol == "loco" else None
+            probabilities = predict_network(model, images, test, mask=mask) if test else None
+            if config.stage == "pretrain":
+                extra["backbone"] = _write_backbone(run_dir, model, config, train, validation, data)
         result = {"fold": fold.name, "train_seconds": time.perf_counter() - began, "n_train": len(train),
                   "n_validation": len(validation), "n_test": len(test), "speaker_disjoint": fold.speaker_disjoint,
                   **extra}
@@ -478,23 +697,54 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
                                      for c, p, row in zip(test, predicted, probabilities)]
         write_json(result_path, result)
         fold_results.append(result)
-    return _write_report(config, run_dir, fold_results, problems)
+    return _write_report(config, run_dir, fold_results, data.problems,
+                         {"corpora": data.entries, "backbone": _backbone_summary(backbone)})
 
 
-def _all_split(clips: Sequence[Clip], config: TrainConfig) -> tuple[list[int], list[int]]:
-    """Protocol `all` (the deployable model): every clip trains, but a few held-out speakers pick the epoch."""
-    train, validation, _ = validation_split(clips, list(range(len(clips))), config.seed, config.validation_fraction)
-    return train, validation
+def _write_backbone(run_dir: Path, model: nn.Module, config: TrainConfig, train: Sequence[Clip],
+                    validation: Sequence[Clip], data: RunData) -> dict[str, Any]:
+    """backbone.pt plus backbone.json: everything a fine-tuning run must know to stay speaker-independent."""
+    import hashlib
+
+    save_backbone(run_dir / "backbone.pt", model)
+    seen = list(train) + list(validation)  # validation speakers steered early stopping: they count as seen
+    provenance = {
+        "kind": "ser_train stage=pretrain",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "sha256": hashlib.sha256((run_dir / "backbone.pt").read_bytes()).hexdigest(),
+        "variant": config.variant, "width": config.width, "batch_norm": config.batch_norm,
+        "image_size": config.image_size, "epochs": config.epochs, "teacher_weight": config.teacher_weight,
+        "teacher_sets": config.teacher_sets if config.teacher_weight > 0 else [],
+        "corpora": [e for e in data.entries if e["role"] == "pretrain"],
+        "speakers": sorted({c.speaker for c in seen}),
+        "files": sorted(str(Path(c.path).resolve()) for c in seen),
+    }
+    write_json(run_dir / "backbone.json", provenance)
+    return {k: v for k, v in provenance.items() if k not in ("speakers", "files")}
+
+
+def _backbone_summary(backbone: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a report and an exported model say about the starting weights (not the long speaker/file lists)."""
+    if backbone is None:
+        return None
+    provenance = backbone.get("provenance") or {}
+    return {"path": backbone["path"], "sha256": backbone["sha256"],
+            "pretrained_on": [f"{e['name']} ({e['clips']} clips, {e['speakers']} speakers)"
+                              for e in provenance.get("corpora", [])] or "unknown (no backbone.json beside it)",
+            "teacher_sets": provenance.get("teacher_sets", []),
+            "speaker_check": "no test speaker or file of any fold is among the backbone's training data"}
 
 
 def _write_report(config: TrainConfig, run_dir: Path, fold_results: list[dict],
-                  problems: list[LoadProblem]) -> RunResult:
+                  problems: list[LoadProblem], extra: dict[str, Any]) -> RunResult:
     scored = [r for r in fold_results if "metrics" in r]
     report: dict[str, Any] = {
         "variant": config.variant,
-        "protocol": config.protocol,
-        "corpus": config.corpus,
+        "stage": config.stage,
+        "protocol": "pretrain" if config.stage == "pretrain" else config.protocol,
+        "corpus": None if config.corpora else config.corpus,
         "test_corpus": config.test_corpus,
+        **extra,
         "speaker_independent": all(r["speaker_disjoint"] for r in fold_results),
         "folds": [{k: v for k, v in r.items() if k != "predictions"} for r in fold_results],
         "problems": [dataclasses.asdict(p) for p in problems],
