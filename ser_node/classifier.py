@@ -70,6 +70,25 @@ class Classifier:
         self._check_graph()
         self.features = FeatureExtractor(self.metadata.features)
         self.providers: list[str] = self.session.get_providers()
+        self._probe()
+
+    def _probe(self) -> None:
+        """A real inference at load time, on batches of one and two utterances of different lengths: a model that
+        loads but answers in the wrong shape (or with NaN) is refused here, not discovered on live speech."""
+        rng = np.random.default_rng(0)
+        rate = self.metadata.features.sample_rate
+        short, long = (0.05 * rng.standard_normal(n).astype(np.float32) for n in (rate // 2, 3 * rate))
+        for batch in ([short], [short, long]):
+            try:
+                scores = self.predict(batch)
+            except Exception as error:  # onnxruntime raises several types for graphs that fail at run time
+                raise ModelFileError(f"{self.path}: inference on a probe input failed ({error})") from error
+            expected = (len(batch), len(self.classes))
+            if np.shape(scores) != expected:
+                raise ModelFileError(f"{self.path}: the model answered a probe batch of {len(batch)} with shape "
+                                     f"{np.shape(scores)}, expected {expected} (batch, classes)")
+            if not np.isfinite(scores).all():
+                raise ModelFileError(f"{self.path}: the model's scores on a probe input are not finite")
 
     def _check_graph(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}

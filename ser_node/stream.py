@@ -33,6 +33,11 @@ RAW_FORMATS: dict[str, tuple[str, float, float]] = {  # numpy dtype, scale, offs
 }
 
 MIN_RATE, MAX_RATE = 4000, 192000
+# Valid sample range. Integer formats are scaled into [-1, 1] and cannot leave it. Float audio is nominally
+# [-1, 1]: overs up to FLOAT_REFUSE_ABOVE (a hot gain stage, resampler ringing) are clipped to full scale and
+# counted (chunks_clipped); a chunk peaking above it is not normalised float audio at all (int16 values sent as
+# float, garbage) and is refused as `out_of_range`, like any other bad chunk.
+FLOAT_REFUSE_ABOVE = 1000.0
 
 
 class ChunkError(ValueError):
@@ -105,6 +110,7 @@ class StreamStats:
     chunks: int = 0
     seconds: float = 0.0
     bad_chunks: Counter = field(default_factory=Counter)
+    chunks_clipped: int = 0  # float chunks with samples beyond [-1, 1], clipped
 
     @property
     def dropped(self) -> int:
@@ -165,6 +171,12 @@ class StreamProcessor:
             raise ChunkError("non_finite", "NaN or infinite samples")
         if not np.isfinite(chunk.time):
             raise ChunkError("bad_time", "non-finite timestamp")
+        peak = float(np.abs(samples).max())
+        if peak > FLOAT_REFUSE_ABOVE:
+            raise ChunkError("out_of_range", f"sample peak {peak:.3g} is far outside float audio's [-1, 1]")
+        if peak > 1.0:
+            samples = np.clip(samples, -1.0, 1.0)
+            self.stats.chunks_clipped += 1
         channel = self.config.channel
         if channel < 0:
             return samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]

@@ -50,6 +50,9 @@ def default_model_path() -> str:
     return str(candidates[-1])
 
 
+WORKER_STALL_S = 10.0  # queued work untouched this long means the worker is stuck (a batch takes milliseconds)
+
+
 @dataclass
 class Pending:
     utterance: Utterance
@@ -180,7 +183,9 @@ def make_node_class():
             self._stop = threading.Event()
             self._active = False
             self.counts = {"utterances_classified": 0, "utterances_dropped": 0, "utterances_too_short": 0,
-                           "inference_errors": 0}
+                           "inference_errors": 0, "result_errors": 0}
+            self.error_kinds: dict[str, int] = {}  # e.g. result_errors_IndexError: 3
+            self._worker_beat = time.monotonic()  # the worker's last sign of life (watchdog)
             self.latency = LatencyWindow()
             self._last_frame_id = ""
             self._last_bad_log = 0.0
@@ -246,6 +251,7 @@ def make_node_class():
             with self._lock:
                 self.classifier = new
             self.model_error = ""
+            self._ensure_worker()
 
         def _reload_service(self, _request: Any, response: Any) -> Any:
             try:
@@ -306,10 +312,8 @@ def make_node_class():
                 if self.info_class is not None:
                     self._audio_subscriptions.append(self.create_subscription(self.info_class, "audio_info",
                                                                         self._on_info, 10))
-            self._stop.clear()
             self._active = True
-            self._worker = threading.Thread(target=self._work, name="ser_inference", daemon=True)
-            self._worker.start()
+            self._ensure_worker()
             if self._intake is not None:
                 self._intake.start()
             self.get_logger().info(f"active: listening on {self.resolve_topic_name('audio')}"
@@ -445,10 +449,14 @@ def make_node_class():
 
         # ------------------------------------------------------------ inference
         def _work(self) -> None:
+            """Classifies queued utterances until stopped. No error of one utterance may end it: each is counted
+            by kind, logged (rate-limited) and the loop goes on; the watchdog in diagnostics covers the rest."""
             while not self._stop.is_set():
+                self._worker_beat = time.monotonic()
                 with self._lock:
                     while not self._queue and not self._stop.is_set():
                         self._lock.wait(timeout=0.5)
+                        self._worker_beat = time.monotonic()
                     if self._stop.is_set():
                         return
                     batch = [self._queue.popleft() for _ in range(min(len(self._queue), int(self.p("max_batch"))))]
@@ -458,14 +466,34 @@ def make_node_class():
                 try:
                     probabilities = classifier.predict([item.utterance.audio for item in batch])
                 except Exception as error:  # a broken model must not kill the worker: report and go on
-                    self.counts["inference_errors"] += len(batch)
-                    self.get_logger().error(f"inference failed for {len(batch)} utterance(s): {error}")
+                    self._count_error("inference_errors", error, len(batch))
                     continue
                 done = time.monotonic()
                 for item, row in zip(batch, probabilities):
-                    self._publish_result(item, row, classifier.classes)
+                    try:
+                        self._publish_result(item, row, classifier.classes)
+                    except Exception as error:  # scores it cannot interpret, a publisher torn down, ...
+                        self._count_error("result_errors", error, 1)
+                        continue
                     self.latency.add(done - item.queued_at, item.utterance.duration)
-                self.counts["utterances_classified"] += len(batch)
+                    self.counts["utterances_classified"] += 1
+
+        def _count_error(self, counter: str, error: Exception, utterances: int) -> None:
+            self.counts[counter] += utterances
+            kind = f"{counter}_{type(error).__name__}"
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + utterances
+            self.get_logger().error(f"{counter.replace('_', ' ')[:-1]} for {utterances} utterance(s): "
+                                    f"{type(error).__name__}: {error}", throttle_duration_sec=5.0)
+
+        def _ensure_worker(self) -> None:
+            """Starts the classification worker when the node is active and it is not running (first activation,
+            or a worker that died anyway); called on activate and on every model (re)load."""
+            if not self._active or (self._worker is not None and self._worker.is_alive()):
+                return
+            self._stop.clear()
+            self._worker_beat = time.monotonic()
+            self._worker = threading.Thread(target=self._work, name="ser_inference", daemon=True)
+            self._worker.start()
 
         def _publish_result(self, item: Pending, probabilities: np.ndarray, classes: list[str]) -> None:
             u = item.utterance
@@ -507,10 +535,22 @@ def make_node_class():
             with self._lock:
                 values["queue_depth"] = str(len(self._queue))
             values.update({k: str(v) for k, v in self.counts.items()})
+            values.update({k: str(v) for k, v in sorted(self.error_kinds.items())})
+            if self._active:  # watchdog: the worker must be alive, and busy whenever work is queued
+                worker = self._worker
+                silent_s = time.monotonic() - self._worker_beat
+                if worker is None or not worker.is_alive():
+                    level, message = DiagnosticStatus.ERROR, "classification worker is not running"
+                elif values["queue_depth"] != "0" and silent_s > WORKER_STALL_S:
+                    level = DiagnosticStatus.ERROR
+                    message = f"classification worker made no progress for {silent_s:.0f} s with work queued"
+            if level == DiagnosticStatus.OK and (self.counts["inference_errors"] or self.counts["result_errors"]):
+                level, message = DiagnosticStatus.WARN, "utterances failed to classify (see *_errors values)"
             if self.stream is not None:
                 stats = self.stream.stats
                 values["chunks_received"] = str(stats.chunks + stats.dropped)
                 values["chunks_dropped"] = str(stats.dropped)
+                values["chunks_clipped"] = str(stats.chunks_clipped)
                 values.update({f"chunks_dropped_{k}": str(v) for k, v in sorted(stats.bad_chunks.items())})
                 values["audio_seconds"] = f"{stats.seconds:.1f}"
                 values["utterances_too_short"] = str(self.stream.segmenter.stats.too_short)

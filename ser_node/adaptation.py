@@ -1,0 +1,59 @@
+"""Online adaptation to the current speaker, from that speaker's earlier utterances only.
+
+Acted-speech corpora show it clearly: much of what separates emotions is how a clip differs from the same person's
+other clips, not its absolute pitch or timbre. The adapter keeps a running mean of a per-utterance vector (the
+model's log-probabilities in the node; openSMILE functionals for the baseline) and subtracts it from each new one.
+Nothing is used before it has been heard (causal), nothing changes until `warmup` utterances are in, and the
+estimate is shrunk toward zero while it rests on few utterances, so a new speaker is never judged on noise.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+class SpeakerAdapter:
+    """Running-mean normalisation of one speaker's utterance vectors; `reset()` when the speaker may change."""
+
+    def __init__(self, warmup: int = 5, history: int = 50, shrinkage: float = 5.0) -> None:
+        if warmup < 1 or history < warmup or shrinkage < 0:
+            raise ValueError(f"need warmup >= 1, history >= warmup, shrinkage >= 0; got {warmup}, {history}, "
+                             f"{shrinkage}")
+        self.warmup, self.shrinkage = warmup, shrinkage
+        self._past: deque[np.ndarray] = deque(maxlen=history)
+
+    @property
+    def count(self) -> int:
+        """Utterances the current estimate rests on."""
+        return len(self._past)
+
+    @property
+    def active(self) -> bool:
+        return len(self._past) >= self.warmup
+
+    def reset(self) -> None:
+        self._past.clear()
+
+    def offset(self) -> np.ndarray | None:
+        """What is subtracted now: the shrunk mean of the earlier utterances (None during warm-up)."""
+        if not self.active:
+            return None
+        n = len(self._past)
+        return np.mean(self._past, axis=0) * (n / (n + self.shrinkage))
+
+    def __call__(self, vector: np.ndarray) -> np.ndarray:
+        """The adapted vector, then remembers the raw one (so each utterance is judged only on its past)."""
+        vector = np.asarray(vector, dtype=np.float64)
+        offset = self.offset()
+        self._past.append(vector)
+        return vector if offset is None else vector - offset
+
+
+def adapt_log_probabilities(adapter: SpeakerAdapter, probabilities: np.ndarray) -> np.ndarray:
+    """Class probabilities with the speaker's usual leaning removed (a per-speaker class prior, in log space)."""
+    log_p = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1.0))
+    adapted = adapter(log_p)
+    adapted = adapted - adapted.max()
+    out = np.exp(adapted)
+    return (out / out.sum()).astype(np.float32)

@@ -1,0 +1,128 @@
+"""Reliability: a model that answers in the wrong shape, a worker that must not die, huge finite samples."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ser_node.features import FeatureConfig, FeatureExtractor
+from ser_node.model_file import ModelFileError
+from ser_node.stream import AudioChunk, ChunkError, StreamProcessor
+
+onnx = pytest.importorskip("onnx", reason="building test models needs onnx (train extra)")
+
+
+def wrong_width_model(good: str, path, width: int = 5) -> str:
+    """A real ONNX model with the good model's metadata whose output has `width` columns instead of 7."""
+    from onnx import TensorProto, helper
+
+    source = onnx.load(good)
+    height = source.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["pooled"], axes=[2, 3], keepdims=0),
+        helper.make_node("Concat", ["pooled", "pooled", "pooled"], ["wide"], axis=1),
+        # The width is computed from the input's values (always `width` in practice), so no static shape check
+        # can see it: only running the model tells.
+        helper.make_node("ReduceMin", ["image"], ["low"], keepdims=0),
+        helper.make_node("Mul", ["low", "zero_f"], ["nothing"]),
+        helper.make_node("Add", ["nothing", "width_f"], ["width_of_input"]),
+        helper.make_node("Cast", ["width_of_input"], ["width_int"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["width_int", "one"], ["end"]),
+        helper.make_node("Slice", ["wide", "zero", "end", "one"], ["cut"]),
+        helper.make_node("Softmax", ["cut"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "wrong_width",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, height, height])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", "K"])],
+        [helper.make_tensor("zero", TensorProto.INT64, [1], [0]), helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0]),
+         helper.make_tensor("width_f", TensorProto.FLOAT, [], [float(width)])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    model.metadata_props.extend(source.metadata_props)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_a_model_answering_in_the_wrong_shape_is_refused_at_load(exported_models, tmp_path):
+    from ser_node.classifier import Classifier
+
+    bad = wrong_width_model(str(exported_models["fp32"]), tmp_path / "bad.onnx")
+    with pytest.raises(ModelFileError, match=r"probe batch of 1 with shape \(1, 5\), expected \(1, 7\)"):
+        Classifier(bad)
+    Classifier(exported_models["fp32"])  # the good one passes the same probe
+
+
+def test_huge_finite_float_samples_are_clipped_or_refused_and_features_stay_finite(real_waveforms):
+    from ser_node.segmenter import Segmenter, SegmenterConfig
+    from ser_node.vad import make_vad
+
+    stream = StreamProcessor(Segmenter(make_vad("webrtc"), SegmenterConfig()))
+    speech = real_waveforms[0][:8000].reshape(-1, 1).astype(np.float32)
+    hot = speech / np.abs(speech).max() * 1.5  # overs from a hot gain stage: clipped to full scale and counted
+    stream.feed(AudioChunk(hot, 16000, 0.0))
+    assert stream.stats.chunks_clipped == 1 and stream.stats.dropped == 0
+    garbage = speech.copy()
+    garbage[100:200] = 3e38  # finite, but not float audio: refused like any bad chunk
+    with pytest.raises(ChunkError) as refused:
+        stream.feed(AudioChunk(garbage, 16000, 0.5))
+    assert refused.value.reason == "out_of_range"
+    assert stream.stats.bad_chunks["out_of_range"] == 1
+    extractor = FeatureExtractor(FeatureConfig(image_height=64, image_width=64))
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # no overflow anywhere on the feature path
+        image = extractor(garbage[:, 0])
+        assert np.isfinite(image).all()
+        np.testing.assert_allclose(extractor(speech[:, 0] * 500), extractor(speech[:, 0]), atol=1e-5)
+
+
+rclpy = pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (scripts/setup.sh installs them)")
+pytest.importorskip("hri_msgs", reason="needs the interface packages built by scripts/setup.sh")
+
+
+def test_worker_survives_results_it_cannot_publish_and_recovers_on_reload(exported_models, real_waveforms,
+                                                                           tmp_path):
+    """The issue's reproduction: a model whose output width is wrong at run time. The node counts it by kind,
+    warns, keeps its worker alive, and classifies again as soon as a good model is loaded."""
+    import onnxruntime as ort
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from ros_harness import Harness, speech_stream, typed_chunks
+
+    stream, bounds = speech_stream([real_waveforms[0], real_waveforms[8]], silence_s=1.0)
+    harness = Harness({"model_path": str(exported_models["fp32"]), "reliability": "reliable"})
+    try:
+        node = harness.node
+        bad = wrong_width_model(str(exported_models["fp32"]), tmp_path / "bad.onnx")
+        # A fault injected into the real classifier after its load-time probe: a real session of the bad model.
+        node.classifier.session = ort.InferenceSession(bad, providers=["CPUExecutionProvider"])
+        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0), speed=8.0)
+        harness.wait_idle()
+        level, message, values = node.diagnostic_values()
+        assert int(values["result_errors"]) == len(bounds), values
+        kinds = {k: int(v) for k, v in values.items() if k.startswith("result_errors_")}
+        assert sum(kinds.values()) == len(bounds) and set(kinds) <= {"result_errors_IndexError", "result_errors_ValueError"}
+        assert level == DiagnosticStatus.WARN and "failed to classify" in message
+        assert node._worker.is_alive()
+        assert harness.received["expression"] == []
+
+        assert node._reload_service(None, type("R", (), {})()).success  # the good model_path again
+        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.05, 2000.0), speed=8.0)
+        assert len(harness.wait_for("expression", len(bounds))) == len(bounds)
+        assert int(node.diagnostic_values()[2]["utterances_classified"]) == len(bounds)
+    finally:
+        harness.close()
+
+
+def test_watchdog_reports_a_dead_worker_and_reload_restarts_it(exported_models):
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from ros_harness import Harness
+
+    harness = Harness({"model_path": str(exported_models["fp32"])})
+    try:
+        node = harness.node
+        node._stop_worker()  # the worker ends (as an uncaught error would have ended it)
+        level, message, _ = node.diagnostic_values()
+        assert level == DiagnosticStatus.ERROR and "worker is not running" in message
+        node._swap_model(str(exported_models["fp32"]))
+        assert node._worker is not None and node._worker.is_alive()
+        assert node.diagnostic_values()[0] == DiagnosticStatus.OK
+    finally:
+        harness.close()
