@@ -126,3 +126,58 @@ def test_watchdog_reports_a_dead_worker_and_reload_restarts_it(exported_models):
         assert node.diagnostic_values()[0] == DiagnosticStatus.OK
     finally:
         harness.close()
+
+
+def test_repeated_sigint_shutdown_after_real_traffic_never_aborts(exported_models, real_waveforms):
+    """Start, classify real speech, SIGINT: exit 0 every time, never 'terminate called ...' (exit -6).
+
+    SER_SHUTDOWN_CYCLES sets the count (CI: 4; the closing note's 30-cycle run used the same test)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from audio_common_msgs.msg import AudioStamped
+    from conftest import child_env
+    from hri_msgs.msg import Expression
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from ros_harness import SideNode, speech_stream, typed_chunks
+
+    stream, bounds = speech_stream(real_waveforms[:2], silence_s=0.6)
+    messages = typed_chunks(stream, 16000, 1, "int16", 0.02, 1000.0)  # 50 msgs/s, the intake's batched path
+    side = SideNode("shutdown_tester")
+    received: list = []
+    side.node.create_subscription(Expression, "/ser_node/expression", received.append, 10)
+    qos = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
+    try:
+        for cycle in range(int(os.environ.get("SER_SHUTDOWN_CYCLES", "4"))):
+            received.clear()
+            # A topic per cycle: the previous node's subscription may linger in discovery for a while.
+            publisher = side.node.create_publisher(AudioStamped, f"audio_{cycle}", qos)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "ser_node.ros.node", "--ros-args", "-p",
+                 f"model_path:={exported_models['fp32']}", "-p", "reliability:=reliable",
+                 "-r", f"audio:=audio_{cycle}"],
+                env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                assert side.wait_for_subscriber(publisher), "the node never subscribed"
+                time.sleep(0.3)
+                for msg in messages:
+                    publisher.publish(msg)
+                    side.executor.spin_once(timeout_sec=0.002)
+                deadline = time.monotonic() + 20
+                while len(received) < len(bounds) and time.monotonic() < deadline:
+                    side.executor.spin_once(timeout_sec=0.05)
+                assert len(received) == len(bounds), f"cycle {cycle}: {len(received)} expressions"
+                process.send_signal(signal.SIGINT)
+                output = process.communicate(timeout=20)[0]
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+            assert process.returncode == 0, f"cycle {cycle}: exit {process.returncode}\n{output[-2000:]}"
+            assert "terminate called" not in output, output[-2000:]
+            side.node.destroy_publisher(publisher)
+    finally:
+        side.close()

@@ -344,6 +344,11 @@ def make_node_class():
             stream = self.stream
             return 0.0 if stream is not None and stream.segmenter.speaking else float(self.p("idle_batch_s"))
 
+        def stop_threads(self) -> None:
+            """Stops and joins the intake and worker threads (before the node and rclpy are torn down)."""
+            if self._active or self._intake is not None or self._worker is not None:
+                self._stop_listening()
+
         def _stop_listening(self) -> None:
             """Unsubscribes from audio and stops the inference worker (deactivate and shutdown)."""
             self._active = False
@@ -591,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-autostart", action="store_true",
                         help="stay unconfigured; drive the lifecycle with the usual lifecycle services")
     args = parser.parse_args(rclpy.utilities.remove_ros_args(argv if argv is not None else sys.argv)[1:])
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    stop = init_rclpy_with_ordered_shutdown(argv)
     node = make_node_class()()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -602,21 +607,42 @@ def main(argv: list[str] | None = None) -> int:
         else:
             node.get_logger().error("not activated: configure failed (see above); fix the parameters and "
                                     "configure again through the lifecycle services")
-    spin_until_done(node, executor)
+    spin_until_done(node, executor, stop)
     return 0
 
 
-def spin_until_done(node: Any, executor: Any, done: threading.Event | None = None) -> None:
-    """Spins until Ctrl-C, shutdown or `done`, then destroys the node and shuts rclpy down (console scripts)."""
+def init_rclpy_with_ordered_shutdown(argv: list[str] | None) -> threading.Event:
+    """rclpy.init without rclpy's own SIGINT/SIGTERM handling, which shuts the context down at once, under the
+    node's threads still waiting on it (the cause of rare 'terminate called without an active exception'
+    aborts). A signal only sets the returned event; spin_until_done then tears down in a defined order."""
+    import signal
+
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    stop = threading.Event()
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    return stop
+
+
+def spin_until_done(node: Any, executor: Any, *events: threading.Event | None) -> None:
+    """Spins until one of `events` is set (a signal, work done) or rclpy stops, then shuts down in order:
+    the node's own threads (audio intake, classification worker) joined, the executor, the node, rclpy."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     try:
-        while rclpy.ok() and not (done is not None and done.is_set()):
+        while rclpy.ok() and not any(e is not None and e.is_set() for e in events):
             executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        stop_threads = getattr(node, "stop_threads", None)
+        if stop_threads is not None:
+            stop_threads()
+        executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
-    from .node import spin_until_done
+    from .node import init_rclpy_with_ordered_shutdown, spin_until_done
 
     parser = argparse.ArgumentParser(
         prog="ser_trainer", description=__doc__,
@@ -105,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
                "target_node. Example: ser_trainer --ros-args -p config_file:=config/train_default.yaml "
                "-p out_dir:=runs/r1 -p export_path:=models/r1.onnx -p target_node:=/ser_node")
     parser.parse_args(rclpy.utilities.remove_ros_args(argv if argv is not None else sys.argv)[1:])
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    stop = init_rclpy_with_ordered_shutdown(argv)
     node = make_trainer_class()()
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     node.start()
-    spin_until_done(node, executor, node.done)
+    spin_until_done(node, executor, node.done, stop)
     return 0 if node.result.get("event") in ("trained", "exported", "reloaded") else 1
 
 
