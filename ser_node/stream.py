@@ -38,6 +38,10 @@ MIN_RATE, MAX_RATE = 4000, 192000
 # counted (chunks_clipped); a chunk peaking above it is not normalised float audio at all (int16 values sent as
 # float, garbage) and is refused as `out_of_range`, like any other bad chunk.
 FLOAT_REFUSE_ABOVE = 1000.0
+# Results are stamped with their utterance's source time as builtin_interfaces/Time (int32 seconds): audio stamped
+# so late that an utterance could end past 2038-01-19 is refused (bad_time) rather than published wrapped.
+LAST_STAMP_S = 2.0**31 - 1
+MAX_UTTERANCE_SPAN_S = 120.0
 
 
 class ChunkError(ValueError):
@@ -75,6 +79,11 @@ def decode_typed(format_code: int, channels: int, rate: int, arrays: dict[str, o
     if format_code not in PORTAUDIO_FORMATS:
         raise ChunkError("unknown_format", f"PortAudio format code {format_code}")
     name, scale = PORTAUDIO_FORMATS[format_code]
+    filled = sorted(n for n, a in arrays.items() if a is not None and len(a))  # type: ignore[arg-type]
+    if filled and name not in filled:
+        raise ChunkError("format_mismatch", f"format code {format_code} names {name}, but {filled} hold the samples")
+    if len(filled) > 1:
+        raise ChunkError("several_arrays", f"{filled} all hold samples: which one is the audio is ambiguous")
     raw = arrays.get(name)
     data = np.asarray(raw if raw is not None else [], dtype=np.float32)
     _check_layout(data.size, channels, rate)
@@ -171,6 +180,9 @@ class StreamProcessor:
             raise ChunkError("non_finite", "NaN or infinite samples")
         if not np.isfinite(chunk.time):
             raise ChunkError("bad_time", "non-finite timestamp")
+        if not (0.0 <= chunk.time and chunk.time + chunk.duration + MAX_UTTERANCE_SPAN_S < LAST_STAMP_S):
+            raise ChunkError("bad_time", f"stamp {chunk.time:.3f} s is outside what a published "
+                                         "builtin_interfaces/Time (int32 seconds) can carry")
         peak = float(np.abs(samples).max())
         if peak > FLOAT_REFUSE_ABOVE:
             raise ChunkError("out_of_range", f"sample peak {peak:.3g} is far outside float audio's [-1, 1]")

@@ -181,3 +181,102 @@ def test_repeated_sigint_shutdown_after_real_traffic_never_aborts(exported_model
             side.node.destroy_publisher(publisher)
     finally:
         side.close()
+
+
+def malformed_messages(t: float) -> dict[str, list]:
+    """Every class of malformed audio message the node must survive, by the reason it must be counted under
+    ('' = well-formed but hostile: the stream resynchronises on it and nothing is counted)."""
+    from audio_common_msgs.msg import AudioStamped
+
+    def make(fmt_code=8, channels=1, rate=16000, stamp=t, **arrays):
+        msg = AudioStamped()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp), int(round((stamp - int(stamp)) * 1e9))
+        msg.audio.info.format, msg.audio.info.channels, msg.audio.info.rate = fmt_code, channels, rate
+        for name, values in (arrays or {"int16_data": [0] * 320}).items():
+            setattr(msg.audio.audio_data, name, values)
+        return msg
+
+    quiet = [0.0] * 320
+    return {
+        "non_finite": [make(1, float32_data=[float("nan")] * 320), make(1, float32_data=[float("inf")] * 320)],
+        "out_of_range": [make(1, float32_data=[3e38] * 320)],
+        "empty": [make(8, int16_data=[])],
+        "format_mismatch": [make(8, float32_data=quiet)],
+        "several_arrays": [make(8, int16_data=[0] * 320, float32_data=quiet)],
+        "bad_channels": [make(8, channels=0)],
+        "bad_length": [make(8, channels=60, int16_data=[0] * 320), make(8, channels=2, int16_data=[1, 2, 3])],
+        "bad_rate": [make(8, rate=0), make(8, rate=10_000_000)],
+        "too_large": [make(8, int16_data=[0] * 16000 * 6)],
+        "unknown_format": [make(99)],
+        "bad_time": [make(8, stamp=2147483647.5)],
+        "": [make(8, stamp=0.0), make(8, stamp=t - 100.0), make(8, stamp=t + 1000.0),
+             make(1, channels=2, rate=48000, float32_data=[0.0] * 1920)],  # stamps and a format change
+    }
+
+
+def test_fuzz_malformed_audio_between_real_utterances(exported_models, real_waveforms):
+    """Each malformed class in every pause between utterances: the node survives, counts each by reason, and
+    the utterances' scores equal a clean run's."""
+    from ros_harness import Harness, speech_stream, typed_chunks
+
+    stream, bounds = speech_stream([real_waveforms[0], real_waveforms[8], real_waveforms[5]], silence_s=2.0)
+    t0 = 1_700_000_000.0
+    good = typed_chunks(stream, 16000, 1, "int16", 0.05, t0)
+    params = {"model_path": str(exported_models["fp32"]), "reliability": "reliable", "vad_backend": "webrtc"}
+    clean = Harness(params)
+    try:
+        clean.publish(good, speed=8.0)
+        expected = clean.wait_for("classification", len(bounds))
+    finally:
+        clean.close()
+    # one burst of every class early in each pause: past the utterance's post-roll, and with time for the
+    # stream to resynchronise before the next one starts
+    pauses = [end + 0.5 for (_s, end) in bounds[:-1]]
+    mixed, inserted = [], 0
+    for index, msg in enumerate(good):
+        mixed.append(msg)
+        t = index * 0.05
+        if any(abs(t - p) < 0.025 for p in pauses):
+            for messages in malformed_messages(t0 + t).values():
+                mixed += messages
+            inserted += 1
+    assert inserted == len(pauses)
+    harness = Harness(params)
+    try:
+        harness.publish(mixed, speed=8.0)
+        got = harness.wait_for("classification", len(bounds))
+        assert len(got) == len(expected) == len(bounds)
+        for a, b in zip(expected, got):
+            assert a.header.stamp == b.header.stamp
+            np.testing.assert_allclose([r.score for r in a.results], [r.score for r in b.results], atol=1e-6)
+        _level, _message, values = harness.node.diagnostic_values()
+        for reason, messages in malformed_messages(t0).items():
+            if reason:
+                assert int(values.get(f"chunks_dropped_{reason}", 0)) == len(messages) * inserted, (reason, values)
+        assert harness.node.state_label() == "active" and harness.node._worker.is_alive()
+    finally:
+        harness.close()
+
+
+def test_failed_reload_warns_while_the_old_model_serves(exported_models, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from ros_harness import Harness
+    from rclpy.parameter import Parameter
+
+    harness = Harness({"model_path": str(exported_models["fp32"])})
+    try:
+        node = harness.node
+        model = tmp_path / "model.onnx"
+        model.write_bytes(exported_models["fp32"].read_bytes())
+        assert node.set_parameters([Parameter("model_path", value=str(model))])[0].successful
+        model.write_bytes(b"not a model")  # the file goes bad on disk, then someone asks for a reload
+        response = node._reload_service(None, type("R", (), {})())
+        assert not response.success
+        level, message, values = node.diagnostic_values()
+        assert level == DiagnosticStatus.WARN and "still serving test-tiny-ds-am" in message, message
+        assert "not a loadable ONNX model" in values["model_error"]
+        model.write_bytes(exported_models["int8"].read_bytes())
+        assert node._reload_service(None, type("R", (), {})()).success
+        assert node.diagnostic_values()[0] == DiagnosticStatus.OK
+    finally:
+        harness.close()

@@ -535,8 +535,12 @@ def make_node_class():
                 values.update(model_id=classifier.model_id, model_path=str(classifier.path),
                               backend=f"onnxruntime {classifier.metadata.precision}", provider=classifier.providers[0])
             if self.model_error:
-                level, message = DiagnosticStatus.ERROR, self.model_error
                 values["model_error"] = self.model_error
+                if classifier is not None:  # a failed reload: the previous model still serves
+                    level = DiagnosticStatus.WARN
+                    message = f"model reload failed, still serving {classifier.model_id}: {self.model_error}"
+                else:
+                    level, message = DiagnosticStatus.ERROR, self.model_error
             with self._lock:
                 values["queue_depth"] = str(len(self._queue))
             values.update({k: str(v) for k, v in self.counts.items()})
