@@ -20,7 +20,13 @@ if [ ! -x "$venv/bin/python" ]; then
   say "creating $venv"
   "$py" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip install -q)
+log="$venv/setup.log"
+: > "$log"
+# pip's own chatter (hundreds of lines on some machines) goes to the log; it is shown only if a step fails.
+pip_install() {
+  "$venv/bin/python" -m pip install -q "$@" >>"$log" 2>&1 || { tail -40 "$log" >&2; say "pip failed (full log: $log)"; exit 1; }
+}
+pip=(pip_install)
 
 key=$(digest requirements/ros.txt)
 if ! fresh ros "$key"; then

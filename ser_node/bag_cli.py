@@ -1,8 +1,8 @@
 """`ser_bag`: rosbag2 evaluation tools, no ROS CLI needed.
 
-  ser_bag make --corpus ../shared/data/uem-es --speakers s02,s09 --out eval.mcap     # labelled robot-like bag
-  ser_bag evaluate eval.mcap --out results/eval                                        # offline, same pipeline
-  ser_bag replay eval.mcap --speed 4 --out results/live        # into a running ser_node, with latency
+  ser_bag make --corpus ../shared/data/uem-es --speakers s02,s09 --out eval_bag      # labelled robot-like bag
+  ser_bag evaluate eval_bag --out results/eval                                         # offline, same pipeline
+  ser_bag replay eval_bag --speed 4 --out results/live         # into a running ser_node, with latency
   ser_bag record /audio --duration 30 --out my_session                                 # record an audio topic
 """
 from __future__ import annotations
@@ -29,10 +29,14 @@ def _reference(args: argparse.Namespace, bag: Path):
     return read_reference_csv(sidecar) if sidecar.exists() else None
 
 
-def _print_summary(title: str, utterances, metrics, segmentation, extra: dict) -> None:
-    print(f"{title}: {len(utterances)} utterance(s)")
-    for u in utterances[:50]:
-        print(f"  {u.start:12.3f} - {u.end:12.3f}  {u.label:<9} {max(u.scores):.2f}")
+def _print_summary(title: str, utterances, metrics, segmentation, extra: dict, start_time: float = 0.0) -> None:
+    """Every utterance, times in seconds from the bag's first audio sample, then the scores."""
+    print(f"{title}: {len(utterances)} utterance(s); times in s from the bag's start")
+    print(f"  {'start':>8}   {'end':>8}  {'label':<9} {'score':>5}  reference")
+    for u in utterances:
+        reference = getattr(u, "reference", None)
+        mark = "" if reference is None else f"{reference}{'' if reference == u.label else '  (miss)'}"
+        print(f"  {u.start - start_time:8.2f} - {u.end - start_time:8.2f}  {u.label:<9} {max(u.scores):5.2f}  {mark}")
     if segmentation:
         print(f"segmentation: precision {segmentation['precision']:.3f} recall {segmentation['recall']:.3f} "
               f"start error {segmentation['start_error_s'] or 0:.3f} s end error {segmentation['end_error_s'] or 0:.3f} s")
@@ -56,7 +60,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "audio": f"{evaluation.audio_seconds:.1f} s ({evaluation.variant} audio_common_msgs on {evaluation.audio_topic})",
         "speed": f"{1 / max(evaluation.real_time_factor, 1e-9):.0f}x real time",
         "dropped chunks": evaluation.chunks_dropped or "none", "bag problems": evaluation.errors or "none",
-        "report": out / "report.json" if out else "(no --out)"})
+        "report": out / "report.json" if out else "(no --out)"}, evaluation.start_time)
     return 0
 
 
@@ -84,7 +88,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                      for a, b in zip(sorted(live.utterances, key=lambda u: u.start), offline.utterances)))
     _print_summary("live replay", live.utterances, live.metrics, live.segmentation, {
         "latency ms (utterance end -> arrival)": {k: round(v, 1) for k, v in live.latency_percentiles().items()},
-        "agrees with offline evaluation": agree})
+        "agrees with offline evaluation": agree}, offline.start_time)
     if args.out:
         from .reports import write_json
 
@@ -103,8 +107,16 @@ def cmd_make(args: argparse.Namespace) -> int:
     from .bags import concatenate_clips, write_audio_bag, write_reference_csv
     from .corpora import load_corpus
 
+    from .bags import BagError
+
     corpus = load_corpus({"kind": args.kind, "path": args.corpus})
-    clips = [c for c in corpus.clips if not args.speakers or c.speaker in args.speakers.split(",")]
+    wanted = [s.strip() for s in args.speakers.split(",") if s.strip()] if args.speakers else []
+    unknown = sorted(set(wanted) - set(corpus.speakers))
+    if unknown:
+        raise BagError(f"speaker(s) {unknown} not in {args.corpus}; its speakers are {corpus.speakers}")
+    clips = [c for c in corpus.clips if not wanted or c.speaker in wanted]
+    if not clips:
+        raise BagError(f"no usable clips in {args.corpus} ({len(corpus.problems)} file(s) could not be used)")
     rng = np.random.default_rng(args.seed)
     clips = [clips[i] for i in rng.permutation(len(clips))[: args.max_clips or len(clips)]]
     waveforms, labels = [], []
@@ -208,19 +220,24 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--corpus", required=True, help="corpus folder")
     make.add_argument("--kind", default="emomatch", help="corpus kind (emomatch, folders, ...)")
     make.add_argument("--speakers", help="comma-separated speakers to use")
-    make.add_argument("--max-clips", type=int, default=0)
-    make.add_argument("--out", type=Path, required=True, help="bag path (folder)")
-    make.add_argument("--variant", default="typed", choices=["typed", "raw"])
-    make.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
-    make.add_argument("--rate", type=int, default=16000)
-    make.add_argument("--channels", type=int, default=1)
-    make.add_argument("--format", default="int16", choices=["int16", "float32"])
-    make.add_argument("--chunk-ms", type=float, default=20.0)
+    make.add_argument("--max-clips", type=int, default=0,
+                      help="use at most this many clips, drawn at random with --seed (0 = all)")
+    make.add_argument("--out", type=Path, required=True,
+                      help="bag folder to create, e.g. eval_bag (the reference labels go to <out>.csv); about "
+                           "1 MB per 10 s of 16 kHz mono int16 audio, scaled by --rate and --channels")
+    make.add_argument("--variant", default="typed", choices=["typed", "raw"],
+                      help="audio_common_msgs generation: typed (AudioStamped, 4.x) or raw bytes (the distros')")
+    make.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"], help="rosbag2 storage plugin")
+    make.add_argument("--rate", type=int, default=16000, help="sample rate of the recorded audio, Hz")
+    make.add_argument("--channels", type=int, default=1, help="channels (channel k is the audio scaled by 1/(k+1))")
+    make.add_argument("--format", default="int16", choices=["int16", "float32"], help="sample format")
+    make.add_argument("--chunk-ms", type=float, default=20.0, help="audio per message, milliseconds")
     make.add_argument("--silence", type=float, default=1.0, help="seconds between utterances")
     make.add_argument("--noise-db", type=float, help="add white noise at this dBFS")
-    make.add_argument("--topic", default="/audio")
-    make.add_argument("--t0", type=float, default=1_700_000_000.0, help="header time of the first sample")
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--topic", default="/audio", help="audio topic name in the bag")
+    make.add_argument("--t0", type=float, default=1_700_000_000.0,
+                      help="header time of the first sample, seconds since the epoch")
+    make.add_argument("--seed", type=int, default=0, help="seed of the clip order, the --max-clips draw and noise")
     make.set_defaults(run=cmd_make)
 
     record = sub.add_parser("record", help="record an audio topic to a rosbag2")

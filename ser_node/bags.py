@@ -390,6 +390,7 @@ class DetectedUtterance:
     end: float
     label: str
     scores: list[float]
+    reference: str | None = None  # label of the reference segment it matched, if any
 
 
 @dataclass
@@ -403,6 +404,7 @@ class BagEvaluation:
     errors: list[str]
     metrics: dict | None = None  # classification, over matched utterances
     segmentation: dict | None = None
+    start_time: float = 0.0  # source time of the first audio chunk: reports show times relative to it
 
     @property
     def real_time_factor(self) -> float:
@@ -465,6 +467,7 @@ def evaluate_bag(path: str | Path, classifier: Any, *, topic: str | None = None,
     processor = StreamProcessor(Segmenter(make_vad(vad_backend), segmenter_config), stream_config)
     found: list[Utterance] = []
     audio_messages = [m for m in contents.messages if m.topic in (audio_topic, f"{audio_topic}_info")]
+    start_time: float | None = None
     for message in tqdm(audio_messages, desc="bag audio", unit="msg", disable=not progress):
         try:
             msg = store.deserialize_cdr(message.rawdata, message.msgtype)
@@ -486,17 +489,25 @@ def evaluate_bag(path: str | Path, classifier: Any, *, topic: str | None = None,
             found += processor.feed(chunk)
         except ChunkError:
             continue
+        if start_time is None:
+            start_time = chunk.time
     found += processor.flush()
+    if processor.stats.chunks == 0:
+        counts = {t: sum(1 for m in contents.messages if m.topic == t) for t in contents.topics}
+        raise BagError(f"{path}: no usable audio on {audio_topic} ({processor.stats.dropped} bad chunk(s)); "
+                       f"messages per topic in the bag: {counts}")
     probabilities = classifier.predict([u.audio for u in found]) if found else np.zeros((0, len(classifier.classes)))
     utterances = []
     for u, row in zip(found, probabilities):
         utterances.append(DetectedUtterance(u.start, u.end, classifier.classes[int(np.argmax(row))],
                                             [float(v) for v in row]))
     evaluation = BagEvaluation(audio_topic, variant, processor.stats.seconds, 0.0, utterances,
-                               dict(processor.stats.bad_chunks), contents.errors)
+                               dict(processor.stats.bad_chunks), contents.errors, start_time=start_time or 0.0)
     refs = list(reference) if reference is not None else reference_from_bag(contents, label_topic)
     if refs:
         evaluation.metrics, evaluation.segmentation = score_against_reference(utterances, refs, classifier.classes)
+        for i, j in match_segments([(u.start, u.end) for u in utterances], refs):
+            utterances[i].reference = refs[j].label
     evaluation.processing_seconds = time.perf_counter() - began
     return evaluation
 
@@ -509,9 +520,14 @@ def write_evaluation(evaluation: BagEvaluation, out_dir: str | Path, classes: Se
     out.mkdir(parents=True, exist_ok=True)
     with (out / "utterances.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["start", "end", "label", *classes])
+        # times from the bag's first audio sample, and the absolute source stamps; reference and match are empty
+        # for utterances that matched no reference segment (or when the bag has no references)
+        writer.writerow(["start_s", "end_s", "start_stamp", "end_stamp", "label", "reference", "match", *classes])
         for u in evaluation.utterances:
-            writer.writerow([f"{u.start:.3f}", f"{u.end:.3f}", u.label, *(f"{s:.4f}" for s in u.scores)])
+            match = "" if u.reference is None else ("yes" if u.reference == u.label else "no")
+            writer.writerow([f"{u.start - evaluation.start_time:.3f}", f"{u.end - evaluation.start_time:.3f}",
+                             f"{u.start:.3f}", f"{u.end:.3f}", u.label, u.reference or "", match,
+                             *(f"{s:.4f}" for s in u.scores)])
     report = {k: v for k, v in evaluation.__dict__.items() if k != "utterances"}
     report["utterance_count"] = len(evaluation.utterances)
     report["real_time_factor"] = evaluation.real_time_factor

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -46,7 +46,10 @@ def resolve_providers(device: str) -> tuple[list[str], str | None]:
 class Classifier:
     """Loads a ser_node model file and returns per-class probabilities for 16 kHz mono utterances."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0,
+                 warn: Callable[[str], None] | None = None) -> None:
+        """`warn` receives the provider-fallback warning (default: this module's logger; the node passes its own
+        ROS logger, so the warning appears once, formatted like the rest of its log)."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -54,7 +57,7 @@ class Classifier:
             raise ModelFileError(f"{self.path}: model file not found")
         providers, warning = resolve_providers(device)
         if warning:
-            log.warning(warning)
+            (warn or log.warning)(warning)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or max(1, min(2, os.cpu_count() or 1))
         options.inter_op_num_threads = 1

@@ -25,6 +25,9 @@ def export_run(run_dir: str | Path, output: str | Path, int8: bool = True, fold:
     from .training import AudioBank, TrainConfig, load_trained_network
 
     run_dir, output = Path(run_dir), Path(output)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a training run: a run folder (written by ser_train --out) holds "
+                                "config.yaml, folds.json, report.json and a folder per fold with model.pt")
     config = TrainConfig.from_mapping(yaml.safe_load((run_dir / "config.yaml").read_text()))
     if config.variant == "ds_svc":
         raise ValueError("DS-SVC runs keep a scikit-learn SVM; export DS-FC or DS-AM runs for the node")

@@ -2,6 +2,8 @@
 and survive truncated, corrupt and foreign bags."""
 from __future__ import annotations
 
+import csv
+
 import shutil
 import subprocess
 import sys
@@ -174,10 +176,31 @@ def test_cli_make_and_evaluate(corpus_dir, tmp_path):
                                capture_output=True, text=True, cwd=ROOT)
     assert evaluated.returncode == 0, evaluated.stderr[-1500:]
     assert "4 utterance(s)" in evaluated.stdout and "recall 1.000" in evaluated.stdout
+    rows = [line for line in evaluated.stdout.splitlines() if " - " in line and line.startswith("  ")]
+    assert len(rows) == 4 and 0 < float(rows[0].split()[0]) < 30  # every row, times from the bag's start
     assert (tmp_path / "report" / "report.json").exists()
+    with (tmp_path / "report" / "utterances.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 4 and {"start_s", "start_stamp", "reference", "match", "anger", "surprise"} <= set(table[0])
+    assert all(r["reference"] and r["match"] in ("yes", "no") for r in table)
+    assert abs(float(table[0]["start_stamp"]) - 1_700_000_000.0 - float(table[0]["start_s"])) < 0.05
     missing = subprocess.run(env_python + ["evaluate", str(tmp_path / "absent")], capture_output=True, text=True,
                              cwd=ROOT)
     assert missing.returncode == 2 and "no such bag" in missing.stderr
+
+
+def test_cli_refuses_unknown_speakers_and_empty_bags(corpus_dir, tmp_path):
+    env_python = [sys.executable, "-m", "ser_node.bag_cli"]
+    typo = subprocess.run(env_python + ["make", "--corpus", str(corpus_dir), "--speakers", "s99",
+                                        "--out", str(tmp_path / "typo")], capture_output=True, text=True, cwd=ROOT)
+    assert typo.returncode == 2 and "['s99'] not in" in typo.stderr and "'s00'" in typo.stderr
+    assert not (tmp_path / "typo").exists()
+    from ser_node.bags import write_audio_bag
+
+    write_audio_bag(tmp_path / "silent", np.zeros(0, np.float32), topic="/audio")  # a bag with no audio at all
+    empty = subprocess.run(env_python + ["evaluate", str(tmp_path / "silent")], capture_output=True, text=True,
+                           cwd=ROOT)
+    assert empty.returncode == 2 and "no usable audio on /audio" in empty.stderr, empty.stderr[-800:]
 
 
 def test_record_an_audio_topic(labelled_stream, default_classifier, tmp_path):

@@ -132,3 +132,23 @@ def test_bag_tool_definitions_match_the_interface_package():
                 fields.append(f"{kind.replace('audio_common_msgs/', '')} {field_name}")
         expected = [line.replace("audio_common_msgs/", "") for line in definition.strip().splitlines()]
         assert fields == expected, name
+
+
+def test_console_script_failures_are_one_actionable_line(exported_models, tmp_path):
+    """A broken start ends the process with a status a supervisor sees and one line that says why."""
+    pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
+    node = [sys.executable, "-m", "ser_node.ros.node", "--ros-args"]
+    missing = subprocess.run(node + ["-p", f"model_path:={tmp_path / 'missing.onnx'}"], env=child_env(),
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "missing.onnx: model file not found" in missing.stderr + missing.stdout
+    assert "--wait-for-model" in missing.stderr + missing.stdout
+    out_of_range = subprocess.run(node + ["-p", "min_confidence:=5.0"], env=child_env(), capture_output=True,
+                                  text=True, timeout=60)
+    assert out_of_range.returncode == 2 and "Traceback" not in out_of_range.stderr
+    assert out_of_range.stderr.strip().count("\n") == 0 and "min_confidence" in out_of_range.stderr
+    assert "0.0" in out_of_range.stderr and "5.0" in out_of_range.stderr
+    help_text = subprocess.run([sys.executable, "-m", "ser_node.ros.node", "--help"], capture_output=True, text=True)
+    assert "--wait-for-model" in help_text.stdout
+    export = subprocess.run([sys.executable, "-m", "ser_node.export_cli", str(tmp_path), str(tmp_path / "m.onnx")],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert export.returncode == 2 and "is not a training run" in export.stderr and "Errno" not in export.stderr

@@ -239,9 +239,8 @@ def make_node_class():
 
         # ------------------------------------------------------------ model
         def _load_classifier(self, path: str) -> Classifier:
-            classifier = Classifier(path or default_model_path(), device=self.p("device"), threads=self.p("threads"))
-            if "CPUExecutionProvider" == classifier.providers[0] and self.p("device") != "cpu":
-                self.get_logger().warning(f"device {self.p('device')!r} unavailable: running on CPU")
+            classifier = Classifier(path or default_model_path(), device=self.p("device"), threads=self.p("threads"),
+                                    warn=self.get_logger().warning)
             self.get_logger().info(f"model {classifier.model_id} ({classifier.metadata.variant}, "
                                    f"{classifier.metadata.precision}) from {classifier.path} on {classifier.providers[0]}")
             return classifier
@@ -599,20 +598,42 @@ def main(argv: list[str] | None = None) -> int:
                     "-r audio:=/robot/mic).")
     parser.add_argument("--no-autostart", action="store_true",
                         help="stay unconfigured; drive the lifecycle with the usual lifecycle services")
+    parser.add_argument("--wait-for-model", action="store_true",
+                        help="if configure fails (missing or broken model), stay up and retry every 5 s until the "
+                             "model_path file is fixed; without it the process exits with status 1 and the reason, "
+                             "so systemd, a supervisor or a launch file's respawn can see the failure")
     args = parser.parse_args(rclpy.utilities.remove_ros_args(argv if argv is not None else sys.argv)[1:])
     stop = init_rclpy_with_ordered_shutdown(argv)
-    node = make_node_class()()
+    from rclpy.exceptions import InvalidParameterValueException, ParameterException
+
+    try:
+        node = make_node_class()()
+    except (InvalidParameterValueException, ParameterException) as error:  # one line, not a traceback
+        print(f"ser_node: {str(error).split('Reason: ')[-1]}", file=sys.stderr)
+        rclpy.shutdown()
+        return 2
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    if not args.no_autostart:
-        node.trigger_configure()
-        if node.state_label() == "inactive":
-            node.trigger_activate()
-        else:
-            node.get_logger().error("not activated: configure failed (see above); fix the parameters and "
-                                    "configure again through the lifecycle services")
+    if not args.no_autostart and not start_node(node):
+        if not args.wait_for_model:
+            node.get_logger().error(f"exiting: configure failed ({node.model_error}); fix model_path, or run with "
+                                    "--wait-for-model to stay up and retry")
+            node.destroy_node()
+            rclpy.shutdown()
+            return 1
+        node.get_logger().error("configure failed; retrying every 5 s (--wait-for-model)")
+        node.create_timer(5.0, lambda: node.state_label() == "unconfigured" and start_node(node))
     spin_until_done(node, executor, stop)
     return 0
+
+
+def start_node(node: Any) -> bool:
+    """configure + activate (what the console script and the launch file do unless told otherwise)."""
+    node.trigger_configure()
+    if node.state_label() != "inactive":
+        return False
+    node.trigger_activate()
+    return node.state_label() == "active"
 
 
 def init_rclpy_with_ordered_shutdown(argv: list[str] | None) -> threading.Event:
