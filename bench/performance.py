@@ -211,7 +211,8 @@ def stage_costs(waveforms: list[np.ndarray], models: dict) -> dict[str, float]:
     from ser_node.audio import resample
     from ser_node.classifier import Classifier
     from ser_node.features import FeatureExtractor
-    from ser_node.ros.messages import interpret, typed_to_chunk
+    from ser_node.audio_messages import typed_to_chunk
+    from ser_node.ros.messages import interpret
     from ser_node.vad import SileroVad
 
     sys.path.insert(0, str(ROOT / "test"))

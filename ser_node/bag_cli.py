@@ -15,7 +15,7 @@ from pathlib import Path
 
 def _classifier(model: str):
     from .classifier import Classifier
-    from .ros.node import default_model_path
+    from .model_file import default_model_path
 
     return Classifier(model or default_model_path())
 
@@ -49,7 +49,7 @@ def _print_summary(title: str, utterances, metrics, segmentation, extra: dict, s
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .bags import evaluate_bag, write_evaluation
-    from .ros.messages import RawFormat
+    from .audio_messages import RawFormat
 
     classifier = _classifier(args.model)
     raw = RawFormat(args.raw_channels, args.raw_rate, args.raw_format) if args.raw_format else None
@@ -145,7 +145,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     from .bags import audio_typestore
-    from .ros.messages import TYPED, detect_audio_variant
+    from .audio_messages import TYPED
+    from .ros.messages import detect_audio_variant
 
     rclpy.init()
     node = rclpy.create_node("ser_bag_record")

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .labels import canonical_label
-from .ros.messages import (RAW, RAW_AUDIO_MSG_DEFINITIONS, TYPED, TYPED_AUDIO_MSG_DEFINITIONS, RawFormat,
-                           raw_to_chunk, typed_to_chunk)
+from .audio_messages import (RAW, RAW_AUDIO_MSG_DEFINITIONS, TYPED, TYPED_AUDIO_MSG_DEFINITIONS, RawFormat,
+                             raw_to_chunk, typed_to_chunk)
 from .segmenter import Segmenter, SegmenterConfig, Utterance
 from .stream import ChunkError, StreamConfig, StreamProcessor
 

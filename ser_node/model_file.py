@@ -6,12 +6,15 @@ itself, under one key, so a model and its settings can never be separated or mix
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .features import FeatureConfig
 
+PACKAGE = "ser_node"
+DEFAULT_MODEL = "ser_default.onnx"  # shipped in models/, installed to share/ser_node/models
 METADATA_KEY = "ser_node.metadata"
 FORMAT_VERSION = 1
 INPUT_NAME = "image"
@@ -100,3 +103,20 @@ def write_metadata(onnx_model: Any, metadata: ModelMetadata) -> None:
     entry = onnx_model.metadata_props.add()
     entry.key = METADATA_KEY
     entry.value = metadata.to_json()
+
+
+def default_model_path() -> str:
+    """The shipped default model: share/ser_node/models when installed, else the repository's models/."""
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory(PACKAGE)) / "models" / DEFAULT_MODEL)
+    except Exception:  # not installed through ament, or no AMENT_PREFIX_PATH: look beside the sources
+        pass
+    candidates.append(Path(sys.prefix) / "share" / PACKAGE / "models" / DEFAULT_MODEL)
+    candidates.append(Path(__file__).resolve().parents[1] / "models" / DEFAULT_MODEL)
+    for path in candidates:
+        if path.is_file():
+            return str(path)
+    return str(candidates[-1])

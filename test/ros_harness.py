@@ -68,12 +68,12 @@ class Harness:
     """Node under test plus a tester node in one private rclpy context, spun by a background executor."""
 
     def __init__(self, parameters: dict[str, Any] | None = None, namespace: str = "", autostart: bool = True) -> None:
-        from ser_node.ros.node import make_node_class
+        from ser_node.ros.node import SerNode
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         overrides = [Parameter(k, value=v) for k, v in (parameters or {}).items()]
-        self.node = make_node_class()(context=self.context, parameter_overrides=overrides, namespace=namespace)
+        self.node = SerNode(context=self.context, parameter_overrides=overrides, namespace=namespace)
         self.tester = rclpy.create_node("tester", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)

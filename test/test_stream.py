@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ser_node.audio import load_audio, resample
-from ser_node.ros.messages import RAW_AUDIO_MSG_DEFINITIONS, RawFormat, raw_to_chunk, typed_to_chunk
+from ser_node.audio_messages import RAW_AUDIO_MSG_DEFINITIONS, RawFormat, raw_to_chunk, typed_to_chunk
 from ser_node.segmenter import Segmenter, SegmenterConfig
 from ser_node.stream import AudioChunk, ChunkError, StreamProcessor, decode_raw, decode_typed
 from ser_node.vad import SileroVad, WebRtcVad, make_vad

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from vision_msgs.msg import Classification
 
     from ..audio import AudioError, load_audio
-    from .node import default_model_path, make_node_class
+    from ..model_file import default_model_path
+    from .node import SerNode
 
     files = args.audio or [demo_audio_path()]
     model = args.model or default_model_path()
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
               "ser_train and export it with ser_export, then pass --model.", file=sys.stderr)
         return 2
     rclpy.init()
-    node = make_node_class()(parameter_overrides=[Parameter("model_path", value=str(model)),
+    node = SerNode(parameter_overrides=[Parameter("model_path", value=str(model)),
                                                   Parameter("vad_backend", value=args.vad),
                                                   Parameter("reliability", value="reliable")])
     player = rclpy.create_node("ser_demo_player")

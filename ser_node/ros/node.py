@@ -1,5 +1,9 @@
 """The ser_node lifecycle node: audio topic -> VAD utterances -> emotion messages.
 
+Its life in order: parameters (table in parameters.py), configure (load and probe the model, build the stream),
+activate (subscribe; audio intake in intake.py), intake (StreamProcessor), work (classification thread),
+publish (expression, classification), and diagnostics (rules in diagnostics.py).
+
 Thin ROS shell over the core: StreamProcessor (decode, resample, segment) runs in the subscription callback,
 which only does cheap work; classification runs on a worker thread fed by a bounded queue, so audio intake never
 waits for the network. When the worker falls behind, the oldest queued utterance is dropped and counted.
@@ -15,42 +19,31 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from hri_msgs.msg import Expression
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.lifecycle import LifecycleState, Node as LifecycleNode, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Bool, Header
+from std_srvs.srv import Trigger
+from vision_msgs.msg import Classification, LabelInfo, ObjectHypothesis, VisionClass
 
+from ..audio_messages import (TYPED, RawFormat, raw_to_chunk, seconds_to_stamp, typed_audio_message,
+                              typed_to_chunk)
 from ..classifier import Classifier
-from ..model_file import ModelFileError
+from ..model_file import ModelFileError, default_model_path
 from ..segmenter import Segmenter, SegmenterConfig, Utterance
 from ..stream import ChunkError, StreamConfig, StreamProcessor
 from ..vad import VadError, make_vad
-from . import intake
-from .messages import (TYPED, RawFormat, detect_audio_variant, interpret, raw_to_chunk, seconds_to_stamp,
-                       typed_audio_message, typed_to_chunk)
+from . import diagnostics, intake
+from .messages import detect_audio_variant, interpret
+from .parameters import PARAMETERS
 
 NODE_NAME = "ser_node"
-DEFAULT_MODEL = "ser_default.onnx"
-
-
-def default_model_path() -> str:
-    """The shipped default model: share/ser_node/models when installed, else the repository's models/."""
-    candidates = []
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(Path(get_package_share_directory(NODE_NAME)) / "models" / DEFAULT_MODEL)
-    except Exception:  # not installed through ament, or no AMENT_PREFIX_PATH: look beside the sources
-        pass
-    candidates.append(Path(sys.prefix) / "share" / NODE_NAME / "models" / DEFAULT_MODEL)
-    candidates.append(Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL)
-    for path in candidates:
-        if path.is_file():
-            return str(path)
-    return str(candidates[-1])
-
-
-WORKER_STALL_S = 10.0  # queued work untouched this long means the worker is stuck (a batch takes milliseconds)
 
 
 @dataclass
@@ -79,510 +72,381 @@ class LatencyWindow:
                 "p99": float(np.percentile(values, 99)), "rtf_mean": float(np.mean(self.rtf))}
 
 
-def make_node_class():
-    """Builds the node class on first use, so the core stays importable without rclpy."""
-    from builtin_interfaces.msg import Time
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-    from hri_msgs.msg import Expression
-    from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                    SetParametersResult)
-    from rclpy.lifecycle import LifecycleState, Node as LifecycleNode, TransitionCallbackReturn
-    from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
-    from std_msgs.msg import Bool, Header
-    from std_srvs.srv import Trigger
-    from vision_msgs.msg import Classification, LabelInfo, ObjectHypothesis, VisionClass
+class SerNode(LifecycleNode):
+    """Speech emotion recognition lifecycle node."""
 
-    def describe(text: str, *, low: float | None = None, high: float | None = None, integer: bool = False,
-                 read_only: bool = False, choices: str = "") -> ParameterDescriptor:
-        descriptor = ParameterDescriptor(description=text, read_only=read_only, additional_constraints=choices)
-        if low is not None and high is not None:
-            if integer:
-                descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
-            else:
-                descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
-        return descriptor
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self.live_names = {name for name, (_, _, live) in PARAMETERS.items() if live}
+        for name, (default, descriptor, _) in PARAMETERS.items():
+            self.declare_parameter(name, default, descriptor)
+        self.add_on_set_parameters_callback(self._on_parameters)
+        self.variant, self.audio_class, self.info_class = detect_audio_variant()
+        self.get_logger().info(f"audio_common_msgs variant: {self.variant} "
+                               f"({self.audio_class.__module__}.{self.audio_class.__name__})")
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.classifier: Classifier | None = None
+        self.model_error = ""
+        self.stream: StreamProcessor | None = None
+        self.raw_format = RawFormat()
+        self._audio_subscriptions: list[Any] = []
+        self._intake: intake.BatchedIntake | None = None
+        self._warned_executor_took_audio = False
+        self._feed_lock = threading.Lock()  # the intake thread and (see _subscribe_audio) an executor
+        self._lock = threading.Condition()
+        self._queue: deque[Pending] = deque()
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._active = False
+        self.counts = {"utterances_classified": 0, "utterances_dropped": 0, "utterances_too_short": 0,
+                       "inference_errors": 0, "result_errors": 0}
+        self.error_kinds: dict[str, int] = {}  # e.g. result_errors_IndexError: 3
+        self._worker_beat = time.monotonic()  # the worker's last sign of life (watchdog)
+        self.latency = LatencyWindow()
+        self._last_frame_id = ""
+        self._last_bad_log = 0.0
+        self._started = time.monotonic()
+        self._diag_timer = self.create_timer(float(self.p("diagnostics_period_s")), self._publish_diagnostics)
 
-    # name: (default, descriptor, live) -- live parameters take effect at once, others at the next configure.
-    parameters: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
-        "model_path": ("", describe("ONNX model exported by ser_export; empty = the shipped default model. "
-                                    "Changing it reloads the model (kept on failure)."), True),
-        "device": ("cpu", describe("ONNX Runtime provider preference: cpu, cuda, tensorrt or a comma list; "
-                                   "unavailable ones fall back to CPU with a warning",
-                                   choices="cpu|cuda|tensorrt"), False),
-        "threads": (0, describe("ONNX Runtime intra-op threads (0 = min(2, cores))", low=0, high=64,
-                                integer=True), False),
-        "vad_backend": ("silero", describe("voice-activity detector: silero (ONNX) or webrtc",
-                                           choices="silero|webrtc"), False),
-        "webrtc_aggressiveness": (2, describe("WebRTC VAD aggressiveness", low=0, high=3, integer=True), False),
-        "vad_threshold": (0.5, describe("speech starts at this VAD probability", low=0.01, high=0.99), True),
-        "vad_negative_threshold": (0.35, describe("speech continues until the probability falls below this",
-                                                  low=0.01, high=0.99), True),
-        "min_speech_s": (0.25, describe("shorter speech is ignored", low=0.0, high=5.0), True),
-        "min_silence_s": (0.3, describe("silence that ends an utterance", low=0.03, high=5.0), True),
-        "pre_roll_s": (0.2, describe("audio kept before speech onset", low=0.0, high=2.0), False),
-        "post_roll_s": (0.15, describe("audio kept after speech end", low=0.0, high=2.0), True),
-        "max_utterance_s": (10.0, describe("longer speech is cut into consecutive utterances", low=1.0,
-                                           high=60.0), True),
-        "channel": (-1, describe("-1 = mix all channels down; else the 0-based channel to use", low=-1, high=63,
-                                 integer=True), True),
-        "max_chunk_s": (5.0, describe("audio messages longer than this are refused as absurd", low=0.05,
-                                      high=60.0), True),
-        "gap_tolerance_s": (0.1, describe("header time jumps beyond this close the current utterance",
-                                          low=0.001, high=10.0), True),
-        "reliability": ("best_effort", describe("audio subscription reliability", choices="best_effort|reliable"),
-                        False),
-        "qos_depth": (500, describe("audio subscription history depth (500 = 10 s of 20 ms chunks: room for a "
-                                    "stalled machine or a fast bag replay)", low=1, high=10000, integer=True), False),
-        "idle_batch_s": (0.25, describe("while nobody speaks, take audio messages in batches this often (saves CPU; "
-                                       "delays only the detection of speech onset, not the result); 0 = take "
-                                       "each message through the executor (from 0 to >0 at the next activation)",
-                                       low=0.0, high=1.0), True),
-        "queue_size": (8, describe("utterances waiting for classification; when full the oldest is dropped",
-                                   low=1, high=256, integer=True), False),
-        "max_batch": (8, describe("queued utterances classified together in one batch", low=1, high=64,
-                                  integer=True), True),
-        "min_confidence": (0.0, describe("below this top-class probability, publish low_confidence_expression",
-                                         low=0.0, high=1.0), True),
-        "low_confidence_expression": ("neutral", describe("expression published below min_confidence"), True),
-        "publish_utterance": (False, describe("also publish each utterance's audio on ~/utterance (typed "
-                                              "audio_common_msgs, 16 kHz float32) for downstream ASR"), False),
-        "raw_sample_rate": (16000, describe("raw-bytes variant without AudioInfo: sample rate", low=4000,
-                                            high=192000, integer=True), True),
-        "raw_channels": (1, describe("raw-bytes variant without AudioInfo: channels", low=1, high=64,
-                                     integer=True), True),
-        "raw_sample_format": ("S16LE", describe("raw-bytes variant without AudioInfo: S16LE, F32LE, ..."), True),
-        "raw_stamped": (True, describe("raw-bytes variant: subscribe AudioDataStamped (else AudioData, "
-                                       "timestamped on arrival)"), False),
-        "diagnostics_period_s": (1.0, describe("period of /diagnostics", low=0.1, high=60.0), False),
-    }
+    # ------------------------------------------------------------ parameters
+    def state_label(self) -> str:
+        return self._state_machine.current_state[1]
 
-    class SerNode(LifecycleNode):
-        """Speech emotion recognition lifecycle node."""
+    def p(self, name: str) -> Any:
+        return self.get_parameter(name).value
 
-        def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
-            super().__init__(node_name, **kwargs)
-            self.live_names = {name for name, (_, _, live) in parameters.items() if live}
-            for name, (default, descriptor, _) in parameters.items():
-                self.declare_parameter(name, default, descriptor)
-            self.add_on_set_parameters_callback(self._on_parameters)
-            self.variant, self.audio_class, self.info_class = detect_audio_variant()
-            self.get_logger().info(f"audio_common_msgs variant: {self.variant} "
-                                   f"({self.audio_class.__module__}.{self.audio_class.__name__})")
-            self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-            self.classifier: Classifier | None = None
-            self.model_error = ""
-            self.stream: StreamProcessor | None = None
-            self.raw_format = RawFormat()
-            self._audio_subscriptions: list[Any] = []
-            self._intake: intake.BatchedIntake | None = None
-            self._warned_executor_took_audio = False
-            self._feed_lock = threading.Lock()  # the intake thread and (see _subscribe_audio) an executor
-            self._lock = threading.Condition()
-            self._queue: deque[Pending] = deque()
-            self._worker: threading.Thread | None = None
-            self._stop = threading.Event()
-            self._active = False
-            self.counts = {"utterances_classified": 0, "utterances_dropped": 0, "utterances_too_short": 0,
-                           "inference_errors": 0, "result_errors": 0}
-            self.error_kinds: dict[str, int] = {}  # e.g. result_errors_IndexError: 3
-            self._worker_beat = time.monotonic()  # the worker's last sign of life (watchdog)
-            self.latency = LatencyWindow()
-            self._last_frame_id = ""
-            self._last_bad_log = 0.0
-            self._started = time.monotonic()
-            self._diag_timer = self.create_timer(float(self.p("diagnostics_period_s")), self._publish_diagnostics)
-
-        # ------------------------------------------------------------ parameters
-        def state_label(self) -> str:
-            return self._state_machine.current_state[1]
-
-        def p(self, name: str) -> Any:
-            return self.get_parameter(name).value
-
-        def _on_parameters(self, changes: list[Any]) -> SetParametersResult:
-            values = {c.name: c.value for c in changes}
-            for name in values:
-                if name in parameters and name not in self.live_names and self.state_label() == "active":
-                    return SetParametersResult(successful=False,
-                                               reason=f"{name} can only change while the node is not active")
-            try:  # the segmenter settings must stay consistent with each other, not only within their ranges
-                self._segmenter_config(values).validate()
-            except ValueError as error:
-                return SetParametersResult(successful=False, reason=str(error))
-            if "model_path" in values and self.classifier is not None:
-                try:
-                    self._swap_model(values["model_path"])
-                except (ModelFileError, ValueError) as error:
-                    return SetParametersResult(successful=False, reason=str(error))
-            if self.stream is not None:
-                self._apply_live(values)
-            return SetParametersResult(successful=True)
-
-        def _segmenter_config(self, overrides: dict[str, Any] | None = None) -> SegmenterConfig:
-            get = (lambda n: (overrides or {}).get(n, self.p(n)))
-            return SegmenterConfig(threshold=get("vad_threshold"), negative_threshold=get("vad_negative_threshold"),
-                                   min_speech_s=get("min_speech_s"), min_silence_s=get("min_silence_s"),
-                                   pre_roll_s=get("pre_roll_s"), post_roll_s=get("post_roll_s"),
-                                   max_utterance_s=get("max_utterance_s"))
-
-        def _apply_live(self, values: dict[str, Any]) -> None:
-            """Segmenter thresholds are read frame by frame, so replacing the config object is safe."""
-            assert self.stream is not None
-            self.stream.segmenter.config = self._segmenter_config(values)
-            self.stream.config = StreamConfig(channel=values.get("channel", self.p("channel")),
-                                              max_chunk_s=values.get("max_chunk_s", self.p("max_chunk_s")),
-                                              gap_tolerance_s=values.get("gap_tolerance_s", self.p("gap_tolerance_s")))
-            if any(k.startswith("raw_") for k in values):
-                self.raw_format = RawFormat(values.get("raw_channels", self.p("raw_channels")),
-                                            values.get("raw_sample_rate", self.p("raw_sample_rate")),
-                                            values.get("raw_sample_format", self.p("raw_sample_format")))
-
-        # ------------------------------------------------------------ model
-        def _load_classifier(self, path: str) -> Classifier:
-            classifier = Classifier(path or default_model_path(), device=self.p("device"), threads=self.p("threads"),
-                                    warn=self.get_logger().warning)
-            self.get_logger().info(f"model {classifier.model_id} ({classifier.metadata.variant}, "
-                                   f"{classifier.metadata.precision}) from {classifier.path} on {classifier.providers[0]}")
-            return classifier
-
-        def _swap_model(self, path: str) -> None:
-            new = self._load_classifier(path)
-            with self._lock:
-                self.classifier = new
-            self.model_error = ""
-            self._ensure_worker()
-
-        def _reload_service(self, _request: Any, response: Any) -> Any:
+    def _on_parameters(self, changes: list[Any]) -> SetParametersResult:
+        values = {c.name: c.value for c in changes}
+        for name in values:
+            if name in PARAMETERS and name not in self.live_names and self.state_label() == "active":
+                return SetParametersResult(successful=False,
+                                           reason=f"{name} can only change while the node is not active")
+        try:  # the segmenter settings must stay consistent with each other, not only within their ranges
+            self._segmenter_config(values).validate()
+        except ValueError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        if "model_path" in values and self.classifier is not None:
             try:
-                self._swap_model(self.p("model_path"))
-                response.success = True
-                response.message = f"loaded {self.classifier.model_id}"  # type: ignore[union-attr]
+                self._swap_model(values["model_path"])
             except (ModelFileError, ValueError) as error:
-                self.model_error = str(error)
-                self.get_logger().error(f"reload failed, keeping the current model: {error}")
-                response.success = False
-                response.message = str(error)
-            return response
+                return SetParametersResult(successful=False, reason=str(error))
+        if self.stream is not None:
+            self._apply_live(values)
+        return SetParametersResult(successful=True)
 
-        # ------------------------------------------------------------ lifecycle
-        def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-            try:
-                self.classifier = self._load_classifier(self.p("model_path"))
-                vad = make_vad(self.p("vad_backend"), webrtc_aggressiveness=self.p("webrtc_aggressiveness"))
-            except (ModelFileError, VadError, ValueError) as error:
-                self.model_error = str(error)
-                self.get_logger().error(f"configure failed: {error}")
-                self._publish_diagnostics()
-                return TransitionCallbackReturn.FAILURE
-            self.model_error = ""
-            segmenter = Segmenter(vad, self._segmenter_config(), on_speaking=self._on_speaking)
-            self.stream = StreamProcessor(segmenter, StreamConfig(self.p("channel"), self.p("max_chunk_s"),
-                                                                  self.p("gap_tolerance_s")))
-            self.raw_format = RawFormat(self.p("raw_channels"), self.p("raw_sample_rate"), self.p("raw_sample_format"))
-            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            self.expression_pub = self.create_lifecycle_publisher(Expression, "~/expression", 10)
-            self.classification_pub = self.create_lifecycle_publisher(Classification, "~/classification", 10)
-            self.label_info_pub = self.create_lifecycle_publisher(LabelInfo, "~/label_info", latched)
-            self.speaking_pub = self.create_lifecycle_publisher(Bool, "~/is_speaking", 10)
-            self.utterance_pub = None
-            if self.p("publish_utterance"):
-                if self.variant == TYPED:
-                    self.utterance_pub = self.create_lifecycle_publisher(self.audio_class, "~/utterance", 10)
-                else:
-                    self.get_logger().warning("publish_utterance needs the typed audio_common_msgs; not publishing")
-            self.reload_srv = self.create_service(Trigger, "~/reload_model", self._reload_service)
-            self.get_logger().info("configured")
-            return TransitionCallbackReturn.SUCCESS
+    def _segmenter_config(self, overrides: dict[str, Any] | None = None) -> SegmenterConfig:
+        get = (lambda n: (overrides or {}).get(n, self.p(n)))
+        return SegmenterConfig(threshold=get("vad_threshold"), negative_threshold=get("vad_negative_threshold"),
+                               min_speech_s=get("min_speech_s"), min_silence_s=get("min_silence_s"),
+                               pre_roll_s=get("pre_roll_s"), post_roll_s=get("post_roll_s"),
+                               max_utterance_s=get("max_utterance_s"))
 
-        def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-            result = super().on_activate(state)
-            self._publish_label_info()
-            reliability = (ReliabilityPolicy.RELIABLE if self.p("reliability") == "reliable"
-                           else ReliabilityPolicy.BEST_EFFORT)
-            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.p("qos_depth"), reliability=reliability,
-                             durability=DurabilityPolicy.VOLATILE)
+    def _apply_live(self, values: dict[str, Any]) -> None:
+        """Segmenter thresholds are read frame by frame, so replacing the config object is safe."""
+        assert self.stream is not None
+        self.stream.segmenter.config = self._segmenter_config(values)
+        self.stream.config = StreamConfig(channel=values.get("channel", self.p("channel")),
+                                          max_chunk_s=values.get("max_chunk_s", self.p("max_chunk_s")),
+                                          gap_tolerance_s=values.get("gap_tolerance_s", self.p("gap_tolerance_s")))
+        if any(k.startswith("raw_") for k in values):
+            self.raw_format = RawFormat(values.get("raw_channels", self.p("raw_channels")),
+                                        values.get("raw_sample_rate", self.p("raw_sample_rate")),
+                                        values.get("raw_sample_format", self.p("raw_sample_format")))
+
+    # ------------------------------------------------------------ model
+    def _load_classifier(self, path: str) -> Classifier:
+        classifier = Classifier(path or default_model_path(), device=self.p("device"), threads=self.p("threads"),
+                                warn=self.get_logger().warning)
+        self.get_logger().info(f"model {classifier.model_id} ({classifier.metadata.variant}, "
+                               f"{classifier.metadata.precision}) from {classifier.path} on {classifier.providers[0]}")
+        return classifier
+
+    def _swap_model(self, path: str) -> None:
+        new = self._load_classifier(path)
+        with self._lock:
+            self.classifier = new
+        self.model_error = ""
+        self._ensure_worker()
+
+    def _reload_service(self, _request: Any, response: Any) -> Any:
+        try:
+            self._swap_model(self.p("model_path"))
+            response.success = True
+            response.message = f"loaded {self.classifier.model_id}"  # type: ignore[union-attr]
+        except (ModelFileError, ValueError) as error:
+            self.model_error = str(error)
+            self.get_logger().error(f"reload failed, keeping the current model: {error}")
+            response.success = False
+            response.message = str(error)
+        return response
+
+    # ------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.classifier = self._load_classifier(self.p("model_path"))
+            vad = make_vad(self.p("vad_backend"), webrtc_aggressiveness=self.p("webrtc_aggressiveness"))
+        except (ModelFileError, VadError, ValueError) as error:
+            self.model_error = str(error)
+            self.get_logger().error(f"configure failed: {error}")
+            self._publish_diagnostics()
+            return TransitionCallbackReturn.FAILURE
+        self.model_error = ""
+        segmenter = Segmenter(vad, self._segmenter_config(), on_speaking=self._on_speaking)
+        self.stream = StreamProcessor(segmenter, StreamConfig(self.p("channel"), self.p("max_chunk_s"),
+                                                              self.p("gap_tolerance_s")))
+        self.raw_format = RawFormat(self.p("raw_channels"), self.p("raw_sample_rate"), self.p("raw_sample_format"))
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.expression_pub = self.create_lifecycle_publisher(Expression, "~/expression", 10)
+        self.classification_pub = self.create_lifecycle_publisher(Classification, "~/classification", 10)
+        self.label_info_pub = self.create_lifecycle_publisher(LabelInfo, "~/label_info", latched)
+        self.speaking_pub = self.create_lifecycle_publisher(Bool, "~/is_speaking", 10)
+        self.utterance_pub = None
+        if self.p("publish_utterance"):
             if self.variant == TYPED:
-                self._subscribe_audio(self.audio_class, self._on_typed, qos)
+                self.utterance_pub = self.create_lifecycle_publisher(self.audio_class, "~/utterance", 10)
             else:
-                from audio_common_msgs.msg import AudioData  # raw variant only
+                self.get_logger().warning("publish_utterance needs the typed audio_common_msgs; not publishing")
+        self.reload_srv = self.create_service(Trigger, "~/reload_model", self._reload_service)
+        self.get_logger().info("configured")
+        return TransitionCallbackReturn.SUCCESS
 
-                self._subscribe_audio(self.audio_class if self.p("raw_stamped") else AudioData, self._on_raw, qos)
-                if self.info_class is not None:
-                    self._audio_subscriptions.append(self.create_subscription(self.info_class, "audio_info",
-                                                                        self._on_info, 10))
-            self._active = True
-            self._ensure_worker()
-            if self._intake is not None:
-                self._intake.start()
-            self.get_logger().info(f"active: listening on {self.resolve_topic_name('audio')}"
-                                   f"{' (batched intake)' if self._intake is not None else ''}")
-            return result
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)
+        self._publish_label_info()
+        reliability = (ReliabilityPolicy.RELIABLE if self.p("reliability") == "reliable"
+                       else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.p("qos_depth"), reliability=reliability,
+                         durability=DurabilityPolicy.VOLATILE)
+        if self.variant == TYPED:
+            self._subscribe_audio(self.audio_class, self._on_typed, qos)
+        else:
+            from audio_common_msgs.msg import AudioData  # raw variant only
 
-        def _subscribe_audio(self, msg_class: Any, callback: Any, qos: Any) -> None:
-            """Audio goes through the batched intake thread (see intake.py) unless idle_batch_s is 0."""
-            if self.p("idle_batch_s") <= 0 or not intake.available():
-                self._audio_subscriptions.append(self.create_subscription(msg_class, "audio", callback, qos))
-                return
-            def executor_took(msg: Any) -> None:
-                # Only an executor that ignores callback groups (rclpy's experimental EventsExecutor) gets here.
-                if not self._warned_executor_took_audio:
-                    self._warned_executor_took_audio = True
-                    self.get_logger().error("this executor ignores callback groups and takes audio messages "
-                                            "too; set idle_batch_s: 0 with it")
-                callback(msg)
+            self._subscribe_audio(self.audio_class if self.p("raw_stamped") else AudioData, self._on_raw, qos)
+            if self.info_class is not None:
+                self._audio_subscriptions.append(self.create_subscription(self.info_class, "audio_info",
+                                                                    self._on_info, 10))
+        self._active = True
+        self._ensure_worker()
+        if self._intake is not None:
+            self._intake.start()
+        self.get_logger().info(f"active: listening on {self.resolve_topic_name('audio')}"
+                               f"{' (batched intake)' if self._intake is not None else ''}")
+        return result
 
-            sub = self.create_subscription(msg_class, "audio", executor_took, qos,
-                                           callback_group=intake.never_executed_group())
-            self._audio_subscriptions.append(sub)
-            self._intake = intake.BatchedIntake(sub, self.context, callback, self._intake_pause,
-                                                on_error=lambda e: self.get_logger().error(f"audio intake: {e!r}"))
+    def _subscribe_audio(self, msg_class: Any, callback: Any, qos: Any) -> None:
+        """Audio goes through the batched intake thread (see intake.py) unless idle_batch_s is 0."""
+        if self.p("idle_batch_s") <= 0 or not intake.available():
+            self._audio_subscriptions.append(self.create_subscription(msg_class, "audio", callback, qos))
+            return
+        def executor_took(msg: Any) -> None:
+            # Only an executor that ignores callback groups (rclpy's experimental EventsExecutor) gets here.
+            if not self._warned_executor_took_audio:
+                self._warned_executor_took_audio = True
+                self.get_logger().error("this executor ignores callback groups and takes audio messages "
+                                        "too; set idle_batch_s: 0 with it")
+            callback(msg)
 
-        def _intake_pause(self) -> float:
-            """No pause while speech may be going on; else idle_batch_s (the intake caps it to the history)."""
-            stream = self.stream
-            return 0.0 if stream is not None and stream.segmenter.speaking else float(self.p("idle_batch_s"))
+        sub = self.create_subscription(msg_class, "audio", executor_took, qos,
+                                       callback_group=intake.never_executed_group())
+        self._audio_subscriptions.append(sub)
+        self._intake = intake.BatchedIntake(sub, self.context, callback, self._intake_pause,
+                                            on_error=lambda e: self.get_logger().error(f"audio intake: {e!r}"))
 
-        def stop_threads(self) -> None:
-            """Stops and joins the intake and worker threads (before the node and rclpy are torn down)."""
-            if self._active or self._intake is not None or self._worker is not None:
-                self._stop_listening()
+    def _intake_pause(self) -> float:
+        """No pause while speech may be going on; else idle_batch_s (the intake caps it to the history)."""
+        stream = self.stream
+        return 0.0 if stream is not None and stream.segmenter.speaking else float(self.p("idle_batch_s"))
 
-        def _stop_listening(self) -> None:
-            """Unsubscribes from audio and stops the inference worker (deactivate and shutdown)."""
-            self._active = False
-            if self._intake is not None:
-                self._intake.stop()
-                self._intake = None
-            for sub in self._audio_subscriptions:
-                self.destroy_subscription(sub)
-            self._audio_subscriptions.clear()
-            self._stop_worker()
-
-        def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def stop_threads(self) -> None:
+        """Stops and joins the intake and worker threads (before the node and rclpy are torn down)."""
+        if self._active or self._intake is not None or self._worker is not None:
             self._stop_listening()
-            return super().on_deactivate(state)
 
-        def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-            self._release()
-            return TransitionCallbackReturn.SUCCESS
+    def _stop_listening(self) -> None:
+        """Unsubscribes from audio and stops the inference worker (deactivate and shutdown)."""
+        self._active = False
+        if self._intake is not None:
+            self._intake.stop()
+            self._intake = None
+        for sub in self._audio_subscriptions:
+            self.destroy_subscription(sub)
+        self._audio_subscriptions.clear()
+        self._stop_worker()
 
-        def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-            self._stop_listening()
-            self._release()
-            return TransitionCallbackReturn.SUCCESS
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_listening()
+        return super().on_deactivate(state)
 
-        def _release(self) -> None:
-            for name in ("expression_pub", "classification_pub", "label_info_pub", "speaking_pub", "utterance_pub"):
-                pub = getattr(self, name, None)
-                if pub is not None:
-                    self.destroy_lifecycle_publisher(pub)
-                    setattr(self, name, None)
-            srv = getattr(self, "reload_srv", None)
-            if srv is not None:
-                self.destroy_service(srv)
-                self.reload_srv = None
-            self.classifier = None
-            self.stream = None
-            with self._lock:
-                self._queue.clear()
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
 
-        def _stop_worker(self) -> None:
-            self._stop.set()
-            with self._lock:
-                self._lock.notify_all()
-            if self._worker is not None:
-                self._worker.join(timeout=5.0)
-                self._worker = None
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_listening()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
 
-        # ------------------------------------------------------------ audio intake
-        def _on_typed(self, msg: Any) -> None:
-            self._last_frame_id = msg.header.frame_id
-            self._feed(lambda now: typed_to_chunk(msg, now), msg.header.frame_id)
-
-        def _on_raw(self, msg: Any) -> None:
-            frame_id = msg.header.frame_id if hasattr(msg, "header") else ""
-            self._feed(lambda now: raw_to_chunk(msg, self.raw_format, now), frame_id)
-
-        def _on_info(self, msg: Any) -> None:
-            fmt = RawFormat.from_info(msg)
-            if fmt != self.raw_format:
-                self.get_logger().info(f"audio format from audio_info: {fmt}")
-                self.raw_format = fmt
-
-        def _feed(self, make_chunk: Any, frame_id: str) -> None:
-            stream = self.stream
-            if not self._active or stream is None:
-                return
-            now = self.get_clock().now().nanoseconds * 1e-9
-            with self._feed_lock:
-                try:
-                    chunk = make_chunk(now)
-                except ChunkError as error:
-                    stream.stats.bad_chunks[error.reason] += 1  # feed() counts its own refusals
-                    self._warn_bad_chunk(error)
-                    return
-                try:
-                    utterances = stream.feed(chunk)
-                except ChunkError as error:
-                    self._warn_bad_chunk(error)
-                    return
-            for utterance in utterances:
-                self._enqueue(utterance, frame_id)
-
-        def _warn_bad_chunk(self, error: ChunkError) -> None:
-            """Logs at most every 5 s; every drop is counted in diagnostics."""
-            if time.monotonic() - self._last_bad_log > 5.0:
-                self._last_bad_log = time.monotonic()
-                self.get_logger().warning(f"dropped audio chunk ({error}); "
-                                          f"{self.stream.stats.dropped if self.stream else '?'} dropped so far")
-
-        def _on_speaking(self, speaking: bool, _time: float) -> None:
-            pub = getattr(self, "speaking_pub", None)
+    def _release(self) -> None:
+        for name in ("expression_pub", "classification_pub", "label_info_pub", "speaking_pub", "utterance_pub"):
+            pub = getattr(self, name, None)
             if pub is not None:
-                pub.publish(Bool(data=speaking))
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, name, None)
+        srv = getattr(self, "reload_srv", None)
+        if srv is not None:
+            self.destroy_service(srv)
+            self.reload_srv = None
+        self.classifier = None
+        self.stream = None
+        with self._lock:
+            self._queue.clear()
 
-        def _enqueue(self, utterance: Utterance, frame_id: str) -> None:
-            with self._lock:
-                limit = int(self.p("queue_size"))
-                while len(self._queue) >= limit:
-                    self._queue.popleft()
-                    self.counts["utterances_dropped"] += 1
-                self._queue.append(Pending(utterance, frame_id, time.monotonic()))
-                self._lock.notify()
+    def _stop_worker(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
 
-        # ------------------------------------------------------------ inference
-        def _work(self) -> None:
-            """Classifies queued utterances until stopped. No error of one utterance may end it: each is counted
-            by kind, logged (rate-limited) and the loop goes on; the watchdog in diagnostics covers the rest."""
-            while not self._stop.is_set():
-                self._worker_beat = time.monotonic()
-                with self._lock:
-                    while not self._queue and not self._stop.is_set():
-                        self._lock.wait(timeout=0.5)
-                        self._worker_beat = time.monotonic()
-                    if self._stop.is_set():
-                        return
-                    batch = [self._queue.popleft() for _ in range(min(len(self._queue), int(self.p("max_batch"))))]
-                    classifier = self.classifier
-                if classifier is None:
-                    continue
-                try:
-                    probabilities = classifier.predict([item.utterance.audio for item in batch])
-                except Exception as error:  # a broken model must not kill the worker: report and go on
-                    self._count_error("inference_errors", error, len(batch))
-                    continue
-                done = time.monotonic()
-                for item, row in zip(batch, probabilities):
-                    try:
-                        self._publish_result(item, row, classifier.classes)
-                    except Exception as error:  # scores it cannot interpret, a publisher torn down, ...
-                        self._count_error("result_errors", error, 1)
-                        continue
-                    self.latency.add(done - item.queued_at, item.utterance.duration)
-                    self.counts["utterances_classified"] += 1
+    # ------------------------------------------------------------ audio intake
+    def _on_typed(self, msg: Any) -> None:
+        self._last_frame_id = msg.header.frame_id
+        self._feed(lambda now: typed_to_chunk(msg, now), msg.header.frame_id)
 
-        def _count_error(self, counter: str, error: Exception, utterances: int) -> None:
-            self.counts[counter] += utterances
-            kind = f"{counter}_{type(error).__name__}"
-            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + utterances
-            self.get_logger().error(f"{counter.replace('_', ' ')[:-1]} for {utterances} utterance(s): "
-                                    f"{type(error).__name__}: {error}", throttle_duration_sec=5.0)
+    def _on_raw(self, msg: Any) -> None:
+        frame_id = msg.header.frame_id if hasattr(msg, "header") else ""
+        self._feed(lambda now: raw_to_chunk(msg, self.raw_format, now), frame_id)
 
-        def _ensure_worker(self) -> None:
-            """Starts the classification worker when the node is active and it is not running (first activation,
-            or a worker that died anyway); called on activate and on every model (re)load."""
-            if not self._active or (self._worker is not None and self._worker.is_alive()):
+    def _on_info(self, msg: Any) -> None:
+        fmt = RawFormat.from_info(msg)
+        if fmt != self.raw_format:
+            self.get_logger().info(f"audio format from audio_info: {fmt}")
+            self.raw_format = fmt
+
+    def _feed(self, make_chunk: Any, frame_id: str) -> None:
+        stream = self.stream
+        if not self._active or stream is None:
+            return
+        now = self.get_clock().now().nanoseconds * 1e-9
+        with self._feed_lock:
+            try:
+                chunk = make_chunk(now)
+            except ChunkError as error:
+                stream.stats.bad_chunks[error.reason] += 1  # feed() counts its own refusals
+                self._warn_bad_chunk(error)
                 return
-            self._stop.clear()
+            try:
+                utterances = stream.feed(chunk)
+            except ChunkError as error:
+                self._warn_bad_chunk(error)
+                return
+        for utterance in utterances:
+            self._enqueue(utterance, frame_id)
+
+    def _warn_bad_chunk(self, error: ChunkError) -> None:
+        """Logs at most every 5 s; every drop is counted in diagnostics."""
+        if time.monotonic() - self._last_bad_log > 5.0:
+            self._last_bad_log = time.monotonic()
+            self.get_logger().warning(f"dropped audio chunk ({error}); "
+                                      f"{self.stream.stats.dropped if self.stream else '?'} dropped so far")
+
+    def _on_speaking(self, speaking: bool, _time: float) -> None:
+        pub = getattr(self, "speaking_pub", None)
+        if pub is not None:
+            pub.publish(Bool(data=speaking))
+
+    def _enqueue(self, utterance: Utterance, frame_id: str) -> None:
+        with self._lock:
+            limit = int(self.p("queue_size"))
+            while len(self._queue) >= limit:
+                self._queue.popleft()
+                self.counts["utterances_dropped"] += 1
+            self._queue.append(Pending(utterance, frame_id, time.monotonic()))
+            self._lock.notify()
+
+    # ------------------------------------------------------------ inference
+    def _work(self) -> None:
+        """Classifies queued utterances until stopped. No error of one utterance may end it: each is counted
+        by kind, logged (rate-limited) and the loop goes on; the watchdog in diagnostics covers the rest."""
+        while not self._stop.is_set():
             self._worker_beat = time.monotonic()
-            self._worker = threading.Thread(target=self._work, name="ser_inference", daemon=True)
-            self._worker.start()
-
-        def _publish_result(self, item: Pending, probabilities: np.ndarray, classes: list[str]) -> None:
-            u = item.utterance
-            result = interpret(probabilities, classes, u.start, u.end, float(self.p("min_confidence")),
-                               str(self.p("low_confidence_expression")))
-            header = Header(stamp=seconds_to_stamp(u.start, Time), frame_id=item.frame_id)
-            expression = Expression(header=header, expression=result.expression, valence=result.valence,
-                                    arousal=result.arousal, confidence=result.confidence)
-            classification = Classification(header=header, results=[
-                ObjectHypothesis(class_id=name, score=float(score)) for name, score in zip(classes, probabilities)])
-            if self.expression_pub is not None:
-                self.classification_pub.publish(classification)  # scores first: a listener of both can join them
-                self.expression_pub.publish(expression)
-            if self.utterance_pub is not None:
-                self.utterance_pub.publish(typed_audio_message(self.audio_class, u.audio, 16000, u.start,
-                                                               item.frame_id, Header, Time))
-
-        def _publish_label_info(self) -> None:
-            if self.classifier is None:
-                return
-            msg = LabelInfo(header=Header(stamp=self.get_clock().now().to_msg()),
-                            class_map=[VisionClass(class_id=i, class_name=name)
-                                       for i, name in enumerate(self.classifier.classes)],
-                            threshold=float(self.p("min_confidence")))
-            self.label_info_pub.publish(msg)
-
-        # ------------------------------------------------------------ diagnostics
-        def diagnostic_values(self) -> tuple[int, str, dict[str, str]]:
-            """Level, message and key/values of the node's health (also used by tests)."""
-            values: dict[str, str] = {"state": self.state_label(), "audio_variant": self.variant}
-            level, message = DiagnosticStatus.OK, "ok"
-            classifier = self.classifier
-            if classifier is not None:
-                values.update(model_id=classifier.model_id, model_path=str(classifier.path),
-                              backend=f"onnxruntime {classifier.metadata.precision}", provider=classifier.providers[0])
-            if self.model_error:
-                values["model_error"] = self.model_error
-                if classifier is not None:  # a failed reload: the previous model still serves
-                    level = DiagnosticStatus.WARN
-                    message = f"model reload failed, still serving {classifier.model_id}: {self.model_error}"
-                else:
-                    level, message = DiagnosticStatus.ERROR, self.model_error
             with self._lock:
-                values["queue_depth"] = str(len(self._queue))
-            values.update({k: str(v) for k, v in self.counts.items()})
-            values.update({k: str(v) for k, v in sorted(self.error_kinds.items())})
-            if self._active:  # watchdog: the worker must be alive, and busy whenever work is queued
-                worker = self._worker
-                silent_s = time.monotonic() - self._worker_beat
-                if worker is None or not worker.is_alive():
-                    level, message = DiagnosticStatus.ERROR, "classification worker is not running"
-                elif values["queue_depth"] != "0" and silent_s > WORKER_STALL_S:
-                    level = DiagnosticStatus.ERROR
-                    message = f"classification worker made no progress for {silent_s:.0f} s with work queued"
-            if level == DiagnosticStatus.OK and (self.counts["inference_errors"] or self.counts["result_errors"]):
-                level, message = DiagnosticStatus.WARN, "utterances failed to classify (see *_errors values)"
-            if self.stream is not None:
-                stats = self.stream.stats
-                values["chunks_received"] = str(stats.chunks + stats.dropped)
-                values["chunks_dropped"] = str(stats.dropped)
-                values["chunks_clipped"] = str(stats.chunks_clipped)
-                values.update({f"chunks_dropped_{k}": str(v) for k, v in sorted(stats.bad_chunks.items())})
-                values["audio_seconds"] = f"{stats.seconds:.1f}"
-                values["utterances_too_short"] = str(self.stream.segmenter.stats.too_short)
-                values["speaking"] = str(self.stream.segmenter.speaking)
-                if level == DiagnosticStatus.OK and (stats.dropped or self.counts["utterances_dropped"]):
-                    level, message = DiagnosticStatus.WARN, "audio chunks or utterances dropped (see values)"
-            if self._intake is not None:
-                values["audio_messages_lost"] = str(self._intake.lost)
-                if level == DiagnosticStatus.OK and self._intake.lost:
-                    level = DiagnosticStatus.WARN
-                    message = "audio messages lost before intake: raise qos_depth or lower idle_batch_s"
-            for key, value in self.latency.percentiles().items():
-                values[f"latency_ms_{key}" if key.startswith("p") else key] = f"{value:.2f}"
-            return level, message, values
+                while not self._queue and not self._stop.is_set():
+                    self._lock.wait(timeout=0.5)
+                    self._worker_beat = time.monotonic()
+                if self._stop.is_set():
+                    return
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), int(self.p("max_batch"))))]
+                classifier = self.classifier
+            if classifier is None:
+                continue
+            try:
+                probabilities = classifier.predict([item.utterance.audio for item in batch])
+            except Exception as error:  # a broken model must not kill the worker: report and go on
+                self._count_error("inference_errors", error, len(batch))
+                continue
+            done = time.monotonic()
+            for item, row in zip(batch, probabilities):
+                try:
+                    self._publish_result(item, row, classifier.classes)
+                except Exception as error:  # scores it cannot interpret, a publisher torn down, ...
+                    self._count_error("result_errors", error, 1)
+                    continue
+                self.latency.add(done - item.queued_at, item.utterance.duration)
+                self.counts["utterances_classified"] += 1
 
-        def _publish_diagnostics(self) -> None:
-            level, message, values = self.diagnostic_values()
-            status = DiagnosticStatus(level=level, name=f"{self.get_name()}: speech emotion recognition",
-                                      message=message, hardware_id=values.get("model_id", "none"),
-                                      values=[KeyValue(key=k, value=v) for k, v in values.items()])
-            self.diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
-                                                         status=[status]))
+    def _count_error(self, counter: str, error: Exception, utterances: int) -> None:
+        self.counts[counter] += utterances
+        kind = f"{counter}_{type(error).__name__}"
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + utterances
+        self.get_logger().error(f"{counter.replace('_', ' ')[:-1]} for {utterances} utterance(s): "
+                                f"{type(error).__name__}: {error}", throttle_duration_sec=5.0)
 
-    return SerNode
+    def _ensure_worker(self) -> None:
+        """Starts the classification worker when the node is active and it is not running (first activation,
+        or a worker that died anyway); called on activate and on every model (re)load."""
+        if not self._active or (self._worker is not None and self._worker.is_alive()):
+            return
+        self._stop.clear()
+        self._worker_beat = time.monotonic()
+        self._worker = threading.Thread(target=self._work, name="ser_inference", daemon=True)
+        self._worker.start()
+
+    def _publish_result(self, item: Pending, probabilities: np.ndarray, classes: list[str]) -> None:
+        u = item.utterance
+        result = interpret(probabilities, classes, u.start, u.end, float(self.p("min_confidence")),
+                           str(self.p("low_confidence_expression")))
+        header = Header(stamp=seconds_to_stamp(u.start, Time), frame_id=item.frame_id)
+        expression = Expression(header=header, expression=result.expression, valence=result.valence,
+                                arousal=result.arousal, confidence=result.confidence)
+        classification = Classification(header=header, results=[
+            ObjectHypothesis(class_id=name, score=float(score)) for name, score in zip(classes, probabilities)])
+        if self.expression_pub is not None:
+            self.classification_pub.publish(classification)  # scores first: a listener of both can join them
+            self.expression_pub.publish(expression)
+        if self.utterance_pub is not None:
+            self.utterance_pub.publish(typed_audio_message(self.audio_class, u.audio, 16000, u.start,
+                                                           item.frame_id, Header, Time))
+
+    def _publish_label_info(self) -> None:
+        if self.classifier is None:
+            return
+        msg = LabelInfo(header=Header(stamp=self.get_clock().now().to_msg()),
+                        class_map=[VisionClass(class_id=i, class_name=name)
+                                   for i, name in enumerate(self.classifier.classes)],
+                        threshold=float(self.p("min_confidence")))
+        self.label_info_pub.publish(msg)
+
+    # ------------------------------------------------------------ diagnostics
+    def diagnostic_values(self) -> tuple[int, str, dict[str, str]]:
+        """Level, message and key/values of the node's health (see diagnostics.py; also used by tests)."""
+        return diagnostics.health(self)
+
+    def _publish_diagnostics(self) -> None:
+        diagnostics.publish(self)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.exceptions import InvalidParameterValueException, ParameterException
 
     try:
-        node = make_node_class()()
+        node = SerNode()
     except (InvalidParameterValueException, ParameterException) as error:  # one line, not a traceback
         print(f"ser_node: {str(error).split('Reason: ')[-1]}", file=sys.stderr)
         rclpy.shutdown()

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..bags import (BagError, DetectedUtterance, Segment, audio_variant_of, find_audio_topic, read_bag,
                     reference_from_bag, score_against_reference)
-from .messages import detect_audio_variant, stamp_to_seconds
+from ..audio_messages import stamp_to_seconds
+from .messages import detect_audio_variant
 
 
 @dataclass

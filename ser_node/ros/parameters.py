@@ -1,0 +1,75 @@
+"""The node's parameters: name, default, descriptor (description, range, read-only) and whether it is live.
+
+Live parameters take effect at once; the others at the next configure (or activation). config/ser_node.yaml
+documents the same table for users.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+
+def describe(text: str, *, low: float | None = None, high: float | None = None, integer: bool = False,
+             read_only: bool = False, choices: str = "") -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=text, read_only=read_only, additional_constraints=choices)
+    if low is not None and high is not None:
+        if integer:
+            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+        else:
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
+    return descriptor
+
+# name: (default, descriptor, live) -- live parameters take effect at once, others at the next configure.
+PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
+    "model_path": ("", describe("ONNX model exported by ser_export; empty = the shipped default model. "
+                                "Changing it reloads the model (kept on failure)."), True),
+    "device": ("cpu", describe("ONNX Runtime provider preference: cpu, cuda, tensorrt or a comma list; "
+                               "unavailable ones fall back to CPU with a warning",
+                               choices="cpu|cuda|tensorrt"), False),
+    "threads": (0, describe("ONNX Runtime intra-op threads (0 = min(2, cores))", low=0, high=64,
+                            integer=True), False),
+    "vad_backend": ("silero", describe("voice-activity detector: silero (ONNX) or webrtc",
+                                       choices="silero|webrtc"), False),
+    "webrtc_aggressiveness": (2, describe("WebRTC VAD aggressiveness", low=0, high=3, integer=True), False),
+    "vad_threshold": (0.5, describe("speech starts at this VAD probability", low=0.01, high=0.99), True),
+    "vad_negative_threshold": (0.35, describe("speech continues until the probability falls below this",
+                                              low=0.01, high=0.99), True),
+    "min_speech_s": (0.25, describe("shorter speech is ignored", low=0.0, high=5.0), True),
+    "min_silence_s": (0.3, describe("silence that ends an utterance", low=0.03, high=5.0), True),
+    "pre_roll_s": (0.2, describe("audio kept before speech onset", low=0.0, high=2.0), False),
+    "post_roll_s": (0.15, describe("audio kept after speech end", low=0.0, high=2.0), True),
+    "max_utterance_s": (10.0, describe("longer speech is cut into consecutive utterances", low=1.0,
+                                       high=60.0), True),
+    "channel": (-1, describe("-1 = mix all channels down; else the 0-based channel to use", low=-1, high=63,
+                             integer=True), True),
+    "max_chunk_s": (5.0, describe("audio messages longer than this are refused as absurd", low=0.05,
+                                  high=60.0), True),
+    "gap_tolerance_s": (0.1, describe("header time jumps beyond this close the current utterance",
+                                      low=0.001, high=10.0), True),
+    "reliability": ("best_effort", describe("audio subscription reliability", choices="best_effort|reliable"),
+                    False),
+    "qos_depth": (500, describe("audio subscription history depth (500 = 10 s of 20 ms chunks: room for a "
+                                "stalled machine or a fast bag replay)", low=1, high=10000, integer=True), False),
+    "idle_batch_s": (0.25, describe("while nobody speaks, take audio messages in batches this often (saves CPU; "
+                                   "delays only the detection of speech onset, not the result); 0 = take "
+                                   "each message through the executor (from 0 to >0 at the next activation)",
+                                   low=0.0, high=1.0), True),
+    "queue_size": (8, describe("utterances waiting for classification; when full the oldest is dropped",
+                               low=1, high=256, integer=True), False),
+    "max_batch": (8, describe("queued utterances classified together in one batch", low=1, high=64,
+                              integer=True), True),
+    "min_confidence": (0.0, describe("below this top-class probability, publish low_confidence_expression",
+                                     low=0.0, high=1.0), True),
+    "low_confidence_expression": ("neutral", describe("expression published below min_confidence"), True),
+    "publish_utterance": (False, describe("also publish each utterance's audio on ~/utterance (typed "
+                                          "audio_common_msgs, 16 kHz float32) for downstream ASR"), False),
+    "raw_sample_rate": (16000, describe("raw-bytes variant without AudioInfo: sample rate", low=4000,
+                                        high=192000, integer=True), True),
+    "raw_channels": (1, describe("raw-bytes variant without AudioInfo: channels", low=1, high=64,
+                                 integer=True), True),
+    "raw_sample_format": ("S16LE", describe("raw-bytes variant without AudioInfo: S16LE, F32LE, ..."), True),
+    "raw_stamped": (True, describe("raw-bytes variant: subscribe AudioDataStamped (else AudioData, "
+                                   "timestamped on arrival)"), False),
+    "diagnostics_period_s": (1.0, describe("period of /diagnostics", low=0.1, high=60.0), False),
+}
