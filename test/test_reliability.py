@@ -280,3 +280,41 @@ def test_failed_reload_warns_while_the_old_model_serves(exported_models, tmp_pat
         assert node.diagnostic_values()[0] == DiagnosticStatus.OK
     finally:
         harness.close()
+
+
+def test_speaker_adaptation_in_the_node_is_what_the_benchmark_measures(exported_models, real_waveforms):
+    """With speaker_adaptation on, the node publishes exactly SpeakerAdapter's output over the utterances in order
+    (unadapted during warm-up), and ~/reset_adaptation forgets the speaker."""
+    from ros_harness import Harness, speech_stream, typed_chunks
+    from std_srvs.srv import Trigger
+
+    from ser_node.adaptation import SpeakerAdapter, adapt_log_probabilities
+
+    stream, bounds = speech_stream(real_waveforms[:5], silence_s=1.0)
+    messages = typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0)
+    params = {"model_path": str(exported_models["fp32"]), "reliability": "reliable", "vad_backend": "webrtc",
+              "max_batch": 1}
+    plain = Harness(params)
+    try:
+        plain.publish(messages, speed=8.0)
+        raw = [np.array([r.score for r in m.results]) for m in plain.wait_for("classification", len(bounds))]
+    finally:
+        plain.close()
+    harness = Harness({**params, "speaker_adaptation": True, "adaptation_warmup": 2})
+    try:
+        harness.publish(messages, speed=8.0)
+        got = [np.array([r.score for r in m.results]) for m in harness.wait_for("classification", len(bounds))]
+        adapter = SpeakerAdapter(warmup=2)
+        expected = [adapt_log_probabilities(adapter, p) for p in raw]
+        assert len(got) == len(raw) == len(bounds)
+        np.testing.assert_allclose(got[:2], raw[:2], atol=1e-6)  # warm-up: unadapted
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert not np.allclose(got[2:], raw[2:], atol=1e-4)  # it did change something
+        assert harness.node.diagnostic_values()[2]["adaptation_utterances"] == str(len(bounds))
+        client = harness.tester.create_client(Trigger, "/ser_node/reset_adaptation")
+        assert client.wait_for_service(timeout_sec=5.0)
+        response = client.call(Trigger.Request(), timeout_sec=10.0)
+        assert response.success and f"forgot {len(bounds)}" in response.message
+        assert harness.node.diagnostic_values()[2]["adaptation_utterances"] == "0"
+    finally:
+        harness.close()

@@ -34,6 +34,9 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
         values["queue_depth"] = str(len(node._queue))
     values.update({k: str(v) for k, v in node.counts.items()})
     values.update({k: str(v) for k, v in sorted(node.error_kinds.items())})
+    if node.p("speaker_adaptation"):
+        values["adaptation_utterances"] = str(node._adapter.count)
+        values["adaptation_active"] = str(node._adapter.active)
     if node._active:  # watchdog: the worker must be alive, and busy whenever work is queued
         worker = node._worker
         silent_s = time.monotonic() - node._worker_beat

@@ -32,6 +32,7 @@ from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 from vision_msgs.msg import Classification, LabelInfo, ObjectHypothesis, VisionClass
 
+from ..adaptation import SpeakerAdapter, adapt_log_probabilities
 from ..audio_messages import (TYPED, RawFormat, raw_to_chunk, seconds_to_stamp, typed_audio_message,
                               typed_to_chunk)
 from ..classifier import Classifier
@@ -102,6 +103,9 @@ class SerNode(LifecycleNode):
                        "inference_errors": 0, "result_errors": 0}
         self.error_kinds: dict[str, int] = {}  # e.g. result_errors_IndexError: 3
         self._worker_beat = time.monotonic()  # the worker's last sign of life (watchdog)
+        self._adapter = SpeakerAdapter(warmup=int(self.p("adaptation_warmup")))
+        self._adapter_lock = threading.Lock()  # the worker adapts, a service call resets
+        self._last_utterance_end = -float("inf")
         self.latency = LatencyWindow()
         self._last_frame_id = ""
         self._last_bad_log = 0.0
@@ -208,6 +212,7 @@ class SerNode(LifecycleNode):
             else:
                 self.get_logger().warning("publish_utterance needs the typed audio_common_msgs; not publishing")
         self.reload_srv = self.create_service(Trigger, "~/reload_model", self._reload_service)
+        self.reset_adaptation_srv = self.create_service(Trigger, "~/reset_adaptation", self._reset_adaptation)
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 
@@ -294,10 +299,11 @@ class SerNode(LifecycleNode):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
                 setattr(self, name, None)
-        srv = getattr(self, "reload_srv", None)
-        if srv is not None:
-            self.destroy_service(srv)
-            self.reload_srv = None
+        for name in ("reload_srv", "reset_adaptation_srv"):
+            srv = getattr(self, name, None)
+            if srv is not None:
+                self.destroy_service(srv)
+                setattr(self, name, None)
         self.classifier = None
         self.stream = None
         with self._lock:
@@ -391,12 +397,32 @@ class SerNode(LifecycleNode):
             done = time.monotonic()
             for item, row in zip(batch, probabilities):
                 try:
-                    self._publish_result(item, row, classifier.classes)
+                    self._publish_result(item, self._adapt(item, row), classifier.classes)
                 except Exception as error:  # scores it cannot interpret, a publisher torn down, ...
                     self._count_error("result_errors", error, 1)
                     continue
                 self.latency.add(done - item.queued_at, item.utterance.duration)
                 self.counts["utterances_classified"] += 1
+
+    def _adapt(self, item: Pending, probabilities: np.ndarray) -> np.ndarray:
+        """Speaker adaptation (off by default): the same SpeakerAdapter the accuracy benchmark measured, reset
+        after `adaptation_reset_s` without an utterance (a new speaker is likely) or by ~/reset_adaptation."""
+        if not self.p("speaker_adaptation"):
+            return probabilities
+        with self._adapter_lock:
+            warmup = int(self.p("adaptation_warmup"))
+            gap = item.utterance.start - self._last_utterance_end
+            if self._adapter.warmup != warmup or gap > float(self.p("adaptation_reset_s")) or gap < -1.0:
+                self._adapter = SpeakerAdapter(warmup=warmup)
+            self._last_utterance_end = item.utterance.end
+            return adapt_log_probabilities(self._adapter, probabilities)
+
+    def _reset_adaptation(self, _request: Any, response: Any) -> Any:
+        with self._adapter_lock:
+            heard = self._adapter.count
+            self._adapter = SpeakerAdapter(warmup=int(self.p("adaptation_warmup")))
+        response.success, response.message = True, f"forgot {heard} utterance(s) of the previous speaker"
+        return response
 
     def _count_error(self, counter: str, error: Exception, utterances: int) -> None:
         self.counts[counter] += utterances

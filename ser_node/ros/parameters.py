@@ -72,4 +72,11 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "raw_stamped": (True, describe("raw-bytes variant: subscribe AudioDataStamped (else AudioData, "
                                    "timestamped on arrival)"), False),
     "diagnostics_period_s": (1.0, describe("period of /diagnostics", low=0.1, high=60.0), False),
+    "speaker_adaptation": (False, describe("adapt to the current speaker: subtract the running mean of the earlier "
+                                           "utterances' log-probabilities (ser_node/adaptation.py, as measured in "
+                                           "bench/accuracy.py --methods adaptation)"), True),
+    "adaptation_warmup": (5, describe("utterances heard before adaptation starts (until then: unadapted)", low=1,
+                                      high=100, integer=True), True),
+    "adaptation_reset_s": (30.0, describe("no utterance for this long: assume a new speaker, forget the estimate "
+                                          "(also ~/reset_adaptation)", low=1.0, high=3600.0), True),
 }
