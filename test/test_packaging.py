@@ -169,3 +169,62 @@ def test_the_core_imports_where_rclpy_cannot():
     guard = subprocess.run([sys.executable, "-c", "import sys; sys.modules['rclpy'] = None; import ser_node.ros.node"],
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert guard.returncode != 0 and "rclpy" in guard.stderr  # the check itself can fail
+
+
+def test_colcon_build_installs_a_package_that_runs(real_waveforms, tmp_path):
+    """The README's workspace path: colcon builds ser_node against the venv's ROS wheels and interface packages;
+    the installed layout is complete, and the installed ser_node with the installed params file publishes."""
+    pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
+    colcon = BIN / "colcon"
+    if not colcon.exists():
+        pytest.skip(f"{colcon} not installed: run scripts/setup.sh (requirements/test.txt)")
+    import shutil
+
+    from audio_common_msgs.msg import AudioStamped
+    from hri_msgs.msg import Expression
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from ros_harness import SideNode, speech_stream, typed_chunks
+
+    source = tmp_path / "ws" / "src" / "ser_node"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", "build", ".git", "bench", "runs", "results",
+                                                                 "__pycache__", "*.egg-info", "interfaces"))
+    env = {**child_env(), "AMENT_PREFIX_PATH": sys.prefix, "CMAKE_PREFIX_PATH": sys.prefix,
+           "PATH": f"{BIN}:{child_env().get('PATH', '')}"}
+    env.pop("PYTHONPATH", None)  # the installed package must run from the install space, not from this checkout
+    built = subprocess.run([str(colcon), "build", "--packages-select", "ser_node"], cwd=tmp_path / "ws", env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    prefix = tmp_path / "ws" / "install" / "ser_node"
+    share = prefix / "share" / "ser_node"
+    for path in (prefix / "share" / "ament_index" / "resource_index" / "packages" / "ser_node",
+                 share / "package.xml", share / "launch" / "ser_node.launch.py", share / "config" / "ser_node.yaml",
+                 share / "models" / "ser_default.onnx", share / "models" / "MODEL_CARD.md",
+                 share / "demo" / "demo_es.wav",
+                 *(prefix / "lib" / "ser_node" / name for name in ("ser_node", "ser_train", "ser_export", "ser_bag",
+                                                                   "ser_demo", "ser_trainer"))):
+        assert path.exists(), path
+    command = (f"source {tmp_path / 'ws' / 'install' / 'setup.bash'} && exec "
+               f"{prefix / 'lib' / 'ser_node' / 'ser_node'} --ros-args --params-file {share / 'config' / 'ser_node.yaml'}"
+               " -p vad_backend:=webrtc -p reliability:=reliable -r audio:=/colcon_mic")
+    process = subprocess.Popen(["bash", "-c", command], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    side = SideNode("colcon_tester")
+    try:
+        received: list = []
+        side.node.create_subscription(Expression, "/ser_node/expression", received.append, 10)
+        publisher = side.node.create_publisher(AudioStamped, "/colcon_mic",
+                                               QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
+        assert side.wait_for_subscriber(publisher), "the installed ser_node never subscribed"
+        stream, bounds = speech_stream(real_waveforms[:2])
+        for msg in typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0):
+            publisher.publish(msg)
+            side.executor.spin_once(timeout_sec=0.005)
+        deadline = time.monotonic() + 20
+        while len(received) < len(bounds) and time.monotonic() < deadline:
+            side.executor.spin_once(timeout_sec=0.1)
+        assert len(received) == len(bounds)
+    finally:
+        side.close()
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    assert str(share / "models" / "ser_default.onnx") in output, output[-2000:]  # the installed default model
