@@ -4,6 +4,7 @@
 #   scripts/bench.sh                 # both
 #   scripts/bench.sh accuracy --methods compare_svm,default
 #   scripts/bench.sh performance --quick
+#   scripts/bench.sh soak --minutes 10
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
@@ -14,7 +15,8 @@ what="${1:-all}"; [ $# -gt 0 ] && shift
 case "$what" in
   accuracy) exec "$root/.venv/bin/python" "$root/bench/accuracy.py" "$@" ;;
   performance) exec "$root/.venv/bin/python" "$root/bench/performance.py" "$@" ;;
+  soak) exec "$root/.venv/bin/python" "$root/bench/soak.py" "$@" ;;
   all) "$root/.venv/bin/python" "$root/bench/accuracy.py" --methods egemaps_svm,compare_svm,ds_svc,ds_fc,default,default_tta
        exec "$root/.venv/bin/python" "$root/bench/performance.py" ;;
-  *) echo "usage: scripts/bench.sh [accuracy|performance|all] [options]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [accuracy|performance|soak|all] [options]" >&2; exit 2 ;;
 esac
