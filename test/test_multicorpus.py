@@ -40,8 +40,8 @@ def entries(data: Path, role_of_others: str = "train") -> list[dict]:
 
 
 # A few speakers per corpus keep every run here to seconds.
-FEW = ["uem-es/s00", "uem-es/s01", "uem-es/s02", "emovo/f1", "emovo/m1", "emodb/spk03", "emodb/spk08",
-       "ased/spk01", "ased/spk02"]
+FEW = ["uem-es/s00", "uem-es/s01", "uem-es/s02", "emovo/f1", "emodb/spk03", "emodb/spk08", "ased/spk01",
+       "ased/spk02"]
 
 
 def test_corpora_load_with_namespaced_speakers_and_labels(data_dir):
@@ -156,8 +156,9 @@ def test_pretrain_finetune_export_round_trip(pretrained, data_dir, tmp_path):
 def test_teacher_head_is_absent_from_the_export(pretrained, data_dir, tmp_path):
     import onnx
 
-    config = TrainConfig(corpora=entries(data_dir), speakers=FEW, protocol="all", variant="ds_am",
-                         teacher_weight=1.0, teacher_pca=8, cache_dir=str(pretrained.parent / "cache"),
+    config = TrainConfig(corpora=entries(data_dir), speakers=["uem-es/s00", "uem-es/s01", "emovo/f1", "ased/spk01"],
+                         protocol="all", variant="ds_am", teacher_weight=1.0, teacher_pca=8,
+                         cache_dir=str(pretrained.parent / "cache"),
                          validation_fraction=0.34, **TINY)
     run_experiment(config, tmp_path / "run")
     state = torch.load(tmp_path / "run" / "all" / "model.pt", weights_only=True)
