@@ -203,3 +203,11 @@ class SideNode:
     def close(self) -> None:
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
+
+
+def assert_same_classifications(expected: list[Any], got: list[Any], count: int) -> None:
+    """The same utterances (stamps) with the same scores: what a disturbed run must give against a clean one."""
+    assert len(got) == len(expected) == count, (len(got), len(expected), count)
+    for a, b in zip(expected, got):
+        assert a.header.stamp == b.header.stamp
+        np.testing.assert_allclose([r.score for r in a.results], [r.score for r in b.results], atol=1e-6)
