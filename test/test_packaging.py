@@ -72,7 +72,7 @@ def test_launch_file(tmp_path):
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     names = {a.name for a in description.entities if hasattr(a, "name") and isinstance(a.name, str)}
-    assert {"params_file", "namespace", "audio_topic", "model_path", "device"} <= names
+    assert {"params_file", "namespace", "audio_topic", "model_path", "device", "autostart"} <= names
     assert launch_ros
 
 
