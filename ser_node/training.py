@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,11 +173,46 @@ def spec_augment(image: np.ndarray, rng: np.random.Generator, fill: np.ndarray,
     return image
 
 
-class ImageMaker:
-    """Feature images for training: cached when there is no augmentation, fresh per epoch when there is."""
+class ImageCache:
+    """Clean feature images on disk, one .npy per (clip content, feature settings): folds and later runs reuse
+    them, and a renamed corpus or changed settings can never return a stale image."""
 
-    def __init__(self, extractor: FeatureExtractor, bank: AudioBank, config: TrainConfig, seed: int) -> None:
-        self.extractor, self.bank, self.config = extractor, bank, config
+    def __init__(self, root: Path, features: FeatureConfig) -> None:
+        import hashlib
+
+        settings = json.dumps(features.to_dict(), sort_keys=True).encode()
+        self.folder = root / "images" / hashlib.sha1(settings).hexdigest()[:16]
+        self._digests: dict[Path, str] = {}
+
+    def path(self, clip: Clip) -> Path:
+        from .teacher import file_digest
+
+        if clip.path not in self._digests:
+            self._digests[clip.path] = file_digest(clip.path)
+        return self.folder / f"{self._digests[clip.path]}.npy"
+
+    def get(self, clip: Clip, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        path = self.path(clip)
+        if path.exists():
+            try:
+                return np.load(path)
+            except (OSError, ValueError):  # a damaged cache file is recomputed, never trusted
+                pass
+        image = compute()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npy")
+        np.save(tmp, image)
+        tmp.replace(path)
+        return image
+
+
+class ImageMaker:
+    """Feature images for training: cached (in memory, and on disk with `disk`) when there is no augmentation,
+    fresh per epoch when there is."""
+
+    def __init__(self, extractor: FeatureExtractor, bank: AudioBank, config: TrainConfig, seed: int,
+                 disk: ImageCache | None = None) -> None:
+        self.extractor, self.bank, self.config, self.disk = extractor, bank, config, disk
         self.rng = np.random.default_rng(seed)
         self._cache: dict[Path, np.ndarray] = {}
         lut_zero = extractor._normalised_lut[0]  # the colour of the quietest bin
@@ -184,7 +220,8 @@ class ImageMaker:
 
     def clean(self, clip: Clip) -> np.ndarray:
         if clip.path not in self._cache:
-            self._cache[clip.path] = self.extractor(self.bank[clip])
+            compute = lambda: self.extractor(self.bank[clip])  # noqa: E731
+            self._cache[clip.path] = self.disk.get(clip, compute) if self.disk else compute()
         return self._cache[clip.path]
 
     def augmented(self, clip: Clip) -> np.ndarray:
@@ -655,6 +692,7 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
     mix = CorpusMix.of(everything, data.weights)
 
     extractor = FeatureExtractor(config.feature_config())
+    disk = ImageCache(Path(config.cache_dir).expanduser(), config.feature_config())
     fold_results = []
     for number, fold in enumerate(tqdm(folds, desc="folds", unit="fold", disable=None)):
         fold_dir = run_dir / fold.name
@@ -663,7 +701,7 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
         if result_path.exists():
             fold_results.append(json.loads(result_path.read_text()))
             continue
-        images = ImageMaker(extractor, bank, config, config.seed + number)
+        images = ImageMaker(extractor, bank, config, config.seed + number, disk)
         train = [everything[i] for i in fold.train]
         validation = [everything[i] for i in fold.validation]
         test = [everything[i] for i in fold.test]

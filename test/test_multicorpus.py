@@ -190,3 +190,25 @@ def test_a_test_speaker_seen_in_pretraining_is_refused(pretrained, data_dir, tmp
                         protocol="loso", variant="ds_am", backbone_weights=str(backbone), **TINY)
     with pytest.raises(ValueError, match="pretrained on test"):
         run_experiment(leaky, tmp_path / "leaky")
+
+
+def test_clean_images_are_cached_on_disk_by_content_and_settings(data_dir, tmp_path):
+    from ser_node.features import FeatureConfig, FeatureExtractor
+    from ser_node.training import AudioBank, ImageCache, ImageMaker
+
+    clips = load_corpus_entry({"name": "emovo", "kind": "manifest", "path": str(data_dir / "emovo")}).corpus.clips[:3]
+    bank = AudioBank()
+    bank.load(clips)
+    small, large = FeatureConfig(image_height=32, image_width=32), FeatureConfig(image_height=48, image_width=48)
+    cache = ImageCache(tmp_path, small)
+    maker = ImageMaker(FeatureExtractor(small), bank, TrainConfig(), 0, cache)
+    first = maker.clean(clips[0])
+    stored = cache.path(clips[0])
+    assert stored.exists() and np.array_equal(np.load(stored), first)
+    copy = tmp_path / "renamed.flac"  # the same content under another name hits the same entry
+    copy.write_bytes(clips[0].path.read_bytes())
+    assert cache.path(type(clips[0])(copy, clips[0].label, "x", "emovo")) == stored
+    assert ImageCache(tmp_path, large).folder != cache.folder  # other settings, other images
+    stored.write_bytes(b"damaged")
+    again = ImageMaker(FeatureExtractor(small), bank, TrainConfig(), 0, ImageCache(tmp_path, small)).clean(clips[0])
+    assert np.array_equal(again, first)  # recomputed, not trusted
