@@ -255,7 +255,9 @@ def run_loco(work: Path, data: Path, threads: int) -> dict:
     for fold in leave_one_corpus_out(clips):
         held_out = fold.name.removeprefix("corpus_")
         train = np.array(fold.train + fold.validation)
-        search = fit_svm(x[train], y[train], groups[train])
+        # C fixed at 1e-4, the value the LOSO grid chose in 11 of 12 folds: a grid over 3,000+ clips x 6,373
+        # features would take about an hour per corpus on 2 cores.
+        search = fit_svm(x[train], y[train], groups[train], (1e-4,), 2)
         labels = sorted({clips[i].label for i in fold.test})
         margins = search.decision_function(x[fold.test])  # scored on the held-out corpus's own labels
         allowed = [list(search.classes_).index(label) for label in labels]
@@ -265,7 +267,8 @@ def run_loco(work: Path, data: Path, threads: int) -> dict:
         rows[held_out] = {"n_test": len(fold.test), "labels": labels,
                           "default_recipe": {k: ds[k] for k in ("ua", "accuracy", "macro_f1")},
                           "compare_svm": {k: svm[k] for k in ("ua", "accuracy", "macro_f1")}}
-    return {"protocol": "leave one corpus out (uem-es, emovo, emodb, ased)", "recipe": recipe,
+    return {"protocol": "leave one corpus out (uem-es, emovo, emodb, ased); ComParE + SVM with C = 1e-4",
+            "recipe": recipe,
             "date": time.strftime("%Y-%m-%d"), "corpora": rows,
             "train_seconds": network["train_seconds"]}
 
