@@ -110,9 +110,10 @@ def mel_power_spectrogram(audio: np.ndarray, config: FeatureConfig) -> np.ndarra
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
-    if audio.size and not np.isfinite(audio).all():  # callers refuse these; the features must not turn NaN anyway
-        audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
     peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if not np.isfinite(peak):  # callers refuse NaN/inf; the features must not turn NaN anyway
+        audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
+        peak = float(np.abs(audio).max())
     if peak > 1.0:  # the image is relative to its own maximum, so gain changes nothing; huge values would overflow
         audio = audio / np.float32(peak)
     pad = config.n_fft // 2

@@ -176,14 +176,14 @@ class StreamProcessor:
             raise ChunkError("empty", "no samples")
         if chunk.duration > self.config.max_chunk_s:
             raise ChunkError("too_large", f"{chunk.duration:.1f} s chunk exceeds max_chunk_s={self.config.max_chunk_s}")
-        if not np.isfinite(samples).all():
+        peak = float(np.abs(samples).max())  # one pass: NaN and inf make the peak non-finite
+        if not np.isfinite(peak):
             raise ChunkError("non_finite", "NaN or infinite samples")
         if not np.isfinite(chunk.time):
             raise ChunkError("bad_time", "non-finite timestamp")
         if not (0.0 <= chunk.time and chunk.time + chunk.duration + MAX_UTTERANCE_SPAN_S < LAST_STAMP_S):
             raise ChunkError("bad_time", f"stamp {chunk.time:.3f} s is outside what a published "
                                          "builtin_interfaces/Time (int32 seconds) can carry")
-        peak = float(np.abs(samples).max())
         if peak > FLOAT_REFUSE_ABOVE:
             raise ChunkError("out_of_range", f"sample peak {peak:.3g} is far outside float audio's [-1, 1]")
         if peak > 1.0:

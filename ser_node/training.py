@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -178,8 +179,6 @@ class ImageCache:
     them, and a renamed corpus or changed settings can never return a stale image."""
 
     def __init__(self, root: Path, features: FeatureConfig) -> None:
-        import hashlib
-
         settings = json.dumps(features.to_dict(), sort_keys=True).encode()
         self.folder = root / "images" / hashlib.sha1(settings).hexdigest()[:16]
         self._digests: dict[Path, str] = {}
@@ -348,6 +347,7 @@ def train_network(config: TrainConfig, images: ImageMaker, train: Sequence[Clip]
     metrics_path = fold_dir / "metrics.csv"
     start_epoch, best_ua, best_state, stale = 0, -1.0, None, 0
     train_mask = torch.from_numpy(mix.mask(train)).to(device)
+    validation_mask = mix.mask(validation)
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -393,7 +393,7 @@ def train_network(config: TrainConfig, images: ImageMaker, train: Sequence[Clip]
         scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "seconds": 0.0}
         if validation:
-            probabilities = predict_network(model, images, validation, mask=mix.mask(validation))
+            probabilities = predict_network(model, images, validation, mask=validation_mask)
             y_val = [class_index[c.label] for c in validation]
             row["val_ua"] = _ua(y_val, probabilities.argmax(1))
             row["val_accuracy"] = float(np.mean(np.array(y_val) == probabilities.argmax(1)))
@@ -596,12 +596,14 @@ def _prepare_corpora(config: TrainConfig) -> RunData:
     return data
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def backbone_provenance(path: str | Path) -> dict[str, Any]:
     """Hash of a backbone weights file and, for a stage=pretrain backbone, what it was trained on (backbone.json)."""
-    import hashlib
-
     path = Path(path)
-    info: dict[str, Any] = {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    info: dict[str, Any] = {"path": str(path), "sha256": _sha256(path)}
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         info["provenance"] = json.loads(sidecar.read_text())
@@ -742,14 +744,12 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
 def _write_backbone(run_dir: Path, model: nn.Module, config: TrainConfig, train: Sequence[Clip],
                     validation: Sequence[Clip], data: RunData) -> dict[str, Any]:
     """backbone.pt plus backbone.json: everything a fine-tuning run must know to stay speaker-independent."""
-    import hashlib
-
     save_backbone(run_dir / "backbone.pt", model)
     seen = list(train) + list(validation)  # validation speakers steered early stopping: they count as seen
     provenance = {
         "kind": "ser_train stage=pretrain",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "sha256": hashlib.sha256((run_dir / "backbone.pt").read_bytes()).hexdigest(),
+        "sha256": _sha256(run_dir / "backbone.pt"),
         "variant": config.variant, "width": config.width, "batch_norm": config.batch_norm,
         "image_size": config.image_size, "epochs": config.epochs, "teacher_weight": config.teacher_weight,
         "teacher_sets": config.teacher_sets if config.teacher_weight > 0 else [],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: BLAS threads would fight ONNX Runtime's
@@ -22,12 +23,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from hri_msgs.msg import Expression
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import InvalidParameterValueException, ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleState, Node as LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 from vision_msgs.msg import Classification, LabelInfo, ObjectHypothesis, VisionClass
@@ -477,8 +482,6 @@ class SerNode(LifecycleNode):
 
 def main(argv: list[str] | None = None) -> int:
     """Console script: runs the node, configured and activated unless --no-autostart."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
 
     parser = argparse.ArgumentParser(
         prog="ser_node",
@@ -494,7 +497,6 @@ def main(argv: list[str] | None = None) -> int:
                              "so systemd, a supervisor or a launch file's respawn can see the failure")
     args = parser.parse_args(rclpy.utilities.remove_ros_args(argv if argv is not None else sys.argv)[1:])
     stop = init_rclpy_with_ordered_shutdown(argv)
-    from rclpy.exceptions import InvalidParameterValueException, ParameterException
 
     try:
         node = SerNode()
@@ -518,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def start_node(node: Any) -> bool:
-    """configure + activate (what the console script and the launch file do unless told otherwise)."""
+    """configure + activate (what the console script does unless --no-autostart)."""
     node.trigger_configure()
     if node.state_label() != "inactive":
         return False
@@ -530,10 +532,6 @@ def init_rclpy_with_ordered_shutdown(argv: list[str] | None) -> threading.Event:
     """rclpy.init without rclpy's own SIGINT/SIGTERM handling, which shuts the context down at once, under the
     node's threads still waiting on it (the cause of rare 'terminate called without an active exception'
     aborts). A signal only sets the returned event; spin_until_done then tears down in a defined order."""
-    import signal
-
-    import rclpy
-    from rclpy.signals import SignalHandlerOptions
 
     stop = threading.Event()
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
@@ -545,8 +543,6 @@ def init_rclpy_with_ordered_shutdown(argv: list[str] | None) -> threading.Event:
 def spin_until_done(node: Any, executor: Any, *events: threading.Event | None) -> None:
     """Spins until one of `events` is set (a signal, work done) or rclpy stops, then shuts down in order:
     the node's own threads (audio intake, classification worker) joined, the executor, the node, rclpy."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
 
     try:
         while rclpy.ok() and not any(e is not None and e.is_set() for e in events):
