@@ -10,7 +10,7 @@ PACKAGE = "ser_node"
 RUNTIME = ["numpy>=1.21", "onnxruntime>=1.16", "soundfile>=0.10", "soxr>=0.3", "webrtcvad-wheels>=2.0.10",
            "pyyaml>=5.4"]
 TRAIN = ["torch>=2.1", "onnx>=1.15", "onnxscript>=0.1", "scikit-learn>=1.3", "matplotlib>=3.5", "tqdm>=4.60",
-         "rosbags>=0.10", "mcap>=1.1"]
+         "rosbags>=0.10", "mcap>=1.1", "audiomentations>=0.40", "pyroomacoustics>=0.7.4"]
 TEST = ["pytest>=7", "librosa>=0.10"]
 # The openSMILE teacher (training only; non-commercial licence, so it is an extra of its own).
 TEACHER = ["opensmile>=2.5"]

@@ -24,6 +24,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from .acoustics import NOISE_KINDS, AugmentRanges, Augmenter
 from .audio import AudioError, load_audio, resample
 from .corpora import Clip, Corpus, CorpusEntry, LoadProblem, load_corpus, load_corpus_entry, only_normal_neutral
 from .features import FeatureConfig, FeatureExtractor
@@ -82,10 +83,19 @@ class TrainConfig:
     balance: str = "loss"  # loss (class-weighted cross-entropy) | sampler (by corpus weight and class) | none
     spec_augment: bool = True  # time and frequency masks on the image
     speed_perturb: float = 0.1  # random speed factor in [1-x, 1+x] (0 = off)
+    # Acoustic augmentation (ser_node/acoustics.py, the robustness benchmark's conditions): this share of the
+    # training clips goes through a random room and/or noise; babble is cut from the fold's other training speakers.
+    acoustic_augment: float = 0.0
+    acoustic_snr_db: list[float] = field(default_factory=lambda: [0.0, 30.0])
+    acoustic_noises: list[str] = field(default_factory=lambda: ["robot", "babble", "events"])
     threads: int = 0  # torch CPU threads (0 = all cores)
     # DS-SVC
     svc_layer: str = "pool5"  # pool4 | pool5 (global-average-pooled) | pool45 (both)
     svc_c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
+
+    def augment_ranges(self) -> AugmentRanges:
+        return AugmentRanges(probability=self.acoustic_augment, snr_db=tuple(self.acoustic_snr_db),
+                             noises=tuple(self.acoustic_noises))
 
     def feature_config(self) -> FeatureConfig:
         return FeatureConfig(image_height=self.image_size, image_width=self.image_size, n_mels=self.n_mels)
@@ -107,6 +117,11 @@ class TrainConfig:
             raise ValueError("pretraining trains a network: use variant ds_am or ds_fc")
         if self.teacher_weight < 0:
             raise ValueError(f"teacher_weight must be >= 0, got {self.teacher_weight}")
+        if not 0 <= self.acoustic_augment <= 1:
+            raise ValueError(f"acoustic_augment is a probability, got {self.acoustic_augment}")
+        unknown = set(self.acoustic_noises) - set(NOISE_KINDS)
+        if unknown or len(self.acoustic_snr_db) != 2:
+            raise ValueError(f"acoustic_noises must be among {NOISE_KINDS} and acoustic_snr_db [low, high]")
         if self.imagenet_weights and self.backbone_weights:
             raise ValueError("give backbone_weights or imagenet_weights, not both")
 
@@ -210,8 +225,10 @@ class ImageMaker:
     fresh per epoch when there is."""
 
     def __init__(self, extractor: FeatureExtractor, bank: AudioBank, config: TrainConfig, seed: int,
-                 disk: ImageCache | None = None) -> None:
+                 disk: ImageCache | None = None, babble_clips: Sequence[Clip] = ()) -> None:
         self.extractor, self.bank, self.config, self.disk = extractor, bank, config, disk
+        self.acoustics = (Augmenter(config.augment_ranges(), babble_clips) if config.acoustic_augment > 0
+                          else None)
         self.rng = np.random.default_rng(seed)
         self._cache: dict[Path, np.ndarray] = {}
         lut_zero = extractor._normalised_lut[0]  # the colour of the quietest bin
@@ -225,9 +242,13 @@ class ImageMaker:
 
     def augmented(self, clip: Clip) -> np.ndarray:
         cfg = self.config
-        if cfg.speed_perturb > 0:
-            factor = float(self.rng.uniform(1 - cfg.speed_perturb, 1 + cfg.speed_perturb))
-            image = self.extractor(speed_perturb(self.bank[clip], factor))
+        if cfg.speed_perturb > 0 or self.acoustics:
+            audio = self.bank[clip]
+            if cfg.speed_perturb > 0:
+                audio = speed_perturb(audio, float(self.rng.uniform(1 - cfg.speed_perturb, 1 + cfg.speed_perturb)))
+            if self.acoustics:
+                audio = self.acoustics(audio, clip, self.rng)
+            image = self.extractor(audio)
         else:
             image = self.clean(clip)
         if cfg.spec_augment:
@@ -703,8 +724,8 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
         if result_path.exists():
             fold_results.append(json.loads(result_path.read_text()))
             continue
-        images = ImageMaker(extractor, bank, config, config.seed + number, disk)
         train = [everything[i] for i in fold.train]
+        images = ImageMaker(extractor, bank, config, config.seed + number, disk, babble_clips=train)
         validation = [everything[i] for i in fold.validation]
         test = [everything[i] for i in fold.test]
         if config.elra_test_normal_neutral:
