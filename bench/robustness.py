@@ -14,9 +14,12 @@ speakers): never the speaker under test, never a speaker the fold models trained
 Parts (--parts, default all):
   compare       ComParE functionals of every degraded clip (cached under bench/work/robustness; ~50 min)
   offline       UA of both systems per condition -> robustness.json / robustness.md / robustness.png
-  node          degraded streams through a running ser_node (Silero and WebRTC VADs): segmentation
-                precision/recall against the clean reference and UA of what the node published
-  false_alarms  noise-only input (an hour per noise type, faster than real time): expressions published per hour
+  segmentation  streams of utterances and pauses under 7 conditions through the node's own segmenter (offline),
+                Silero and WebRTC, with and without the min_snr_db gate: precision / recall of utterances
+  false_alarms  noise-only input (an hour per noise type and level, faster than real time, offline through the
+                node's segmenter): expressions the node would publish per hour, per VAD and min_snr_db gate
+  node          the same streams through a running ser_node (each speaker's fold model, 10x real time):
+                segmentation precision/recall against the clean reference and UA of what the node published
 
   .venv/bin/python bench/robustness.py --parts compare,offline
 """
@@ -49,6 +52,7 @@ RT60 = 0.6
 DISTANCES = (1.0, 2.0, 4.0)
 DATA = ROOT.parent / "shared" / "data"
 NETWORK_RUN, NETWORK_BUDGET = "default_12ep", {"epochs": 12, "patience": 12}
+NODE_SPEED = 10.0  # x real time into the node (the soak bench measured 20x lossless on this machine)
 
 
 def conditions() -> list[Condition]:
@@ -239,12 +243,274 @@ def plot_offline(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
+# ------------------------------------------------------------------ streams (node and segmentation)
+
+NODE_CONDITIONS = (Condition(), Condition(noise="robot", snr_db=10.0), Condition(noise="robot", snr_db=0.0),
+                   Condition(noise="babble", snr_db=10.0), Condition(noise="events", snr_db=10.0),
+                   Condition(rt60_s=RT60, distance_m=2.0),
+                   Condition(noise="robot", snr_db=10.0, rt60_s=RT60, distance_m=2.0))
+CLIPS_PER_EMOTION = 2
+SNR_GATES = (None, 3.0, 6.0)
+
+
+def stream_clips(clips, speaker: str) -> list[int]:
+    """Two clips per emotion of the speaker (the first by file name): 14 utterances per stream."""
+    chosen = []
+    for emotion in EMOTIONS:
+        chosen += sorted((i for i, c in enumerate(clips) if c.speaker == speaker and c.label == emotion),
+                         key=lambda i: clips[i].path.name)[:CLIPS_PER_EMOTION]
+    return chosen
+
+
+def degraded_stream(degrader: Degrader, indices: list[int], condition: Condition, seed: int):
+    """A robot's hour in miniature: the clips with 1-2 s pauses, the whole stream (pauses included) put through
+    the room and the noise; the SNR is set against the speech parts. Returns (stream, reference segments)."""
+    from ser_node.acoustics import microphone, mix_at_snr, reverberate, room_response
+    from ser_node.bags import Segment
+
+    rng = np.random.default_rng(seed)
+    parts, segments, t = [np.zeros(32000, np.float32)], [], 2.0
+    for i in indices:
+        audio = degrader.clean[i]
+        segments.append(Segment(t, t + audio.size / 16000, degrader.clips[i].label))
+        pause = np.zeros(int(rng.uniform(1.0, 2.0) * 16000), np.float32)
+        parts += [audio, pause]
+        t += (audio.size + pause.size) / 16000
+    stream = np.concatenate(parts)
+    if condition.rt60_s > 0:
+        stream = reverberate(stream, room_response(condition.rt60_s, condition.distance_m, 0))
+    if condition.noise != "none":
+        speech = np.concatenate([stream[int(g.start * 16000) : int(g.end * 16000)] for g in segments])
+        noise = degrader.simulator.noise(condition.noise, stream.size, seed,
+                                         exclude_speakers=[talker(degrader.clips[indices[0]])])
+        stream = mix_at_snr(stream, noise, condition.snr_db, speech_rms=float(np.sqrt(np.mean(speech ** 2))))
+    return microphone(stream, condition), segments
+
+
+class RecordedVad:
+    """Replays per-frame probabilities recorded from a real VAD: threshold sweeps without re-running it."""
+
+    def __init__(self, frame_samples: int, probabilities: list[float]) -> None:
+        self.frame_samples, self.probabilities, self.index = frame_samples, probabilities, 0
+
+    def __call__(self, frame: np.ndarray) -> float:
+        self.index += 1
+        return self.probabilities[self.index - 1]
+
+    def reset(self) -> None:
+        pass
+
+
+class RecordingVad:
+    def __init__(self, vad) -> None:
+        self.vad, self.frame_samples, self.probabilities = vad, vad.frame_samples, []
+
+    def __call__(self, frame: np.ndarray) -> float:
+        self.probabilities.append(float(self.vad(frame)))
+        return self.probabilities[-1]
+
+    def reset(self) -> None:
+        self.vad.reset()
+
+
+def segment_offline(blocks, vad_backend: str, gates=SNR_GATES) -> dict:
+    """The node's own StreamProcessor + Segmenter (default parameters) over 16 kHz blocks, once per SNR gate (the
+    VAD runs once; its probabilities are replayed). Returns {gate: [(start, end), ...]}."""
+    from ser_node.segmenter import Segmenter, SegmenterConfig
+    from ser_node.stream import AudioChunk, StreamProcessor
+    from ser_node.vad import make_vad
+
+    recording = RecordingVad(make_vad(vad_backend))
+    found = {}
+    for gate in gates:
+        vad = recording if gate == gates[0] else RecordedVad(recording.frame_samples, recording.probabilities)
+        processor = StreamProcessor(Segmenter(vad, SegmenterConfig(min_snr_db=gate)))
+        utterances, t = [], 0.0
+        for block in blocks():
+            for start in range(0, block.size, 16000):
+                piece = block[start : start + 16000]
+                utterances += processor.feed(AudioChunk(piece[:, None], 16000, t))
+                t += piece.size / 16000
+        utterances += processor.flush()
+        found[gate] = [(u.start, u.end) for u in utterances]
+    return found
+
+
+def run_segmentation(degrader: Degrader) -> dict:
+    """Offline through the node's segmenter: precision/recall per condition, VAD and SNR gate."""
+    from ser_node.bags import DetectedUtterance, score_against_reference
+
+    speakers = sorted({c.speaker for c in degrader.clips})
+    rows = []
+    for condition in NODE_CONDITIONS:
+        for backend in ("silero", "webrtc"):
+            totals = {gate: [0, 0, 0] for gate in SNR_GATES}
+            for speaker in speakers:
+                stream, segments = degraded_stream(degrader, stream_clips(degrader.clips, speaker), condition,
+                                                   stable_seed(speaker, condition.name))
+                for gate, spans in segment_offline(lambda: [stream], backend).items():
+                    detected = [DetectedUtterance(a, b, "neutral", []) for a, b in spans]
+                    _metrics, seg = score_against_reference(detected, segments, EMOTIONS)
+                    for k, key in enumerate(("references", "detected", "matched")):
+                        totals[gate][k] += seg[key]
+            for gate, (refs, detected, matched) in totals.items():
+                rows.append({"condition": condition.name, "vad": backend, "min_snr_db": gate, "references": refs,
+                             "detected": detected, "precision": matched / max(detected, 1),
+                             "recall": matched / max(refs, 1)})
+                print(f"{condition.name:42s} {backend:7s} gate {gate!s:5s} precision {rows[-1]['precision']:.3f} "
+                      f"recall {rows[-1]['recall']:.3f}", flush=True)
+    return {"date": time.strftime("%Y-%m-%d"), "rows": rows,
+            "protocol": f"{CLIPS_PER_EMOTION} clips per emotion x 12 speakers of uem-es, 1-2 s pauses, offline "
+                        "through the node's StreamProcessor + Segmenter (default parameters)"}
+
+
+# ------------------------------------------------------------------ false alarms
+
+
+def noise_blocks(simulator: AcousticSimulator, kind: str, seconds: float, level_rms: float, seed: int,
+                 block_s: float = 60.0):
+    """`seconds` of one noise at `level_rms`, as 60 s blocks joined by 0.5 s equal-power cross-fades (independent
+    blocks would otherwise meet in a click)."""
+    fade = 8000
+    ramp = np.sqrt(np.linspace(0, 1, fade, dtype=np.float32))
+    tail = None
+    for k in range(int(math.ceil(seconds / block_s))):
+        block = simulator.noise(kind, int(block_s * 16000) + fade, stable_seed(kind, seed, k)) * level_rms
+        if tail is not None:
+            block[:fade] = block[:fade] * ramp + tail * ramp[::-1]
+        tail = block[-fade:].copy()
+        yield block[:-fade]
+
+
+def run_false_alarms(clips, hours: float) -> dict:
+    """Noise only, no speech: utterances (each one an expression the node would publish) per hour."""
+    speech_rms = float(np.median([np.sqrt(np.mean(load_audio(c.path) ** 2)) for c in clips[::7]]))
+    simulator = AcousticSimulator(babble_pool())
+    rows = []
+    for kind in NOISE_KINDS:
+        for snr in (10.0, 0.0):
+            level = speech_rms * 10 ** (-snr / 20)
+            for backend in ("silero", "webrtc"):
+                began = time.perf_counter()
+                found = segment_offline(lambda: noise_blocks(simulator, kind, hours * 3600, level, 1), backend)
+                for gate, spans in found.items():
+                    rows.append({"noise": kind, "level": f"as loud as at SNR {snr:g} dB", "vad": backend,
+                                 "min_snr_db": gate, "per_hour": len(spans) / hours,
+                                 "seconds_per_hour": sum(b - a for a, b in spans) / hours})
+                print(f"{kind:7s} SNR-equivalent {snr:4g} dB {backend:7s} "
+                      + "  ".join(f"gate {g!s:5s}: {len(s) / hours:7.1f}/h" for g, s in found.items())
+                      + f"  ({time.perf_counter() - began:.0f} s)", flush=True)
+    return {"date": time.strftime("%Y-%m-%d"), "hours_per_row": hours, "speech_rms": speech_rms, "rows": rows,
+            "protocol": "noise only through the node's StreamProcessor + Segmenter (default parameters); every "
+                        "utterance found is an expression the node publishes (min_confidence 0)"}
+
+
+# ------------------------------------------------------------------ through the node
+
+
+def run_node(degrader: Degrader, args) -> dict:
+    """The degraded streams published into a running ser_node (each speaker's fold model, exported to ONNX), at
+    10x real time over loopback; segmentation from ~/utterance, labels from ~/expression."""
+    import rclpy  # noqa: F401  (fails early, with a clear message, outside the ROS environment)
+    from audio_common_msgs.msg import AudioStamped
+    from ros_harness import typed_chunks
+    from soak import Soak
+
+    from ser_node.bags import DetectedUtterance, score_against_reference
+    from ser_node.export_cli import export_run
+
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("ROS_DOMAIN_ID", str(40 + os.getpid() % 50))
+    run_dir = args.work.parent / "runs" / NETWORK_RUN
+    fold_networks(args.work.parent / "runs", args.corpus)  # trains them if missing
+    speakers = sorted({c.speaker for c in degrader.clips})
+    streams = {(s, c.name): degraded_stream(degrader, stream_clips(degrader.clips, s), c, stable_seed(s, c.name))
+               for s in speakers for c in NODE_CONDITIONS}
+
+    class NodeRun(Soak):
+        def __init__(self, model: str, params: dict) -> None:
+            self.expressions: dict[float, str] = {}
+            self.spans: dict[float, float] = {}
+            super().__init__(model, params)
+            self.node.create_subscription(AudioStamped, "/ser_node/utterance", self._utterance, 1000)
+            self.spin(1.5)
+
+        def _count(self, msg) -> None:
+            self.received += 1
+            self.expressions[round(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, 4)] = msg.expression
+
+        def _utterance(self, msg) -> None:
+            start = round(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, 4)
+            self.spans[start] = start + len(msg.audio.audio_data.float32_data) / 16000
+
+    results = {(c.name, b): {"truth": [], "predicted": [], "refs": 0, "detected": 0, "matched": 0}
+               for c in NODE_CONDITIONS for b in ("silero", "webrtc")}
+    losses = []
+    for backend in ("silero", "webrtc"):
+        for speaker in speakers:
+            model = args.work / "onnx" / f"{speaker}.onnx"
+            if not model.exists():
+                export_run(run_dir, model, int8=False, fold=f"speaker_{speaker}")
+            run = NodeRun(str(model), {"vad_backend": backend, "publish_utterance": "true",
+                                       "qos_depth": 5000, "queue_size": 64})
+            try:
+                bases = {}
+                for k, condition in enumerate(NODE_CONDITIONS):
+                    base = 1000.0 + 1000.0 * k  # a time jump between conditions closes what is open
+                    bases[condition.name] = base
+                    stream, _segments = streams[(speaker, condition.name)]
+                    began = time.monotonic()
+                    for index, msg in enumerate(typed_chunks(stream, 16000, 1, "int16", 0.02, base)):
+                        due = began + index * 0.02 / NODE_SPEED
+                        while (ahead := due - time.monotonic()) > 0:
+                            run.executor.spin_once(timeout_sec=min(ahead, 0.005))
+                        run.publisher.publish(msg)
+                quiet, count = time.monotonic(), -1
+                while time.monotonic() - quiet < 3.0:
+                    run.spin(0.2)
+                    if len(run.spans) != count:
+                        count, quiet = len(run.spans), time.monotonic()
+                counters = run.counters()
+                losses.append({"vad": backend, "speaker": speaker, **counters})
+            finally:
+                run.close()
+            for condition in NODE_CONDITIONS:
+                base = bases[condition.name]
+                _stream, segments = streams[(speaker, condition.name)]
+                detected = [DetectedUtterance(a - base, run.spans[a] - base, run.expressions.get(a, "?"), [])
+                            for a in sorted(run.spans) if base <= a < base + 1000.0]
+                metrics, seg = score_against_reference(detected, segments, EMOTIONS)
+                cell = results[(condition.name, backend)]
+                for key in ("refs", "detected", "matched"):
+                    cell[key] += seg["references" if key == "refs" else key]
+                from ser_node.bags import match_segments
+
+                for i, j in match_segments([(d.start, d.end) for d in detected], segments):
+                    cell["truth"].append(segments[j].label)
+                    cell["predicted"].append(detected[i].label)
+            print(f"{backend} {speaker}: done ({losses[-1]})", flush=True)
+    rows = []
+    for (name, backend), cell in results.items():
+        metrics = compute_metrics(cell["truth"], cell["predicted"], EMOTIONS) if cell["truth"] else None
+        rows.append({"condition": name, "vad": backend, "references": cell["refs"], "detected": cell["detected"],
+                     "precision": cell["matched"] / max(cell["detected"], 1),
+                     "recall": cell["matched"] / max(cell["refs"], 1),
+                     "ua_published": metrics["ua"] if metrics else None})
+        print(f"{name:42s} {backend:7s} precision {rows[-1]['precision']:.3f} recall {rows[-1]['recall']:.3f} "
+              f"UA {rows[-1]['ua_published'] or 0:.3f}", flush=True)
+    return {"date": time.strftime("%Y-%m-%d"), "rows": rows, "losses": losses, "speed": NODE_SPEED,
+            "protocol": f"{CLIPS_PER_EMOTION} clips per emotion x 12 speakers of uem-es in 1-2 s pauses; each "
+                        "speaker's stream through a ser_node running that speaker's LOSO fold model "
+                        f"({NETWORK_RUN}, fp32 ONNX), default parameters; UA over matched utterances (pooled)"}
+
+
 # ------------------------------------------------------------------ main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="compare,offline,node,false_alarms")
+    parser.add_argument("--parts", default="compare,offline,segmentation,false_alarms,node")
+    parser.add_argument("--hours", type=float, default=1.0, help="noise-only audio per false-alarm row")
     parser.add_argument("--corpus", type=Path, default=DATA / "uem-es")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "robustness")
@@ -252,7 +518,7 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     clips = load_emomatch(args.corpus).clips
     parts = args.parts.split(",")
-    degrader = Degrader(clips) if {"compare", "offline"} & set(parts) else None
+    degrader = Degrader(clips) if {"compare", "offline", "node", "segmentation"} & set(parts) else None
     for part in parts:
         print(f"== {part}", flush=True)
         if part == "compare":
@@ -260,6 +526,12 @@ def main() -> int:
 
             for condition in tqdm(conditions(), desc="ComParE per condition", unit="condition"):
                 compare_features(degrader, condition, args.work)
+        elif part == "segmentation":
+            write_json(args.out / "robustness_segmentation.json", run_segmentation(degrader))
+        elif part == "false_alarms":
+            write_json(args.out / "robustness_false_alarms.json", run_false_alarms(clips, args.hours))
+        elif part == "node":
+            write_json(args.out / "robustness_node.json", run_node(degrader, args))
         elif part == "offline":
             result = run_offline(degrader, args)
             write_json(args.out / "robustness.json", result)

@@ -56,7 +56,7 @@ def expected_utterances(stream: np.ndarray) -> int:
 class Soak:
     """The node under test as a child process, and a source / sink node in this process."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, params: dict | None = None) -> None:
         import rclpy
         from audio_common_msgs.msg import AudioStamped
         from diagnostic_msgs.msg import DiagnosticArray
@@ -67,6 +67,7 @@ class Soak:
         args = [sys.executable, "-m", "ser_node.ros.node", "--ros-args", "-p", "reliability:=reliable"]
         if model:
             args += ["-p", f"model_path:={model}"]
+        args += [arg for key, value in (params or {}).items() for arg in ("-p", f"{key}:={value}")]
         self.process = subprocess.Popen(args, env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.rclpy = rclpy
         self.context = rclpy.Context()
@@ -76,7 +77,7 @@ class Soak:
         self.executor.add_node(self.node)
         self.received = 0
         self.diagnostics: dict[str, str] = {}
-        self.node.create_subscription(Expression, "/ser_node/expression", self._count, 100)
+        self.node.create_subscription(Expression, "/ser_node/expression", self._count, 1000)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.diagnostics.update(
             {kv.key: kv.value for kv in m.status[0].values}), 10)
         self.publisher = self.node.create_publisher(AudioStamped, "audio", QoSProfile(

@@ -256,8 +256,9 @@ def _load_cached(path: str) -> np.ndarray:
 # ------------------------------------------------------------------ the chain
 
 
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """speech + noise scaled so that RMS(speech) / RMS(noise) is `snr_db`; the noise is tiled or cut to fit."""
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, speech_rms: float | None = None) -> np.ndarray:
+    """speech + noise scaled so that RMS(speech) / RMS(noise) is `snr_db`; the noise is tiled or cut to fit.
+    For a stream with pauses, pass the RMS of its speech parts as `speech_rms` (the pauses get noise too)."""
     from audiomentations.core.utils import calculate_desired_noise_rms
 
     if noise.size < speech.size:
@@ -265,7 +266,7 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
     noise = noise[: speech.size]
     if _rms(noise) == 0:
         raise ValueError("the noise is silent: no SNR can be set")
-    wanted = calculate_desired_noise_rms(_rms(speech), snr_db)
+    wanted = calculate_desired_noise_rms(_rms(speech) if speech_rms is None else speech_rms, snr_db)
     return (speech + noise * (wanted / _rms(noise))).astype(np.float32)
 
 

@@ -5,6 +5,11 @@ State machine with hysteresis: speech starts when a frame's probability reaches 
 frame and `post_roll_s` after the last; shorter than `min_speech_s` of speech is discarded (counted); longer than
 `max_utterance_s` is cut into consecutive utterances, so no audio of a monologue is lost. Times are source times
 (seconds, from the audio message headers), never arrival times.
+
+Each utterance carries a quality estimate: its SNR against the noise floor (the median power of the recent frames
+the VAD called non-speech; it outlives gaps, since it belongs to the room, not the stream) and the share of its
+samples at full scale. With `min_snr_db`, utterances not that far above the floor are dropped (counted): a robot's
+steady fan noise that fooled the VAD sits near 0 dB. See bench/robustness.py for what each threshold costs.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 SAMPLE_RATE = 16000
+NOISE_FLOOR_S = 10.0
+MIN_FLOOR_FRAMES = 15  # ~0.5 s of non-speech before an SNR is estimated
 
 
 class FrameVad(Protocol):
@@ -34,6 +41,7 @@ class SegmenterConfig:
     pre_roll_s: float = 0.2
     post_roll_s: float = 0.15
     max_utterance_s: float = 10.0
+    min_snr_db: float | None = None  # drop utterances whose SNR estimate is below this (None = keep all)
 
     def validate(self) -> None:
         if not 0 < self.negative_threshold <= self.threshold < 1:
@@ -50,6 +58,8 @@ class Utterance:
     start: float  # source time of the first sample, seconds
     end: float  # source time just after the last sample
     reason: str  # silence | max_length | gap | flush
+    snr_db: float | None = None  # voiced power over the noise floor; None until a floor is known
+    clipped_ratio: float = 0.0  # share of samples at full scale (|x| >= 0.999)
 
     @property
     def duration(self) -> float:
@@ -62,6 +72,7 @@ class SegmenterStats:
     too_short: int = 0
     cut_at_max_length: int = 0
     gaps: int = 0
+    low_snr: int = 0  # dropped by min_snr_db
 
 
 class Segmenter:
@@ -75,6 +86,8 @@ class Segmenter:
         self.on_speaking = on_speaking
         self.stats = SegmenterStats()
         self.frame = vad.frame_samples
+        # ~10 s of non-speech frame powers: the noise floor estimate.
+        self._floor: deque[float] = deque(maxlen=int(NOISE_FLOOR_S * SAMPLE_RATE / self.frame))
         self.reset()
 
     # -- state
@@ -88,6 +101,7 @@ class Segmenter:
         self._speech: list[np.ndarray] = []
         self._speech_start = 0.0
         self._voiced_samples = 0  # samples of frames at or above the negative threshold in this utterance
+        self._voiced_energy = 0.0  # their summed squares
         self._silence_samples = 0  # trailing samples below the negative threshold
         self._speaking = False
         self._continuation = False  # the turn was already cut at max length: its tail is never "too short"
@@ -95,6 +109,10 @@ class Segmenter:
     @property
     def speaking(self) -> bool:
         return self._speaking
+
+    def noise_floor(self) -> float | None:
+        """Median power of the recent non-speech frames (None before ~0.5 s of them was heard)."""
+        return float(np.median(self._floor)) if len(self._floor) >= MIN_FLOOR_FRAMES else None
 
     # -- input
     def push(self, samples: np.ndarray, start_time: float) -> list[Utterance]:
@@ -131,6 +149,9 @@ class Segmenter:
     # -- machine
     def _step(self, frame: np.ndarray, time: float, probability: float) -> Utterance | None:
         cfg = self.config
+        power = float(np.dot(frame, frame)) / frame.size
+        if probability < cfg.negative_threshold:
+            self._floor.append(power)
         if not self._speaking:
             if probability >= cfg.threshold:
                 self._speaking = True
@@ -138,9 +159,11 @@ class Segmenter:
                 self._speech = list(self._history)
                 self._speech_start = time - sum(f.size for f in self._speech) / SAMPLE_RATE
                 self._voiced_samples = 0
+                self._voiced_energy = 0.0
                 self._silence_samples = 0
                 self._speech.append(frame.copy())
                 self._voiced_samples += frame.size
+                self._voiced_energy += power * frame.size
                 self._history.clear()
                 self._notify(True, self._speech_start)
             else:
@@ -150,6 +173,7 @@ class Segmenter:
         self._speech.append(frame.copy())
         if probability >= cfg.negative_threshold:
             self._voiced_samples += frame.size
+            self._voiced_energy += power * frame.size
             self._silence_samples = 0
         else:
             self._silence_samples += frame.size
@@ -163,14 +187,16 @@ class Segmenter:
         """Emits what was heard so far and goes on listening in the same speech turn."""
         audio = np.concatenate(self._speech)
         start = self._speech_start
-        self.stats.cut_at_max_length += 1
-        self.stats.utterances += 1
+        utterance = self._judge(Utterance(audio, start, start + audio.size / SAMPLE_RATE, "max_length"))
         self._speech = []
         self._speech_start = start + audio.size / SAMPLE_RATE
         self._voiced_samples = 0
+        self._voiced_energy = 0.0
         self._silence_samples = 0
         self._continuation = True
-        return Utterance(audio, start, start + audio.size / SAMPLE_RATE, "max_length")
+        if utterance is not None:
+            self.stats.cut_at_max_length += 1
+        return utterance
 
     def _finish(self, reason: str, keep_trailing: bool) -> Utterance | None:
         audio = np.concatenate(self._speech) if self._speech else np.zeros(0, np.float32)
@@ -189,8 +215,21 @@ class Segmenter:
         if audio.size == 0 or (too_short and not (continuation and self._voiced_samples > 0)):
             self.stats.too_short += 1
             return None
+        return self._judge(Utterance(audio, start, end, reason))
+
+    def _judge(self, utterance: Utterance) -> Utterance | None:
+        """Attaches the quality estimate; drops (and counts) an utterance below min_snr_db."""
+        floor = self.noise_floor()
+        if floor is not None and self._voiced_samples:
+            voiced = self._voiced_energy / self._voiced_samples
+            utterance.snr_db = float(10 * np.log10(max(voiced - floor, 1e-12) / max(floor, 1e-12)))
+        utterance.clipped_ratio = float(np.mean(np.abs(utterance.audio) >= 0.999))
+        minimum = self.config.min_snr_db
+        if minimum is not None and utterance.snr_db is not None and utterance.snr_db < minimum:
+            self.stats.low_snr += 1
+            return None
         self.stats.utterances += 1
-        return Utterance(audio, start, end, reason)
+        return utterance
 
     def _notify(self, speaking: bool, time: float) -> None:
         if self.on_speaking is not None:

@@ -5,6 +5,7 @@ model serves, dropped chunks or utterances, audio lost before intake, utterances
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -54,7 +55,15 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
         values["chunks_clipped"] = str(stats.chunks_clipped)
         values.update({f"chunks_dropped_{k}": str(v) for k, v in sorted(stats.bad_chunks.items())})
         values["audio_seconds"] = f"{stats.seconds:.1f}"
-        values["utterances_too_short"] = str(node.stream.segmenter.stats.too_short)
+        segmenter = node.stream.segmenter
+        values["utterances_too_short"] = str(segmenter.stats.too_short)
+        values["utterances_low_snr"] = str(segmenter.stats.low_snr)
+        floor = segmenter.noise_floor()
+        values["noise_floor_dbfs"] = "unknown" if floor is None else f"{10 * math.log10(max(floor, 1e-12)):.1f}"
+        if node.last_quality is not None:
+            snr, clipped = node.last_quality
+            values["last_utterance_snr_db"] = "unknown" if snr is None else f"{snr:.1f}"
+            values["last_utterance_clipped_percent"] = f"{100 * clipped:.2f}"
         values["speaking"] = str(node.stream.segmenter.speaking)
         if level == DiagnosticStatus.OK and (stats.dropped or node.counts["utterances_dropped"]):
             level, message = DiagnosticStatus.WARN, "audio chunks or utterances dropped (see values)"

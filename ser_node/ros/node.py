@@ -47,7 +47,7 @@ from ..stream import ChunkError, StreamConfig, StreamProcessor
 from ..vad import VadError, make_vad
 from . import diagnostics, intake
 from .messages import detect_audio_variant, interpret
-from .parameters import PARAMETERS
+from .parameters import PARAMETERS, SNR_GATE_OFF
 
 NODE_NAME = "ser_node"
 
@@ -111,6 +111,7 @@ class SerNode(LifecycleNode):
         self._adapter = SpeakerAdapter(warmup=int(self.p("adaptation_warmup")))
         self._adapter_lock = threading.Lock()  # the worker adapts, a service call resets
         self._last_utterance_end = -float("inf")
+        self.last_quality: tuple[float | None, float] | None = None  # (SNR dB, clipped share) of the last utterance
         self.latency = LatencyWindow()
         self._last_frame_id = ""
         self._last_bad_log = 0.0
@@ -148,7 +149,8 @@ class SerNode(LifecycleNode):
         return SegmenterConfig(threshold=get("vad_threshold"), negative_threshold=get("vad_negative_threshold"),
                                min_speech_s=get("min_speech_s"), min_silence_s=get("min_silence_s"),
                                pre_roll_s=get("pre_roll_s"), post_roll_s=get("post_roll_s"),
-                               max_utterance_s=get("max_utterance_s"))
+                               max_utterance_s=get("max_utterance_s"),
+                               min_snr_db=None if get("min_snr_db") <= SNR_GATE_OFF else get("min_snr_db"))
 
     def _apply_live(self, values: dict[str, Any]) -> None:
         """Segmenter thresholds are read frame by frame, so replacing the config object is safe."""
@@ -370,6 +372,7 @@ class SerNode(LifecycleNode):
             pub.publish(Bool(data=speaking))
 
     def _enqueue(self, utterance: Utterance, frame_id: str) -> None:
+        self.last_quality = (utterance.snr_db, utterance.clipped_ratio)
         with self._lock:
             limit = int(self.p("queue_size"))
             while len(self._queue) >= limit:

@@ -20,6 +20,8 @@ def describe(text: str, *, low: float | None = None, high: float | None = None, 
             descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
     return descriptor
 
+SNR_GATE_OFF = -100.0
+
 # name: (default, descriptor, live) -- live parameters take effect at once, others at the next configure.
 PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "model_path": ("", describe("ONNX model exported by ser_export; empty = the shipped default model. "
@@ -37,6 +39,9 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                               low=0.01, high=0.99), True),
     "min_speech_s": (0.25, describe("shorter speech is ignored", low=0.0, high=5.0), True),
     "min_silence_s": (0.3, describe("silence that ends an utterance", low=0.03, high=5.0), True),
+    "min_snr_db": (SNR_GATE_OFF, describe("drop utterances whose SNR estimate over the noise floor is below this "
+                                          f"({SNR_GATE_OFF:g} = off; bench/robustness.py measures each setting)",
+                                          low=SNR_GATE_OFF, high=60.0), True),
     "pre_roll_s": (0.2, describe("audio kept before speech onset", low=0.0, high=2.0), False),
     "post_roll_s": (0.15, describe("audio kept after speech end", low=0.0, high=2.0), True),
     "max_utterance_s": (10.0, describe("longer speech is cut into consecutive utterances", low=1.0,
