@@ -88,6 +88,7 @@ class Segmenter:
         self.frame = vad.frame_samples
         # ~10 s of non-speech frame powers: the noise floor estimate.
         self._floor: deque[float] = deque(maxlen=int(NOISE_FLOOR_S * SAMPLE_RATE / self.frame))
+        self.last_quality: tuple[float | None, float] | None = None  # (SNR dB, clipped share), last utterance
         self.reset()
 
     # -- state
@@ -224,6 +225,7 @@ class Segmenter:
             voiced = self._voiced_energy / self._voiced_samples
             utterance.snr_db = float(10 * np.log10(max(voiced - floor, 1e-12) / max(floor, 1e-12)))
         utterance.clipped_ratio = float(np.mean(np.abs(utterance.audio) >= 0.999))
+        self.last_quality = (utterance.snr_db, utterance.clipped_ratio)  # gated or not: for tuning the gate
         minimum = self.config.min_snr_db
         if minimum is not None and utterance.snr_db is not None and utterance.snr_db < minimum:
             self.stats.low_snr += 1

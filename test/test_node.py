@@ -401,3 +401,30 @@ def test_utterance_audio_is_published_for_asr(exported_models, three_utterances)
             assert end - start - 0.5 <= duration <= end - start + 0.8
     finally:
         harness.close()
+
+
+def test_snr_gate_and_quality_diagnostics(exported_models, three_utterances):
+    """min_snr_db (live) drops utterances below the gate, counts them and publishes nothing for them; the noise
+    floor and the last utterance's SNR and clipped share are in diagnostics; switching the gate off restores
+    the expressions."""
+    from rclpy.parameter import Parameter
+
+    stream, bounds = three_utterances
+    rng = np.random.default_rng(0)
+    noisy = (stream + 0.003 * rng.standard_normal(stream.size)).astype(np.float32)  # a floor to measure
+    harness = Harness(node_params(exported_models, min_snr_db=60.0))
+    try:
+        harness.publish(typed_chunks(noisy, 16000, 1, "int16", 0.02, T0), speed=8.0)
+        harness.wait_idle()
+        assert harness.wait_for("expression", 1, timeout=3.0) == []
+        _level, _message, values = harness.node.diagnostic_values()
+        assert values["utterances_low_snr"] == str(len(bounds))
+        assert -60 < float(values["noise_floor_dbfs"]) < -40  # 0.003 RMS is -50.5 dBFS
+        assert 10 < float(values["last_utterance_snr_db"]) < 60
+        assert float(values["last_utterance_clipped_percent"]) == 0.0
+        assert harness.node.set_parameters([Parameter("min_snr_db", value=-100.0)])[0].successful
+        harness.publish(typed_chunks(noisy, 16000, 1, "int16", 0.02, T0 + 100.0), speed=8.0)
+        check_one_expression_per_utterance(harness.wait_for("expression", len(bounds)), bounds, T0 + 100.0)
+        assert harness.node.diagnostic_values()[2]["utterances_low_snr"] == str(len(bounds))
+    finally:
+        harness.close()

@@ -60,8 +60,8 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
         values["utterances_low_snr"] = str(segmenter.stats.low_snr)
         floor = segmenter.noise_floor()
         values["noise_floor_dbfs"] = "unknown" if floor is None else f"{10 * math.log10(max(floor, 1e-12)):.1f}"
-        if node.last_quality is not None:
-            snr, clipped = node.last_quality
+        if segmenter.last_quality is not None:
+            snr, clipped = segmenter.last_quality
             values["last_utterance_snr_db"] = "unknown" if snr is None else f"{snr:.1f}"
             values["last_utterance_clipped_percent"] = f"{100 * clipped:.2f}"
         values["speaking"] = str(node.stream.segmenter.speaking)

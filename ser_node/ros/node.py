@@ -111,7 +111,6 @@ class SerNode(LifecycleNode):
         self._adapter = SpeakerAdapter(warmup=int(self.p("adaptation_warmup")))
         self._adapter_lock = threading.Lock()  # the worker adapts, a service call resets
         self._last_utterance_end = -float("inf")
-        self.last_quality: tuple[float | None, float] | None = None  # (SNR dB, clipped share) of the last utterance
         self.latency = LatencyWindow()
         self._last_frame_id = ""
         self._last_bad_log = 0.0
@@ -372,7 +371,6 @@ class SerNode(LifecycleNode):
             pub.publish(Bool(data=speaking))
 
     def _enqueue(self, utterance: Utterance, frame_id: str) -> None:
-        self.last_quality = (utterance.snr_db, utterance.clipped_ratio)
         with self._lock:
             limit = int(self.p("queue_size"))
             while len(self._queue) >= limit:
