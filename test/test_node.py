@@ -428,3 +428,26 @@ def test_snr_gate_and_quality_diagnostics(exported_models, three_utterances):
         assert harness.node.diagnostic_values()[2]["utterances_low_snr"] == str(len(bounds))
     finally:
         harness.close()
+
+
+def test_stage_timing_in_diagnostics(exported_models, three_utterances):
+    """With stage_timing, diagnostics break each utterance's time in the node into its stages; the stages add up
+    to no more than the arrival of the result allows, and inference takes real time."""
+    stream, bounds = three_utterances
+    harness = Harness(node_params(exported_models, stage_timing=True))
+    try:
+        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.02, T0), speed=4.0)
+        harness.wait_for("expression", len(bounds))
+        values = harness.node.diagnostic_values()[2]
+        stages = ("intake", "wake", "features", "inference", "build", "publish")
+        for stage in stages:
+            assert 0.0 <= float(values[f"stage_ms_{stage}_p50"]) <= float(values[f"stage_ms_{stage}_p95"])
+        assert float(values["stage_ms_inference_p50"]) > 0.05 and float(values["stage_ms_features_p50"]) > 0.05
+        assert len(harness.node.stages.ms["publish"]) == len(bounds)
+    finally:
+        harness.close()
+    quiet = Harness(node_params(exported_models))
+    try:
+        assert not any(k.startswith("stage_ms_") for k in quiet.node.diagnostic_values()[2])
+    finally:
+        quiet.close()

@@ -74,6 +74,8 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
             message = "audio messages lost before intake: raise qos_depth or lower idle_batch_s"
     for key, value in node.latency.percentiles().items():
         values[f"latency_ms_{key}" if key.startswith("p") else key] = f"{value:.2f}"
+    if node.p("stage_timing"):
+        values.update({key: f"{value:.3f}" for key, value in node.stages.percentiles().items()})
     return level, message, values
 
 

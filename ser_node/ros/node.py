@@ -57,6 +57,33 @@ class Pending:
     utterance: Utterance
     frame_id: str
     queued_at: float
+    taken_at: float = 0.0  # when the intake took the audio message that closed the utterance
+
+
+STAGES = ("intake", "wake", "features", "inference", "build", "publish")
+
+
+class StageWindow:
+    """Per-utterance time of each stage of the pipeline, from the audio message that closed the utterance to its
+    messages being handed to the middleware (monotonic timestamps inside the node; reported with stage_timing):
+    intake (segmenter and queueing), wake (queue to worker), features, inference, build (messages), publish."""
+
+    def __init__(self, size: int = 500) -> None:
+        self.ms: dict[str, deque[float]] = {stage: deque(maxlen=size) for stage in STAGES}
+
+    def add(self, marks: list[float]) -> None:
+        """`marks`: the len(STAGES) + 1 timestamps that bound the stages, in order."""
+        for stage, begin, end in zip(STAGES, marks, marks[1:]):
+            self.ms[stage].append((end - begin) * 1000.0)
+
+    def percentiles(self) -> dict[str, float]:
+        out = {}
+        for stage, values in self.ms.items():
+            if values:
+                array = np.array(values)
+                out.update({f"stage_ms_{stage}_p50": float(np.percentile(array, 50)),
+                            f"stage_ms_{stage}_p95": float(np.percentile(array, 95))})
+        return out
 
 
 class LatencyWindow:
@@ -112,6 +139,7 @@ class SerNode(LifecycleNode):
         self._adapter_lock = threading.Lock()  # the worker adapts, a service call resets
         self._last_utterance_end = -float("inf")
         self.latency = LatencyWindow()
+        self.stages = StageWindow()
         self._last_frame_id = ""
         self._last_bad_log = 0.0
         self._started = time.monotonic()
@@ -342,6 +370,7 @@ class SerNode(LifecycleNode):
         stream = self.stream
         if not self._active or stream is None:
             return
+        taken_at = time.monotonic()
         now = self.get_clock().now().nanoseconds * 1e-9
         with self._feed_lock:
             try:
@@ -356,7 +385,7 @@ class SerNode(LifecycleNode):
                 self._warn_bad_chunk(error)
                 return
         for utterance in utterances:
-            self._enqueue(utterance, frame_id)
+            self._enqueue(utterance, frame_id, taken_at)
 
     def _warn_bad_chunk(self, error: ChunkError) -> None:
         """Logs at most every 5 s; every drop is counted in diagnostics."""
@@ -370,13 +399,14 @@ class SerNode(LifecycleNode):
         if pub is not None:
             pub.publish(Bool(data=speaking))
 
-    def _enqueue(self, utterance: Utterance, frame_id: str) -> None:
+    def _enqueue(self, utterance: Utterance, frame_id: str, taken_at: float = 0.0) -> None:
         with self._lock:
             limit = int(self.p("queue_size"))
             while len(self._queue) >= limit:
                 self._queue.popleft()
                 self.counts["utterances_dropped"] += 1
-            self._queue.append(Pending(utterance, frame_id, time.monotonic()))
+            now = time.monotonic()
+            self._queue.append(Pending(utterance, frame_id, now, taken_at or now))
             self._lock.notify()
 
     # ------------------------------------------------------------ inference
@@ -395,18 +425,24 @@ class SerNode(LifecycleNode):
                 classifier = self.classifier
             if classifier is None:
                 continue
+            woke = time.monotonic()
             try:
-                probabilities = classifier.predict([item.utterance.audio for item in batch])
+                images = classifier.features.batch([item.utterance.audio for item in batch])
+                featured = time.monotonic()
+                probabilities = classifier.predict_images(images)
             except Exception as error:  # a broken model must not kill the worker: report and go on
                 self._count_error("inference_errors", error, len(batch))
                 continue
             done = time.monotonic()
             for item, row in zip(batch, probabilities):
                 try:
-                    self._publish_result(item, self._adapt(item, row), classifier.classes)
+                    messages = self._result_messages(item, self._adapt(item, row), classifier.classes)
+                    built = time.monotonic()
+                    self._send(messages)
                 except Exception as error:  # scores it cannot interpret, a publisher torn down, ...
                     self._count_error("result_errors", error, 1)
                     continue
+                self.stages.add([item.taken_at, item.queued_at, woke, featured, done, built, time.monotonic()])
                 self.latency.add(done - item.queued_at, item.utterance.duration)
                 self.counts["utterances_classified"] += 1
 
@@ -447,7 +483,8 @@ class SerNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name="ser_inference", daemon=True)
         self._worker.start()
 
-    def _publish_result(self, item: Pending, probabilities: np.ndarray, classes: list[str]) -> None:
+    def _result_messages(self, item: Pending, probabilities: np.ndarray, classes: list[str]) -> tuple[Any, ...]:
+        """(classification, expression, utterance audio or None) for one classified utterance."""
         u = item.utterance
         result = interpret(probabilities, classes, u.start, u.end, float(self.p("min_confidence")),
                            str(self.p("low_confidence_expression")))
@@ -456,12 +493,17 @@ class SerNode(LifecycleNode):
                                 arousal=result.arousal, confidence=result.confidence)
         classification = Classification(header=header, results=[
             ObjectHypothesis(class_id=name, score=float(score)) for name, score in zip(classes, probabilities)])
+        audio = (typed_audio_message(self.audio_class, u.audio, 16000, u.start, item.frame_id, Header, Time)
+                 if self.utterance_pub is not None else None)
+        return classification, expression, audio
+
+    def _send(self, messages: tuple[Any, ...]) -> None:
+        classification, expression, audio = messages
         if self.expression_pub is not None:
             self.classification_pub.publish(classification)  # scores first: a listener of both can join them
             self.expression_pub.publish(expression)
-        if self.utterance_pub is not None:
-            self.utterance_pub.publish(typed_audio_message(self.audio_class, u.audio, 16000, u.start,
-                                                           item.frame_id, Header, Time))
+        if audio is not None and self.utterance_pub is not None:
+            self.utterance_pub.publish(audio)
 
     def _publish_label_info(self) -> None:
         if self.classifier is None:

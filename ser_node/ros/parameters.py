@@ -76,6 +76,8 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "raw_sample_format": ("S16LE", describe("raw-bytes variant without AudioInfo: S16LE, F32LE, ..."), True),
     "raw_stamped": (True, describe("raw-bytes variant: subscribe AudioDataStamped (else AudioData, "
                                    "timestamped on arrival)"), False),
+    "stage_timing": (False, describe("report per-stage times (intake, wake, features, inference, build, publish; "
+                                     "p50/p95 ms over the last 500 utterances) in diagnostics"), True),
     "diagnostics_period_s": (1.0, describe("period of /diagnostics", low=0.1, high=60.0), False),
     "speaker_adaptation": (False, describe("adapt to the current speaker: subtract the running mean of the earlier "
                                            "utterances' log-probabilities (ser_node/adaptation.py, as measured in "
