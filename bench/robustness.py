@@ -129,7 +129,7 @@ def svm_fold_models(clean: np.ndarray, clips, accuracy_json: Path) -> dict:
 # ------------------------------------------------------------------ the network
 
 
-def fold_networks(runs: Path, corpus: Path):
+def fold_networks(runs: Path, corpus: Path, only_folds: tuple[str, ...] = ()):
     """(config, {speaker: model}) of the default recipe's LOSO run; trains it first if it is not there."""
     import torch
     import yaml
@@ -138,9 +138,11 @@ def fold_networks(runs: Path, corpus: Path):
     from ser_node.training import TrainConfig, load_trained_network
 
     run_dir = runs / NETWORK_RUN
-    if not (run_dir / "report.json").exists():
-        print("training the default recipe's LOSO fold models (resumable) ...", flush=True)
-        run_ds(NETWORK_RUN, {**default_recipe(), **NETWORK_BUDGET}, runs, corpus, threads=1)
+    print("the default recipe's LOSO fold models (trained if missing; resumable) ...", flush=True)
+    run_ds(NETWORK_RUN, {**default_recipe(), **NETWORK_BUDGET, "only_folds": list(only_folds)}, runs, corpus,
+           threads=1)
+    if only_folds:
+        return None
     torch.set_num_threads(1)
     config = TrainConfig.from_mapping(yaml.safe_load((run_dir / "config.yaml").read_text()))
     return config, {d.name.removeprefix("speaker_"): load_trained_network(d, config)

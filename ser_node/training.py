@@ -54,6 +54,9 @@ class TrainConfig:
     protocol: str = "speaker_kfold"  # speaker_kfold | loso | stratified_kfold | fixed | cross_corpus | loco | all
     folds: int = 10
     max_folds: int = 0  # run only the first N folds (0 = all), for quick checks
+    # Run only these folds (by name, e.g. speaker_s03): splits one run over processes on the same folder; a last
+    # resume without it writes the report of all folds.
+    only_folds: list[str] = field(default_factory=list)
     seed: int = 0
     speakers: list[str] = field(default_factory=list)  # restrict the corpus to these speakers
     elra_test_normal_neutral: bool = False  # ELRA: keep only normal-style neutral on the test side
@@ -691,7 +694,7 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
     config_path = run_dir / "config.yaml"
     if resume and config_path.exists():
         saved = yaml.safe_load(config_path.read_text())
-        runtime_only = {"threads", "cache_dir"}  # how fast, not what: may change between a crash and its resume
+        runtime_only = {"threads", "cache_dir", "only_folds"}  # how fast / which part now, not what
         if {k: v for k, v in saved.items() if k not in runtime_only} != {
                 k: v for k, v in config.to_mapping().items() if k not in runtime_only}:
             raise ValueError(f"{config_path} differs from the requested settings: resume needs the same config")
@@ -709,6 +712,11 @@ def run_experiment(config: TrainConfig, run_dir: str | Path, resume: bool = Fals
     if config.max_folds:
         folds = folds[: config.max_folds]
     write_folds(run_dir / "folds.json", folds, everything)
+    if config.only_folds:
+        unknown = set(config.only_folds) - {f.name for f in folds}
+        if unknown:
+            raise ValueError(f"only_folds names folds this protocol does not have: {sorted(unknown)}")
+        folds = [f for f in folds if f.name in config.only_folds]
     backbone = backbone_provenance(config.weights_path) if config.weights_path else None
     if backbone:
         check_unseen_by_backbone(backbone, folds, everything)

@@ -155,3 +155,20 @@ def test_cross_corpus_run_with_normal_neutral_test_side(corpus_dir, tmp_path):
     # Only the labels both corpora share, and only normal-style neutral on the ELRA test side (2 of 10).
     assert report["folds"][0]["n_test"] == 8 and result.pooled["n"] == 8
     assert {c for c, v in result.pooled["per_class"].items() if v["support"]} == {"anger", "joy", "sadness", "neutral"}
+
+
+def test_one_run_split_over_processes_by_only_folds(corpus_dir, tmp_path):
+    """Two passes with disjoint only_folds train each fold once; a last resume without it reports all folds."""
+    run_dir = tmp_path / "split"
+    base = dict(epochs=1, max_folds=0, folds=3, speakers=SPEAKERS[:3], protocol="loso", threads=1)
+    with pytest.raises(ValueError, match="does not have"):
+        run_experiment(tiny_config(corpus_dir, "ds_fc", **base, only_folds=["speaker_zz"]), tmp_path / "bad")
+    run_experiment(tiny_config(corpus_dir, "ds_fc", **base, only_folds=["speaker_s00"]), run_dir, resume=True)
+    assert sorted(p.name for p in run_dir.glob("speaker_*")) == ["speaker_s00"]
+    first = (run_dir / "speaker_s00" / "result.json").stat().st_mtime_ns
+    run_experiment(tiny_config(corpus_dir, "ds_fc", **base, only_folds=["speaker_s01", "speaker_s03"]), run_dir,
+                   resume=True)
+    run_experiment(tiny_config(corpus_dir, "ds_fc", **base), run_dir, resume=True)
+    assert (run_dir / "speaker_s00" / "result.json").stat().st_mtime_ns == first  # never trained twice
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [f["fold"] for f in report["folds"]] == ["speaker_s00", "speaker_s01", "speaker_s03"]
