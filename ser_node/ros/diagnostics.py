@@ -81,7 +81,7 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
 
 def publish(node: Any) -> None:
     level, message, values = health(node)
-    status = DiagnosticStatus(level=level, name=f"{node.get_name()}: speech emotion recognition",
+    status = DiagnosticStatus(level=level, name=f"{node.get_fully_qualified_name()}: speech emotion recognition",
                               message=message, hardware_id=values.get("model_id", "none"),
                               values=[KeyValue(key=k, value=v) for k, v in values.items()])
     node.diagnostics_pub.publish(DiagnosticArray(header=Header(stamp=node.get_clock().now().to_msg()),
