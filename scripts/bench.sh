@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Benchmarks (slow; they print progress): accuracy (LOSO on uem-es, openSMILE baseline vs DeepSpectrum) and
-# performance (latency, idle cost, throughput). Results go to bench/results/. Resumable: re-run to continue.
+# Benchmarks (slow; they print progress): accuracy (LOSO on uem-es, openSMILE baseline vs DeepSpectrum),
+# performance (latency, idle cost, throughput), soak, and robustness (noise, reverberation, false alarms). Results go to bench/results/. Resumable: re-run to continue.
 #   scripts/bench.sh                 # both
 #   scripts/bench.sh accuracy --methods compare_svm,default
 #   scripts/bench.sh performance --quick
 #   scripts/bench.sh soak --minutes 10
+#   scripts/bench.sh robustness --parts offline,node     # noise, rooms, false alarms (bench/robustness.py)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
@@ -16,7 +17,8 @@ case "$what" in
   accuracy) exec "$root/.venv/bin/python" "$root/bench/accuracy.py" "$@" ;;
   performance) exec "$root/.venv/bin/python" "$root/bench/performance.py" "$@" ;;
   soak) exec "$root/.venv/bin/python" "$root/bench/soak.py" "$@" ;;
+  robustness) exec "$root/.venv/bin/python" "$root/bench/robustness.py" "$@" ;;
   all) "$root/.venv/bin/python" "$root/bench/accuracy.py" --methods egemaps_svm,compare_svm,ds_svc,ds_fc,default,default_tta
        exec "$root/.venv/bin/python" "$root/bench/performance.py" ;;
-  *) echo "usage: scripts/bench.sh [accuracy|performance|soak|all] [options]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [accuracy|performance|soak|robustness|all] [options]" >&2; exit 2 ;;
 esac
