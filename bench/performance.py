@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -373,8 +374,41 @@ class NodeTarget:
         self.cpu_s = 0.0
 
 
+def start_profiler(pid: int, out: Path) -> subprocess.Popen | None:
+    """py-spy sampling the node (all threads, idle ones too, without pausing it) into folded stacks."""
+    spy = Path(sys.prefix) / "bin" / "py-spy"
+    if not spy.exists():
+        print("  (py-spy not installed: no profile)", flush=True)
+        return None
+    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "250", "--threads", "--idle",
+                             "--nonblocking", "--format", "raw", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarise_profile(folded: Path, top: int = 8) -> list[dict]:
+    """Share of samples per thread and, within the worker thread while it has work (its idle wait on the queue
+    left out), the functions (leaf < caller) that take most of them, whether on CPU or blocked."""
+    threads: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        thread = frames[0]
+        threads[thread] = threads.get(thread, 0) + int(count)
+        if "ser_inference" in thread and not frames[-1].startswith("wait (threading.py"):  # not the idle queue wait
+            leaf = " < ".join(f.split(" (")[0] for f in frames[-1:-3:-1])
+            leaves[leaf] = leaves.get(leaf, 0) + int(count)
+    worker_total = sum(leaves.values()) or 1
+    rows = [{"where": f"worker: {name}", "share of worker samples": f"{100 * n / worker_total:.1f} %"}
+            for name, n in sorted(leaves.items(), key=lambda kv: -kv[1])[:top]]
+    total = sum(threads.values()) or 1
+    rows += [{"where": f"thread {name[:60]}", "share of worker samples": f"{100 * n / total:.1f} % of all"}
+             for name, n in sorted(threads.items(), key=lambda kv: -kv[1])[:6]]
+    return rows
+
+
 def end_to_end(targets: list[tuple[str, Path, dict, int]], waveforms: list[np.ndarray], idle_s: float,
-               block: int = 10, fast: float = 8.0, near_s: float = 0.4) -> dict:
+               block: int = 10, fast: float = 8.0, near_s: float = 0.4, profile: Path | None = None) -> dict:
     """Latency, idle CPU and RSS of several ser_node processes, measured interleaved: blocks of `block`
     utterances go to each process in turn until each has had its count, so machine noise hits all rows alike.
 
@@ -431,6 +465,7 @@ def end_to_end(targets: list[tuple[str, Path, dict, int]], waveforms: list[np.nd
                                             / (time.monotonic() - wall0) * 100}}
         print(f"  idle: " + ", ".join(f"{n.label} {results[n.label]['idle']['cpu_percent_of_one_core']:.1f} %"
                                       for n in nodes), flush=True)
+        profiler = start_profiler(nodes[0].process.pid, profile) if profile else None
         clip = 0
         while any(len(n.sent) < n.utterances for n in nodes):
             for node in nodes:
@@ -465,6 +500,9 @@ def end_to_end(targets: list[tuple[str, Path, dict, int]], waveforms: list[np.nd
             done = sum(len(n.sent) for n in nodes)
             print(f"\r  speech: {done}/{sum(n.utterances for n in nodes)} utterances sent", end="", flush=True)
         print(flush=True)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            profiler.wait(timeout=30)
         spin(3.0)  # the last results and one more diagnostics period
         for node in nodes:
             from_end, from_decision = [], []
@@ -505,6 +543,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="40 utterances per row, no full-size VGG16")
     parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end rows (experiments)")
     parser.add_argument("--utterances", type=int, default=0, help="per default-model row (default 200; quick 40)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the first row's node during the speech phase")
     parser.add_argument("--row", action="append", default=[], metavar="PARAM=VALUE",
                         help="an extra row: the default fp32 model with one node parameter changed")
     args = parser.parse_args()
@@ -547,7 +586,10 @@ def main() -> int:
         targets += [("vgg16_224 fp32", models["vgg16_224"]["fp32"], {}, 40),
                     ("vgg16_224 int8", models["vgg16_224"]["int8"], {}, 40)]
     print(f"end to end, interleaved: {', '.join(t[0] for t in targets)}", flush=True)
-    results["end_to_end"] = end_to_end(targets, waveforms, idle_s=10.0 if args.quick else 20.0)
+    profile = args.work / "node_profile.folded" if args.profile else None
+    results["end_to_end"] = end_to_end(targets, waveforms, idle_s=10.0 if args.quick else 20.0, profile=profile)
+    if profile is not None and profile.exists():
+        results["profile"] = summarise_profile(profile)
     goal = results["goal"]["decision_to_arrival_p95_ms"]
     for label, e2e in results["end_to_end"].items():
         d = e2e["latency_from_decision_ms"]
@@ -614,6 +656,10 @@ def e2e_tables(results: dict) -> list[str]:
                   "*wake*: queue to the worker; *features*, *inference*; *build*: result messages; *publish*: "
                   "handing them to the middleware. What *decision->arrival* adds beyond their sum is DDS delivery "
                   "both ways and this process's own receive path."]
+    if results.get("profile"):
+        lines += ["", f"### py-spy on the `{next(iter(results['end_to_end']))}` node during the speech phase "
+                      "(250 samples/s; blocked samples included, the worker's wait for work left out)", "",
+                  format_table(results["profile"], ["where", "share of worker samples"])]
     return lines
 
 
