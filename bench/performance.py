@@ -360,11 +360,18 @@ class NodeTarget:
             [str(Path(sys.prefix) / "bin" / "ser_node"), "--ros-args", "-r", f"__ns:={self.namespace}",
              *[a for k, v in args.items() for a in ("-p", f"{k}:={v}")]],
             env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from ser_node.ros.intake import BatchedIntake, never_executed_group
+
         self.arrivals: dict[float, float] = {}
-        source.create_subscription(Expression, f"{self.namespace}/ser_node/expression",
-                                   lambda m: self.arrivals.setdefault(round(m.header.stamp.sec + m.header.stamp
-                                                                            .nanosec * 1e-9, 4), time.monotonic()),
-                                   100)
+        # Arrivals are taken by a thread of their own waiting on the subscription (the node's own intake class),
+        # not by this process's executor, which is busy publishing audio: its wait-set rebuilds would add up to
+        # a millisecond or two of this process's overhead to every measured latency.
+        subscription = source.create_subscription(
+            Expression, f"{self.namespace}/ser_node/expression", lambda _m: None, 100,
+            callback_group=never_executed_group())
+        self.receiver = BatchedIntake(subscription, source.context, self._arrived, lambda: 0.0,
+                                      lambda error: print(f"receiver error: {error}", flush=True))
+        self.receiver.start()
         self.publisher = source.create_publisher(AudioStamped, f"{self.namespace}/audio",
                                                  QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
         self.diagnostics: dict[str, str] = {}
@@ -372,6 +379,9 @@ class NodeTarget:
         self.sent: list[tuple[float, float, float]] = []  # (utterance start stamp, wall end, wall decision)
         self.audio_s = 0.0
         self.cpu_s = 0.0
+
+    def _arrived(self, msg) -> None:
+        self.arrivals.setdefault(round(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, 4), time.monotonic())
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen | None:
@@ -525,6 +535,8 @@ def end_to_end(targets: list[tuple[str, Path, dict, int]], waveforms: list[np.nd
                 "stages_ms": stages})
         return results
     finally:
+        for node in nodes:
+            node.receiver.stop()
         source.destroy_node()
         rclpy.shutdown(context=context)
         for node in nodes:
