@@ -512,6 +512,8 @@ def run_node(degrader: Degrader, args) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="compare,offline,segmentation,false_alarms,node")
+    parser.add_argument("--reverse", action="store_true",
+                        help="compare: walk the conditions backwards (a second process shares the work)")
     parser.add_argument("--hours", type=float, default=1.0, help="noise-only audio per false-alarm row")
     parser.add_argument("--corpus", type=Path, default=DATA / "uem-es")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -526,7 +528,8 @@ def main() -> int:
         if part == "compare":
             from tqdm import tqdm
 
-            for condition in tqdm(conditions(), desc="ComParE per condition", unit="condition"):
+            grid = conditions()[::-1] if args.reverse else conditions()
+            for condition in tqdm(grid, desc="ComParE per condition", unit="condition"):
                 compare_features(degrader, condition, args.work)
         elif part == "segmentation":
             write_json(args.out / "robustness_segmentation.json", run_segmentation(degrader))
