@@ -20,6 +20,7 @@ Parts (--parts, default all):
                 node's segmenter): expressions the node would publish per hour, per VAD and min_snr_db gate
   node          the same streams through a running ser_node (each speaker's fold model, 10x real time):
                 segmentation precision/recall against the clean reference and UA of what the node published
+  report        only rewrite robustness.md from the results present (every part does it too)
 
   .venv/bin/python bench/robustness.py --parts compare,offline
 """
@@ -209,6 +210,56 @@ def offline_table(result: dict) -> str:
         n, c = row["network"], row["compare_svm"]
         lines.append(f"| {row['condition']} | {n['ua']:.3f} ± {n['ua_std']:.3f} | {c['ua']:.3f} ± {c['ua_std']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def segmentation_table(result: dict) -> str:
+    lines = [f"## Segmentation of utterance streams ({result['date']}; {result['protocol']})", "",
+             "| condition | VAD | min_snr_db | detected / reference | precision | recall |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        gate = "off" if r["min_snr_db"] is None else f"{r['min_snr_db']:g} dB"
+        lines.append(f"| {r['condition']} | {r['vad']} | {gate} | {r['detected']} / {r['references']} | "
+                     f"{r['precision']:.3f} | {r['recall']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def false_alarm_table(result: dict) -> str:
+    lines = [f"## False alarms: noise only, no speech ({result['date']}; {result['hours_per_row']:g} h per row; "
+             f"{result['protocol']})", "",
+             "| noise | level | VAD | gate off | min_snr_db 3 | min_snr_db 6 | seconds of 'speech' per hour (gate off) |",
+             "|---|---|---|---|---|---|---|"]
+    rows = result["rows"]
+    for key in dict.fromkeys((r["noise"], r["level"], r["vad"]) for r in rows):
+        cells = {r["min_snr_db"]: r for r in rows if (r["noise"], r["level"], r["vad"]) == key}
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {cells[None]['per_hour']:.0f}/h | "
+                     f"{cells[3.0]['per_hour']:.0f}/h | {cells[6.0]['per_hour']:.0f}/h | "
+                     f"{cells[None]['seconds_per_hour']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def node_table(result: dict) -> str:
+    lines = [f"## Through a running ser_node ({result['date']}; {result['protocol']}; {result['speed']:g}x real "
+             "time)", "", "| condition | VAD | detected / reference | precision | recall | UA of what was published |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        ua = "n/a" if r["ua_published"] is None else f"{r['ua_published']:.3f}"
+        lines.append(f"| {r['condition']} | {r['vad']} | {r['detected']} / {r['references']} | {r['precision']:.3f} "
+                     f"| {r['recall']:.3f} | {ua} |")
+    lost = sum(int(x.get("audio_messages_lost", 0)) + int(x.get("utterances_dropped", 0)) for x in result["losses"])
+    lines += ["", f"Audio messages lost + utterances dropped over all {len(result['losses'])} node runs: {lost}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path) -> None:
+    """robustness.md from whichever parts have results."""
+    parts = [("robustness.json", offline_table), ("robustness_segmentation.json", segmentation_table),
+             ("robustness_false_alarms.json", false_alarm_table), ("robustness_node.json", node_table)]
+    sections = ["# Robustness: noise, reverberation, false alarms (bench/robustness.py)", ""]
+    for name, table in parts:
+        if (out / name).exists():
+            sections.append(table(json.loads((out / name).read_text())))
+    if (out / "robustness.png").exists():
+        sections.append("![UA against SNR](robustness.png)\n")
+    (out / "robustness.md").write_text("\n".join(sections))
 
 
 def plot_offline(result: dict, path: Path) -> None:
@@ -537,13 +588,15 @@ def main() -> int:
             write_json(args.out / "robustness_false_alarms.json", run_false_alarms(clips, args.hours))
         elif part == "node":
             write_json(args.out / "robustness_node.json", run_node(degrader, args))
+        elif part == "report":
+            pass  # rewrites robustness.md from the results there are
         elif part == "offline":
             result = run_offline(degrader, args)
             write_json(args.out / "robustness.json", result)
-            (args.out / "robustness.md").write_text(offline_table(result))
             plot_offline(result, args.out / "robustness.png")
         else:
             parser.error(f"unknown part {part}")
+        write_report(args.out)
     return 0
 
 
