@@ -18,6 +18,7 @@ Parts (--parts, default all):
                 Silero and WebRTC, with and without the min_snr_db gate: precision / recall of utterances
   false_alarms  noise-only input (an hour per noise type and level, faster than real time, offline through the
                 node's segmenter): expressions the node would publish per hour, per VAD and min_snr_db gate
+  babble        what a higher Silero vad_threshold buys against babble (false alarms) and costs (recall)
   node          the same streams through a running ser_node (each speaker's fold model, 10x real time):
                 segmentation precision/recall against the clean reference and UA of what the node published
   report        only rewrite robustness.md from the results present (every part does it too)
@@ -252,7 +253,8 @@ def node_table(result: dict) -> str:
 def write_report(out: Path) -> None:
     """robustness.md from whichever parts have results."""
     parts = [("robustness.json", offline_table), ("robustness_segmentation.json", segmentation_table),
-             ("robustness_false_alarms.json", false_alarm_table), ("robustness_node.json", node_table)]
+             ("robustness_false_alarms.json", false_alarm_table), ("robustness_babble.json", babble_table),
+             ("robustness_node.json", node_table)]
     sections = ["# Robustness: noise, reverberation, false alarms (bench/robustness.py)", ""]
     for name, table in parts:
         if (out / name).exists():
@@ -366,18 +368,20 @@ class RecordingVad:
         self.vad.reset()
 
 
-def segment_offline(blocks, vad_backend: str, gates=SNR_GATES) -> dict:
-    """The node's own StreamProcessor + Segmenter (default parameters) over 16 kHz blocks, once per SNR gate (the
-    VAD runs once; its probabilities are replayed). Returns {gate: [(start, end), ...]}."""
+def segment_offline(blocks, vad_backend: str, settings: dict | None = None) -> dict:
+    """The node's own StreamProcessor + Segmenter over 16 kHz blocks, once per setting (default parameters but
+    those named; default: the SNR gates). The VAD runs once; its probabilities are replayed for the other settings.
+    Returns {setting key: [(start, end), ...]}."""
     from ser_node.segmenter import Segmenter, SegmenterConfig
     from ser_node.stream import AudioChunk, StreamProcessor
     from ser_node.vad import make_vad
 
+    settings = settings or {gate: {"min_snr_db": gate} for gate in SNR_GATES}
     recording = RecordingVad(make_vad(vad_backend))
     found = {}
-    for gate in gates:
-        vad = recording if gate == gates[0] else RecordedVad(recording.frame_samples, recording.probabilities)
-        processor = StreamProcessor(Segmenter(vad, SegmenterConfig(min_snr_db=gate)))
+    for number, (key, values) in enumerate(settings.items()):
+        vad = recording if number == 0 else RecordedVad(recording.frame_samples, recording.probabilities)
+        processor = StreamProcessor(Segmenter(vad, SegmenterConfig(**values)))
         utterances, t = [], 0.0
         for block in blocks():
             for start in range(0, block.size, 16000):
@@ -385,7 +389,7 @@ def segment_offline(blocks, vad_backend: str, gates=SNR_GATES) -> dict:
                 utterances += processor.feed(AudioChunk(piece[:, None], 16000, t))
                 t += piece.size / 16000
         utterances += processor.flush()
-        found[gate] = [(u.start, u.end) for u in utterances]
+        found[key] = [(u.start, u.end) for u in utterances]
     return found
 
 
@@ -456,6 +460,50 @@ def run_false_alarms(clips, hours: float) -> dict:
     return {"date": time.strftime("%Y-%m-%d"), "hours_per_row": hours, "speech_rms": speech_rms, "rows": rows,
             "protocol": "noise only through the node's StreamProcessor + Segmenter (default parameters); every "
                         "utterance found is an expression the node publishes (min_confidence 0)"}
+
+
+def run_babble_thresholds(degrader: Degrader, hours: float) -> dict:
+    """Babble is speech, so no VAD rejects it; what a higher Silero threshold buys against it (false alarms per
+    hour of babble alone) and costs (recall of the target speech in clean and babble streams)."""
+    from ser_node.bags import DetectedUtterance, score_against_reference
+
+    thresholds = {t: {"threshold": t, "negative_threshold": min(0.35, t)} for t in (0.5, 0.7, 0.9)}
+    speech_rms = float(np.median([np.sqrt(np.mean(a ** 2)) for a in degrader.clean[::7]]))
+    rows = []
+    for snr in (10.0, 0.0):
+        level = speech_rms * 10 ** (-snr / 20)
+        found = segment_offline(lambda: noise_blocks(degrader.simulator, "babble", hours * 3600, level, 2),
+                                "silero", thresholds)
+        rows += [{"input": f"babble alone, as loud as at SNR {snr:g} dB", "threshold": t,
+                  "false_alarms_per_hour": len(spans) / hours} for t, spans in found.items()]
+    for condition in (Condition(), Condition(noise="babble", snr_db=10.0)):
+        totals = {t: [0, 0, 0] for t in thresholds}
+        for speaker in sorted({c.speaker for c in degrader.clips}):
+            stream, segments = degraded_stream(degrader, stream_clips(degrader.clips, speaker), condition,
+                                               stable_seed(speaker, condition.name))
+            for t, spans in segment_offline(lambda: [stream], "silero", thresholds).items():
+                _m, seg = score_against_reference([DetectedUtterance(a, b, "neutral", []) for a, b in spans],
+                                                  segments, EMOTIONS)
+                for k, key in enumerate(("references", "detected", "matched")):
+                    totals[t][k] += seg[key]
+        rows += [{"input": f"speech streams, {condition.name}", "threshold": t,
+                  "precision": m / max(d, 1), "recall": m / max(r, 1)} for t, (r, d, m) in totals.items()]
+    for row in rows:
+        print(row, flush=True)
+    return {"date": time.strftime("%Y-%m-%d"), "rows": rows, "hours_per_row": hours,
+            "protocol": "Silero VAD, vad_threshold swept (negative threshold 0.35), offline through the node's "
+                        "segmenter; speech streams as in the segmentation part"}
+
+
+def babble_table(result: dict) -> str:
+    lines = [f"## Babble against the VAD threshold ({result['date']}; {result['protocol']})", "",
+             "| input | vad_threshold | false alarms per hour | precision | recall |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        fa = f"{r['false_alarms_per_hour']:.0f}" if "false_alarms_per_hour" in r else ""
+        p = f"{r['precision']:.3f}" if "precision" in r else ""
+        rc = f"{r['recall']:.3f}" if "recall" in r else ""
+        lines.append(f"| {r['input']} | {r['threshold']:g} | {fa} | {p} | {rc} |")
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------ through the node
@@ -562,7 +610,7 @@ def run_node(degrader: Degrader, args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="compare,offline,segmentation,false_alarms,node")
+    parser.add_argument("--parts", default="compare,offline,segmentation,false_alarms,babble,node")
     parser.add_argument("--reverse", action="store_true",
                         help="compare: walk the conditions backwards (a second process shares the work)")
     parser.add_argument("--hours", type=float, default=1.0, help="noise-only audio per false-alarm row")
@@ -573,7 +621,7 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     clips = load_emomatch(args.corpus).clips
     parts = args.parts.split(",")
-    degrader = Degrader(clips) if {"compare", "offline", "node", "segmentation"} & set(parts) else None
+    degrader = Degrader(clips) if {"compare", "offline", "node", "segmentation", "babble"} & set(parts) else None
     for part in parts:
         print(f"== {part}", flush=True)
         if part == "compare":
@@ -586,6 +634,8 @@ def main() -> int:
             write_json(args.out / "robustness_segmentation.json", run_segmentation(degrader))
         elif part == "false_alarms":
             write_json(args.out / "robustness_false_alarms.json", run_false_alarms(clips, args.hours))
+        elif part == "babble":
+            write_json(args.out / "robustness_babble.json", run_babble_thresholds(degrader, args.hours))
         elif part == "node":
             write_json(args.out / "robustness_node.json", run_node(degrader, args))
         elif part == "report":
