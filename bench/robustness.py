@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "test"))
 
 from ser_node.acoustics import NOISE_KINDS, AcousticSimulator, Condition, stable_seed, talker  # noqa: E402
 from ser_node.audio import load_audio  # noqa: E402
@@ -519,6 +520,7 @@ def run_node(degrader: Degrader, args) -> dict:
 
     from ser_node.bags import DetectedUtterance, score_against_reference
     from ser_node.export_cli import export_run
+    from ser_node.labels import canonical_label
 
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("ROS_DOMAIN_ID", str(40 + os.getpid() % 50))
@@ -538,7 +540,9 @@ def run_node(degrader: Degrader, args) -> dict:
 
         def _count(self, msg) -> None:
             self.received += 1
-            self.expressions[round(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, 4)] = msg.expression
+            # The expression is in ROS4HRI words (angry, sad ...): back to the corpus's emotion names.
+            self.expressions[round(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, 4)] = \
+                canonical_label(msg.expression) or msg.expression
 
         def _utterance(self, msg) -> None:
             start = round(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, 4)
