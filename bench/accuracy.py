@@ -15,6 +15,8 @@ Methods (choose with --methods, default all):
                             (ser_node/adaptation.py), each test speaker's clips fed in 5 random orders, UA by
                             utterance rank; for the network (on the fold models of `pretrained` or `default`,
                             whichever exists) and, in the same regime, for ComParE + SVM (feature means and scores)
+  int8                      fp32 against int8 ONNX of the same fold models (`default`, or bench/robustness.py's
+                            12-epoch run): UA of each and top-1 agreement (bench/results/accuracy_int8.json)
   loco                      leave-one-corpus-out over the four corpora: the default recipe and ComParE + SVM,
                             trained on three corpora, tested on the fourth on the labels it has
                             (bench/results/accuracy_loco.json, a second table in accuracy.md)
@@ -38,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ser_node.audio import load_audio  # noqa: E402
 from ser_node.corpora import load_corpus_entry, load_emomatch  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.reports import (compute_metrics, format_table, plot_confusion, summarise_folds,  # noqa: E402
@@ -322,6 +325,47 @@ def run_tta(run_dir: Path, corpus: Path, speeds: tuple[float, ...] = (0.85, 0.92
             "recipe": {"tta_speeds": list(speeds)}}
 
 
+def run_int8(run_dir: Path, corpus: Path, work: Path) -> dict:
+    """The same LOSO fold models in fp32 and int8 ONNX (int8 calibrated on 200 clips of the fold's own training
+    speakers, never the test speaker): what the node's precision choice costs in UA, and how often they agree."""
+    import yaml
+
+    from ser_node.classifier import Classifier
+    from ser_node.export_cli import export_run
+    from ser_node.export import quantize_int8
+    from ser_node.features import FeatureExtractor
+    from ser_node.training import TrainConfig
+
+    config = TrainConfig.from_mapping(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    clips = load_emomatch(corpus).clips
+    extractor = FeatureExtractor(config.feature_config())
+    rows, agree, total = [], 0, 0
+    for fold_dir in sorted(run_dir.glob("speaker_*")):
+        speaker = fold_dir.name.removeprefix("speaker_")
+        fp32 = work / "int8" / f"{speaker}.onnx"
+        if not fp32.exists():
+            export_run(run_dir, fp32, int8=False, fold=fold_dir.name)
+        int8 = fp32.with_suffix(".int8.onnx")
+        if not int8.exists():
+            train = [c for c in clips if c.speaker != speaker]
+            chosen = np.random.default_rng(0).permutation(len(train))[:200]
+            quantize_int8(fp32, int8, np.stack([extractor(load_audio(train[i].path)) for i in chosen]))
+        test = [c for c in clips if c.speaker == speaker]
+        audio = [load_audio(c.path) for c in test]
+        predicted = {p: [EMOTIONS[i] for i in Classifier(path).predict(audio).argmax(axis=1)]
+                     for p, path in (("fp32", fp32), ("int8", int8))}
+        truth = [c.label for c in test]
+        rows.append({"fold": fold_dir.name, **{f"ua_{p}": compute_metrics(truth, v, EMOTIONS)["ua"]
+                                               for p, v in predicted.items()}})
+        agree += sum(a == b for a, b in zip(predicted["fp32"], predicted["int8"]))
+        total += len(test)
+        print(f"{fold_dir.name}: UA fp32 {rows[-1]['ua_fp32']:.3f}  int8 {rows[-1]['ua_int8']:.3f}", flush=True)
+    summary = {p: float(np.mean([r[f"ua_{p}"] for r in rows])) for p in ("fp32", "int8")}
+    print(f"mean UA fp32 {summary['fp32']:.3f}  int8 {summary['int8']:.3f}  top-1 agreement {agree / total:.3f}")
+    return {"run": str(run_dir.name), "date": time.strftime("%Y-%m-%d"), "folds": rows, "mean_ua": summary,
+            "top1_agreement": agree / total, "protocol": "LOSO, 12 speakers of uem-es, same fold models"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data" / "uem-es")
@@ -352,6 +396,11 @@ def main() -> int:
             outcome = run_ds(method, recipe, args.work / "runs", args.corpus, args.threads)
         elif method == "adaptation":
             write_json(args.out / "accuracy_adaptation.json", run_adaptation(args.work, args.corpus))
+            continue
+        elif method == "int8":
+            run_dir = next(d for d in (args.work / "runs" / "default", args.work / "runs" / "default_12ep")
+                           if (d / "report.json").exists())
+            write_json(args.out / "accuracy_int8.json", run_int8(run_dir, args.corpus, args.work))
             continue
         elif method == "loco":
             loco = run_loco(args.work, args.corpus.parent, args.threads)
