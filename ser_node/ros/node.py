@@ -173,11 +173,12 @@ class SerNode(LifecycleNode):
 
     def _segmenter_config(self, overrides: dict[str, Any] | None = None) -> SegmenterConfig:
         get = (lambda n: (overrides or {}).get(n, self.p(n)))
+        gate = get("min_snr_db")
         return SegmenterConfig(threshold=get("vad_threshold"), negative_threshold=get("vad_negative_threshold"),
                                min_speech_s=get("min_speech_s"), min_silence_s=get("min_silence_s"),
                                pre_roll_s=get("pre_roll_s"), post_roll_s=get("post_roll_s"),
                                max_utterance_s=get("max_utterance_s"),
-                               min_snr_db=None if get("min_snr_db") <= SNR_GATE_OFF else get("min_snr_db"))
+                               min_snr_db=None if gate <= SNR_GATE_OFF else gate)
 
     def _apply_live(self, values: dict[str, Any]) -> None:
         """Segmenter thresholds are read frame by frame, so replacing the config object is safe."""
