@@ -64,6 +64,8 @@ if ! fresh python "$key"; then
   "${pip[@]}" -r requirements/runtime.txt -r requirements/train.txt -r requirements/test.txt
   # silero-vad declares torch as a requirement, but the node only runs the ONNX model inside its wheel.
   "${pip[@]}" --no-deps -r requirements/vad.txt
+  # resemblyzer: only the GE2E encoder weights inside its wheel are used (training, export, tests).
+  "${pip[@]}" --no-deps -r requirements/encoder.txt
   mark python "$key"
 fi
 

@@ -2,7 +2,8 @@
 
 Acted-speech corpora show it clearly: much of what separates emotions is how a clip differs from the same person's
 other clips, not its absolute pitch or timbre. The adapter keeps a running mean of a per-utterance vector (the
-model's log-probabilities in the node; openSMILE functionals for the baseline) and subtracts it from each new one.
+voice encoder's pooled features in the node with the default model, or a DeepSpectrum model's
+log-probabilities; openSMILE functionals for the baseline) and subtracts it from each new one.
 Nothing is used before it has been heard (causal), nothing changes until `warmup` utterances are in, and the
 estimate is shrunk toward zero while it rests on few utterances, so a new speaker is never judged on noise.
 """
@@ -42,11 +43,15 @@ class SpeakerAdapter:
         n = len(self._past)
         return np.mean(self._past, axis=0) * (n / (n + self.shrinkage))
 
+    def remember(self, vector: np.ndarray) -> None:
+        """Adds an utterance's vector to the history (after it was judged: each one is judged only on its past)."""
+        self._past.append(np.asarray(vector, dtype=np.float64))
+
     def __call__(self, vector: np.ndarray) -> np.ndarray:
-        """The adapted vector, then remembers the raw one (so each utterance is judged only on its past)."""
+        """The adapted vector, then remembers the raw one."""
         vector = np.asarray(vector, dtype=np.float64)
         offset = self.offset()
-        self._past.append(vector)
+        self.remember(vector)
         return vector if offset is None else vector - offset
 
 

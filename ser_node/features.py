@@ -116,6 +116,12 @@ def mel_power_spectrogram(audio: np.ndarray, config: FeatureConfig) -> np.ndarra
         peak = float(np.abs(audio).max())
     if peak > 1.0:  # the image is relative to its own maximum, so gain changes nothing; huge values would overflow
         audio = audio / np.float32(peak)
+    return stft_mel_power(audio, config)
+
+
+def stft_mel_power(audio: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """The plain transform (librosa.feature.melspectrogram's defaults: centred frames, zero padding, periodic
+    Hann, Slaney mel, power 2) with no clean-up of the input: the voice encoder's front end needs it unchanged."""
     pad = config.n_fft // 2
     padded = np.pad(audio, (pad, pad))
     if padded.size < config.n_fft:
@@ -212,5 +218,6 @@ __all__ = [
     "mel_filterbank",
     "mel_power_spectrogram",
     "power_to_unit",
+    "stft_mel_power",
     "viridis_lut",
 ]

@@ -1,0 +1,133 @@
+"""The pretrained GE2E voice encoder in torch (training and export side), and the emotion model built on it.
+
+GE2E (Wan et al. 2018) is a 3-layer LSTM (40 -> 256) trained to tell thousands of speakers apart; the weights ship
+inside the `resemblyzer` wheel (see voice_frontend.py). Its speaker embedding carries little emotion, but its
+hidden states do: a voice's tension, pitch movement and energy pass through them on the way to "who is it".
+The emotion features are each layer's hidden states pooled over the utterance (mean and standard deviation per
+unit): 3 layers x 512 values. Layer 1 sits closest to the spectrum, layer 3 closest to speaker identity; which
+layers are kept is a setting (`layers`), chosen on LOSO accuracy (see bench/voice.py).
+
+`VoiceEmotionModel` is what the node runs, exported as one ONNX graph: mel frames in; emotion probabilities, the
+pooled features (standardised) and the speaker embedding out. Speaker normalisation happens in the feature space:
+the node passes the running mean of the current voice's earlier features as `speaker_offset` (zeros when it knows
+nothing yet), so the graph stays stateless and the state lives where the voice is tracked.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .voice_frontend import encoder_weights_path
+
+HIDDEN = 256
+LAYERS = 3
+MEL_BANDS = 40
+
+
+class GE2EEncoder(nn.Module):
+    """The wheel's VoiceEncoder with each LSTM layer separate, so every layer's hidden states can be read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.LSTM(MEL_BANDS if i == 0 else HIDDEN, HIDDEN, batch_first=True)
+                                    for i in range(LAYERS))
+        self.linear = nn.Linear(HIDDEN, HIDDEN)
+
+    @classmethod
+    def pretrained(cls, path: str | Path | None = None) -> "GE2EEncoder":
+        """The wheel's weights (hash-checked unless an explicit path is given), frozen, in eval mode."""
+        path = Path(path) if path is not None else encoder_weights_path()
+        state = torch.load(path, map_location="cpu", weights_only=True)["model_state"]
+        encoder = cls()
+        renamed = {}
+        for key, value in state.items():
+            if key.startswith("lstm."):  # lstm.weight_ih_l2 -> layers.2.weight_ih_l0
+                name, layer = key[len("lstm."):].rsplit("_l", 1)
+                renamed[f"layers.{layer}.{name}_l0"] = value
+            elif key.startswith("linear."):
+                renamed[key] = value
+        encoder.load_state_dict(renamed, strict=True)
+        encoder.eval()
+        for parameter in encoder.parameters():
+            parameter.requires_grad_(False)
+        return encoder
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """Hidden-state sequences (batch, time, 256) of each layer, for mel frames (batch, time, 40)."""
+        states, x = [], frames
+        for layer in self.layers:
+            x, _ = layer(x)
+            states.append(x)
+        return states
+
+    def speaker_embedding(self, last_states: torch.Tensor) -> torch.Tensor:
+        """The wheel's embedding of one window: ReLU(linear(last hidden state of layer 3)), L2-normalised."""
+        raw = torch.relu(self.linear(last_states[:, -1]))
+        return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def pool(states: Sequence[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
+    """Mean and standard deviation over time of the chosen layers' states: (batch, len(layers) * 512)."""
+    parts = []
+    for index in layers:
+        x = states[index]
+        mean = x.mean(dim=1)
+        std = ((x - mean[:, None]) ** 2).mean(dim=1).clamp_min(1e-8).sqrt()
+        parts += [mean, std]
+    return torch.cat(parts, dim=1)
+
+
+class VoiceEmotionModel(nn.Module):
+    """Encoder -> pooled layer states -> standardised features -> two linear heads -> softmax.
+
+    `mean`/`scale` standardise the pooled features (fitted on the training clips). The plain head reads the
+    features as they are; the normalised head reads them minus `speaker_offset`, the mean of the same voice's
+    earlier features, and was trained on features centred per training speaker. The node uses the plain head
+    until it has heard enough of a voice (warm-up), the normalised one after."""
+
+    def __init__(self, encoder: GE2EEncoder, layers: Sequence[int], mean: np.ndarray, scale: np.ndarray,
+                 plain: tuple[np.ndarray, np.ndarray], normalised: tuple[np.ndarray, np.ndarray]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.layer_ids = tuple(int(i) for i in layers)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.plain_head, self.normalised_head = (_linear(*plain), _linear(*normalised))
+
+    def forward(self, frames: torch.Tensor, speaker_offset: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(probabilities with the offset removed, probabilities of the plain head, features, speaker embedding)."""
+        states = self.encoder(frames)
+        features = (pool(states, self.layer_ids) - self.mean) / self.scale
+        return (torch.softmax(self.normalised_head(features - speaker_offset), dim=1),
+                torch.softmax(self.plain_head(features), dim=1), features,
+                self.encoder.speaker_embedding(states[-1]))
+
+
+def _linear(weight: np.ndarray, bias: np.ndarray) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+    return layer
+
+
+@torch.no_grad()
+def pooled_features(encoder: GE2EEncoder, frames: Sequence[np.ndarray], layers: Sequence[int] = (0, 1, 2)
+                    ) -> np.ndarray:
+    """(clips, len(layers) * 512) pooled features, one clip at a time (clips differ in length; padding would
+    change the statistics)."""
+    out = [pool(encoder(torch.from_numpy(f[None])), layers)[0].numpy() for f in frames]
+    return np.stack(out) if out else np.zeros((0, len(layers) * 2 * HIDDEN), np.float32)
+
+
+@torch.no_grad()
+def embed_utterance(encoder: GE2EEncoder, partials: np.ndarray) -> np.ndarray:
+    """The wheel's utterance embedding from its partial windows (see voice_frontend.partial_frames)."""
+    embeddings = encoder.speaker_embedding(encoder(torch.from_numpy(partials))[-1]).numpy()
+    mean = embeddings.mean(axis=0)
+    return mean / np.linalg.norm(mean)

@@ -1,0 +1,288 @@
+"""`ser_train_voice`: the default model's recipe. Linear heads on the frozen GE2E encoder's pooled features,
+speaker-normalised, trained on the target corpus plus the other corpora, exported as one ONNX graph.
+
+Why linear heads on frozen features: with 12 target speakers, every trainable parameter beyond a linear map
+overfits the speakers (measured: see bench/voice.py and the model card); the encoder was trained on thousands of
+voices, and its pooled states are the part that generalises. The features are cached per clip
+(voice_features.py), so a head trains in seconds and a 12-fold LOSO in about a minute.
+
+Speaker normalisation: the normalised head is trained on features centred per training speaker (all their clips);
+at run time each utterance is centred by the mean of the same voice's earlier utterances (SpeakerAdapter). Until
+`warmup` utterances of a voice are in, the plain head answers.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+
+from .adaptation import SpeakerAdapter
+from .corpora import load_corpus_entry
+from .labels import EMOTIONS
+from .settings import check_known_fields
+from .voice_features import ALL_LAYERS, clip_features, layer_columns
+from .voice_frontend import ENCODER_PACKAGE, ENCODER_SHA256, ENCODER_VERSION, MEL_CONFIG
+
+MODEL_KIND = "ge2e_heads"
+
+
+@dataclass
+class VoiceRecipe:
+    """Every setting of the default model's recipe (config/train_voice.yaml)."""
+
+    # corpus entries as in ser_train's `corpora:` (name, kind, path, label_map); the first is the target corpus
+    corpora: list[dict] = field(default_factory=lambda: [
+        {"name": "uem-es", "kind": "emomatch", "path": "../shared/data/uem-es"}])
+    layers: list[int] = field(default_factory=lambda: list(ALL_LAYERS))  # GE2E layers pooled (0 = nearest input)
+    c: float = 1e-2  # inverse L2 strength of both logistic-regression heads
+    target_weight: float = 3.0  # sample weight of target-corpus clips against the other corpora's
+    warmup: int = 5  # utterances of a voice before the normalised head answers
+    history: int = 50  # utterances the running mean rests on (the node's SpeakerAdapter)
+    shrinkage: float = 0.0  # offset shrunk by n / (n + shrinkage) while it rests on few utterances
+    cache_dir: str = "~/.cache/ser_node"
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> "VoiceRecipe":
+        check_known_fields(cls, values, "voice recipe")
+        return cls(**values)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def adapter(self) -> SpeakerAdapter:
+        return SpeakerAdapter(warmup=self.warmup, history=self.history, shrinkage=self.shrinkage)
+
+
+@dataclass
+class VoiceData:
+    """Cached features of every clip of the recipe's corpora, with labels and namespaced speakers."""
+
+    features: np.ndarray  # (n, 1536): all layers; select with layer_columns
+    speaker_embeddings: np.ndarray  # (n, 256)
+    labels: np.ndarray
+    speakers: np.ndarray  # corpus/speaker
+    corpora: np.ndarray
+    paths: list[str]
+    target: str
+
+    def subset(self, mask: np.ndarray) -> "VoiceData":
+        return VoiceData(self.features[mask], self.speaker_embeddings[mask], self.labels[mask], self.speakers[mask],
+                         self.corpora[mask], [p for p, m in zip(self.paths, mask) if m], self.target)
+
+
+def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: bool = True) -> VoiceData:
+    """Loads the corpora (paths relative to `base`) and their cached features (computed where missing)."""
+    features, embeddings, labels, speakers, corpora, paths = [], [], [], [], [], []
+    for spec in recipe.corpora:
+        spec = dict(spec)
+        if base is not None and not Path(spec["path"]).is_absolute():
+            spec["path"] = str((base / spec["path"]).resolve())
+        entry = load_corpus_entry(spec)
+        clips = entry.corpus.clips
+        x, e = clip_features([c.path for c in clips], Path(recipe.cache_dir).expanduser() / "voice",
+                             progress=progress)
+        features.append(x)
+        embeddings.append(e)
+        labels += [c.label for c in clips]
+        speakers += [c.speaker for c in clips]
+        corpora += [entry.name] * len(clips)
+        paths += [str(c.path) for c in clips]
+    return VoiceData(np.concatenate(features), np.concatenate(embeddings), np.array(labels), np.array(speakers),
+                     np.array(corpora), paths, target=str(corpora[0]))
+
+
+def centre_by_speaker(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """Each row minus the mean of its speaker's rows."""
+    out = np.array(x, dtype=np.float64, copy=True)
+    for speaker in np.unique(speakers):
+        rows = speakers == speaker
+        out[rows] -= out[rows].mean(axis=0)
+    return out
+
+
+@dataclass
+class VoiceHeads:
+    """Standardisation and the two heads, as the exported graph computes them (numpy, for evaluation)."""
+
+    layers: list[int]
+    mean: np.ndarray
+    scale: np.ndarray
+    plain: tuple[np.ndarray, np.ndarray]  # (weight (7, d), bias (7,)) on standardised features
+    normalised: tuple[np.ndarray, np.ndarray]  # on standardised features minus the voice's offset
+
+    def standardise(self, pooled_all_layers: np.ndarray) -> np.ndarray:
+        return (pooled_all_layers[:, layer_columns(self.layers)] - self.mean) / self.scale
+
+    @staticmethod
+    def _softmax(logits: np.ndarray) -> np.ndarray:
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    def plain_probabilities(self, z: np.ndarray) -> np.ndarray:
+        weight, bias = self.plain
+        return self._softmax(z @ weight.T + bias)
+
+    def normalised_probabilities(self, z: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        weight, bias = self.normalised
+        return self._softmax((z - offsets) @ weight.T + bias)
+
+
+def _logistic_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced multinomial logistic regression on x standardised by its own spread, folded back so the
+    head reads x directly (the graph standardises once, for both heads)."""
+    from sklearn.linear_model import LogisticRegression
+
+    scale = x.std(axis=0) + 1e-6
+    centre = x.mean(axis=0)
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
+    model.fit((x - centre) / scale, y, sample_weight=weights)
+    if list(model.classes_) != list(EMOTIONS):
+        raise ValueError(f"the training clips cover {list(model.classes_)}; the heads need all of {EMOTIONS}")
+    weight = model.coef_ / scale
+    return weight.astype(np.float32), (model.intercept_ - weight @ centre).astype(np.float32)
+
+
+def fit_heads(data: VoiceData, recipe: VoiceRecipe) -> VoiceHeads:
+    """Both heads on every clip of `data` (target clips weighted by target_weight)."""
+    pooled = data.features[:, layer_columns(recipe.layers)].astype(np.float64)
+    mean, scale = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
+    z = (pooled - mean) / scale
+    weights = np.where(data.corpora == data.target, recipe.target_weight, 1.0)
+    plain = _logistic_head(z, data.labels, weights, recipe.c)
+    normalised = _logistic_head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.c)
+    return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised)
+
+
+def causal_offsets(z: np.ndarray, recipe: VoiceRecipe) -> tuple[np.ndarray, np.ndarray]:
+    """For one voice's features in the order heard: the offset each was judged with and whether the normalised
+    head answered (exactly what the node's SpeakerAdapter does)."""
+    adapter = recipe.adapter()
+    offsets, active = np.zeros_like(z), np.zeros(len(z), dtype=bool)
+    for i, vector in enumerate(z):
+        offset = adapter.offset()
+        if offset is not None:
+            offsets[i], active[i] = offset, True
+        adapter.remember(vector)
+    return offsets, active
+
+
+def predict_in_order(heads: VoiceHeads, z: np.ndarray, recipe: VoiceRecipe, normalise: bool) -> np.ndarray:
+    """Probabilities of one voice's clips heard in the given order, as the node would publish them."""
+    plain = heads.plain_probabilities(z)
+    if not normalise:
+        return plain
+    offsets, active = causal_offsets(z, recipe)
+    return np.where(active[:, None], heads.normalised_probabilities(z, offsets), plain)
+
+
+def speaker_orders(n: int, speaker: str, count: int = 5) -> list[np.ndarray]:
+    """Random orders of one speaker's clips, seeded by the speaker's name (the same in every run and bench)."""
+    seed = int.from_bytes(speaker.encode()[-4:].rjust(4, b"\0"), "little")
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n) for _ in range(count)]
+
+
+# ------------------------------------------------------------------ export
+
+def build_torch_model(heads: VoiceHeads, weights_path: str | Path | None = None):
+    from .voice_encoder import GE2EEncoder, VoiceEmotionModel
+
+    return VoiceEmotionModel(GE2EEncoder.pretrained(weights_path), heads.layers, heads.mean, heads.scale,
+                             heads.plain, heads.normalised).eval()
+
+
+def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path, training: dict[str, Any],
+                       model_id: str = "ser_default") -> Path:
+    """The node's model file: one ONNX graph (opset 17, dynamic time axis) with ser_node metadata naming the
+    encoder's source (package, version, sha256 of the weights) and the recipe."""
+    import onnx
+    import torch
+
+    from .export import _atomic_save
+    from .model_file import ModelMetadata, write_metadata
+    from .voice_features import FRONTEND_VERSION
+
+    model = build_torch_model(heads)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = torch.from_numpy(np.random.default_rng(0).random((1, 120, MEL_CONFIG.n_mels), dtype=np.float32))
+    offset = torch.zeros((1, len(heads.mean)))
+    tmp = path.with_name(path.name + ".export.onnx")
+    torch.onnx.export(model, (frames, offset), str(tmp), input_names=["frames", "speaker_offset"],
+                      output_names=["probabilities", "probabilities_plain", "features", "speaker_embedding"],
+                      dynamic_axes={"frames": {0: "batch", 1: "time"}, "speaker_offset": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    graph = onnx.load(str(tmp))
+    tmp.unlink()
+    metadata = ModelMetadata(
+        model_id=model_id, classes=list(EMOTIONS), features=MEL_CONFIG, variant=MODEL_KIND, version="0.2.0",
+        model={"kind": MODEL_KIND, "layers": list(heads.layers), "frontend_version": FRONTEND_VERSION,
+               "feature_size": int(len(heads.mean)),
+               "encoder": {"name": "GE2E speaker encoder", "package": ENCODER_PACKAGE, "version": ENCODER_VERSION,
+                           "file": "resemblyzer/pretrained.pt", "sha256": ENCODER_SHA256, "license": "Apache-2.0"},
+               "normalisation": {"warmup": recipe.warmup, "history": recipe.history,
+                                 "shrinkage": recipe.shrinkage}},
+        training=training)
+    write_metadata(graph, metadata)
+    _atomic_save(graph, path)
+    return path
+
+
+def train_and_export(recipe: VoiceRecipe, out: Path, base: Path | None = None) -> dict[str, Any]:
+    """Fits the heads on every clip of the recipe's corpora and writes out/model.onnx, heads.npz and report.json."""
+    began = time.perf_counter()
+    data = load_voice_data(recipe, base)
+    heads = fit_heads(data, recipe)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "heads.npz", mean=heads.mean, scale=heads.scale, plain_w=heads.plain[0], plain_b=heads.plain[1],
+             norm_w=heads.normalised[0], norm_b=heads.normalised[1], layers=np.array(heads.layers))
+    counts = {str(c): int((data.corpora == c).sum()) for c in np.unique(data.corpora)}
+    training = {"recipe": recipe.to_mapping(), "clips": counts, "speakers": int(len(np.unique(data.speakers))),
+                "date": time.strftime("%Y-%m-%d"), "protocol": "all speakers (the shipped model)",
+                "accuracy": "see models/MODEL_CARD.md and bench/results/voice.md (LOSO)"}
+    export_voice_model(heads, recipe, out / "model.onnx", training)
+    report = {**training, "train_seconds": time.perf_counter() - began, "model": str(out / "model.onnx")}
+    (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_mapping(), sort_keys=True))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ser_train_voice",
+        description="Train the default model (linear heads on the pretrained GE2E voice encoder, speaker-"
+                    "normalised) on every clip of the recipe's corpora and export it as an ONNX model file. "
+                    "LOSO figures come from bench/voice.py.")
+    parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: config/train_voice.yaml's "
+                                                                  "settings)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for model.onnx, heads.npz, report.json")
+    parser.add_argument("--copy-to", type=Path, default=None, help="also copy model.onnx here "
+                                                                   "(e.g. models/ser_default.onnx)")
+    args = parser.parse_args(argv)
+    values = yaml.safe_load(args.config.read_text()) if args.config else {}
+    try:
+        recipe = VoiceRecipe.from_mapping(values or {})
+    except (TypeError, ValueError) as error:
+        print(f"ser_train_voice: {error}", file=sys.stderr)
+        return 2
+    base = args.config.resolve().parent.parent if args.config else Path.cwd()
+    report = train_and_export(recipe, args.out, base)
+    print(json.dumps({k: report[k] for k in ("clips", "speakers", "train_seconds", "model")}, indent=1))
+    if args.copy_to:
+        import shutil
+
+        shutil.copyfile(args.out / "model.onnx", args.copy_to)
+        print(f"copied to {args.copy_to}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
