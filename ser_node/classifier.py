@@ -1,15 +1,36 @@
-"""Runtime emotion classifier: an exported ONNX model in ONNX Runtime, numpy only (no torch on the robot)."""
+"""Runtime emotion classifier: an exported ONNX model in ONNX Runtime, numpy only (no torch on the robot).
+
+Two kinds of model file: DeepSpectrum networks (input `image`: a viridis mel image per utterance) and the voice
+encoder model (input `frames`: GE2E mel frames, plus `speaker_offset` for speaker normalisation in feature space;
+outputs the pooled features and a speaker embedding beside the probabilities). `prepare` and `infer` hide the
+difference from the node; `predict` gives unnormalised probabilities for either.
+"""
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .features import FeatureExtractor
 from .model_file import INPUT_NAME, OUTPUT_NAME, ModelFileError, ModelMetadata, metadata_of_session
+from .voice_frontend import encoder_input
+
+VOICE_INPUTS = ("frames", "speaker_offset")
+VOICE_OUTPUTS = ("probabilities", "probabilities_plain", "features", "speaker_embedding")
+
+
+@dataclass
+class Inference:
+    """One utterance's result: the probabilities to publish, and for voice models the pooled features (what
+    speaker normalisation averages) and the speaker embedding (who is talking)."""
+
+    probabilities: np.ndarray
+    features: np.ndarray | None = None
+    speaker_embedding: np.ndarray | None = None
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +91,11 @@ class Classifier:
         except Exception as error:
             raise ModelFileError(f"{self.path}: not a loadable ONNX model ({error})") from error
         self.metadata: ModelMetadata = metadata_of_session(self.session, self.path)
-        self._check_graph()
+        self.is_voice_model = "frames" in {i.name for i in self.session.get_inputs()}
+        if self.is_voice_model:
+            self._check_voice_graph()
+        else:
+            self._check_graph()
         self.features = FeatureExtractor(self.metadata.features)
         self.providers: list[str] = self.session.get_providers()
         self._probe()
@@ -92,6 +117,40 @@ class Classifier:
                                      f"{np.shape(scores)}, expected {expected} (batch, classes)")
             if not np.isfinite(scores).all():
                 raise ModelFileError(f"{self.path}: the model's scores on a probe input are not finite")
+        if self.is_voice_model:  # the normalised path too, with an offset as the node passes it
+            try:
+                result = self.infer(self.prepare([short]), [np.zeros(self.feature_size, np.float32)])[0]
+            except Exception as error:
+                raise ModelFileError(f"{self.path}: normalised inference on a probe input failed ({error})") from error
+            if result.features is None or result.features.shape != (self.feature_size,) \
+                    or not np.isfinite(result.probabilities).all():
+                raise ModelFileError(f"{self.path}: the model's normalised outputs on a probe input are unusable")
+
+    def _check_voice_graph(self) -> None:
+        from .voice_features import FRONTEND_VERSION
+
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if set(VOICE_INPUTS) - set(inputs) or set(VOICE_OUTPUTS) - outputs:
+            raise ModelFileError(f"{self.path}: a voice model needs inputs {list(VOICE_INPUTS)} and outputs "
+                                 f"{list(VOICE_OUTPUTS)}; has {sorted(inputs)} and {sorted(outputs)}")
+        frames = inputs["frames"].shape
+        if len(frames) != 3 or frames[2] != self.metadata.features.n_mels:
+            raise ModelFileError(f"{self.path}: input 'frames' has shape {frames}, expected (N, T, "
+                                 f"{self.metadata.features.n_mels}) from its metadata")
+        version = self.metadata.model.get("frontend_version")
+        if version != FRONTEND_VERSION:
+            raise ModelFileError(f"{self.path}: built for voice front end version {version}, this ser_node has "
+                                 f"{FRONTEND_VERSION}: re-export it with this version's ser_train_voice")
+        size = inputs["speaker_offset"].shape[-1]
+        if not isinstance(size, int) or size != self.metadata.model.get("feature_size"):
+            raise ModelFileError(f"{self.path}: speaker_offset width {size} does not match feature_size "
+                                 f"{self.metadata.model.get('feature_size')} in its metadata")
+
+    @property
+    def feature_size(self) -> int:
+        """Width of the per-utterance feature vector that speaker normalisation averages (voice models)."""
+        return int(self.metadata.model.get("feature_size", 0))
 
     def _check_graph(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -130,6 +189,29 @@ class Classifier:
         (probabilities,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, np.float32)})
         return probabilities
 
+    def prepare(self, waveforms: Sequence[np.ndarray]) -> Any:
+        """The model's input for N waveforms (the numpy feature stage, timed apart from inference in the node)."""
+        if self.is_voice_model:
+            return [encoder_input(w) for w in waveforms]
+        return self.features.batch(waveforms)
+
+    def infer(self, prepared: Any, offsets: Sequence[np.ndarray | None] | None = None) -> list[Inference]:
+        """Results for prepared inputs. Voice models: an utterance with an offset is judged by the normalised head
+        on its features minus the offset, one without by the plain head. DeepSpectrum models ignore offsets."""
+        if not self.is_voice_model:
+            return [Inference(row) for row in self.predict_images(prepared)]
+        results = []
+        for i, frames in enumerate(prepared):  # one at a time: utterances differ in length
+            offset = None if offsets is None else offsets[i]
+            feed = {"frames": np.ascontiguousarray(frames[None], np.float32),
+                    "speaker_offset": (np.zeros((1, self.feature_size), np.float32) if offset is None
+                                       else np.asarray(offset, np.float32).reshape(1, -1))}
+            normalised, plain, features, speaker = self.session.run(list(VOICE_OUTPUTS), feed)
+            results.append(Inference(plain[0] if offset is None else normalised[0], features[0], speaker[0]))
+        return results
+
     def predict(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-        """Probabilities (N, classes) for N mono float waveforms at the model's sample rate."""
-        return self.predict_images(self.features.batch(waveforms))
+        """Probabilities (N, classes) for N mono float waveforms at the model's sample rate (no normalisation)."""
+        if not waveforms:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return np.stack([r.probabilities for r in self.infer(self.prepare(waveforms))])

@@ -71,3 +71,28 @@ def exported_models(trained_run, real_waveforms, tmp_path_factory: pytest.TempPa
     out = tmp_path_factory.mktemp("models")
     paths = export_run(run_dir, out / "tiny.onnx", int8=True, model_id="test-tiny-ds-am", calibration_clips=40)
     return paths
+
+
+@pytest.fixture(scope="session")
+def voice_model(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A voice-encoder model (the default recipe's kind) fitted on 4 real speakers, 3 clips per emotion each, and
+    exported to ONNX; about 15 s. Returns the model path, its heads, recipe and the feature cache folder."""
+    pytest.importorskip("torch", reason="exporting needs the train extra (torch)")
+    from ser_node.voice_training import VoiceRecipe, export_voice_model, fit_heads, load_voice_data
+
+    pytest.importorskip("resemblyzer", reason="the encoder's weights come from the resemblyzer wheel "
+                                              "(pip install --no-deps resemblyzer==0.1.4)")
+    out = tmp_path_factory.mktemp("voice")
+    manifest = out / "manifest.csv"
+    rows = ["path,label,speaker"]
+    names = {"anger": "Ira", "disgust": "Asco", "fear": "Miedo", "joy": "Alegria", "neutral": "Neutro",
+             "sadness": "Tristeza", "surprise": "Sorpresa"}
+    for speaker in ("s00", "s01", "s02", "s03"):
+        for label, name in names.items():
+            rows += [f"{corpus_dir / speaker / f'{name}_0{k}.flac'},{label},{speaker}" for k in (1, 2, 3)]
+    manifest.write_text("\n".join(rows) + "\n")
+    recipe = VoiceRecipe(corpora=[{"name": "uem-es", "kind": "manifest", "path": str(manifest)}],
+                         cache_dir=str(out / "cache"), warmup=2)
+    heads = fit_heads(load_voice_data(recipe, progress=False), recipe)
+    path = export_voice_model(heads, recipe, out / "voice.onnx", {"protocol": "test"}, model_id="test-voice")
+    return {"path": path, "heads": heads, "recipe": recipe, "cache": out / "cache"}

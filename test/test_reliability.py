@@ -290,7 +290,7 @@ def test_speaker_adaptation_in_the_node_is_what_the_benchmark_measures(exported_
     messages = typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0)
     params = {"model_path": str(exported_models["fp32"]), "reliability": "reliable", "vad_backend": "webrtc",
               "max_batch": 1}
-    plain = Harness(params)
+    plain = Harness({**params, "speaker_adaptation": False})
     try:
         plain.publish(messages, speed=8.0)
         raw = [np.array([r.score for r in m.results]) for m in plain.wait_for("classification", len(bounds))]

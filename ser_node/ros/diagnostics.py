@@ -38,6 +38,8 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
     if node.p("speaker_adaptation"):
         values["adaptation_utterances"] = str(node._adapter.count)
         values["adaptation_active"] = str(node._adapter.active)
+        if classifier is not None:
+            values["adaptation_space"] = "features" if classifier.is_voice_model else "log-probabilities"
     if node._active:  # watchdog: the worker must be alive, and busy whenever work is queued
         worker = node._worker
         silent_s = time.monotonic() - node._worker_beat

@@ -204,6 +204,8 @@ class SerNode(LifecycleNode):
         new = self._load_classifier(path)
         with self._lock:
             self.classifier = new
+        with self._adapter_lock:  # what the adapter averaged belongs to the old model's feature space
+            self._adapter = self._new_adapter()
         self.model_error = ""
         self._ensure_worker()
 
@@ -427,43 +429,82 @@ class SerNode(LifecycleNode):
             if classifier is None:
                 continue
             woke = time.monotonic()
+            if classifier.is_voice_model:
+                for item in batch:  # in order: each utterance's normalisation rests on the ones before it
+                    self._classify([item], classifier, woke)
+                    woke = time.monotonic()
+            else:
+                self._classify(batch, classifier, woke)
+
+    def _classify(self, batch: list[Pending], classifier: Classifier, woke: float) -> None:
+        """Features, inference, messages and publishing for a batch; every error is counted, none escapes."""
+        try:
+            prepared = classifier.prepare([item.utterance.audio for item in batch])
+            featured = time.monotonic()
+            offsets = [self._offset(item) for item in batch] if classifier.is_voice_model else None
+            results = classifier.infer(prepared, offsets)
+        except Exception as error:  # a broken model must not kill the worker: report and go on
+            self._count_error("inference_errors", error, len(batch))
+            return
+        done = time.monotonic()
+        for item, result in zip(batch, results):
             try:
-                images = classifier.features.batch([item.utterance.audio for item in batch])
-                featured = time.monotonic()
-                probabilities = classifier.predict_images(images)
-            except Exception as error:  # a broken model must not kill the worker: report and go on
-                self._count_error("inference_errors", error, len(batch))
+                if result.features is not None:
+                    probabilities = result.probabilities
+                    self._remember(result.features)
+                else:
+                    probabilities = self._adapt(item, result.probabilities)
+                messages = self._result_messages(item, probabilities, classifier.classes)
+                built = time.monotonic()
+                self._send(messages)
+            except Exception as error:  # scores it cannot interpret, a publisher torn down, ...
+                self._count_error("result_errors", error, 1)
                 continue
-            done = time.monotonic()
-            for item, row in zip(batch, probabilities):
-                try:
-                    messages = self._result_messages(item, self._adapt(item, row), classifier.classes)
-                    built = time.monotonic()
-                    self._send(messages)
-                except Exception as error:  # scores it cannot interpret, a publisher torn down, ...
-                    self._count_error("result_errors", error, 1)
-                    continue
-                self.stages.add([item.taken_at, item.queued_at, woke, featured, done, built, time.monotonic()])
-                self.latency.add(done - item.queued_at, item.utterance.duration)
-                self.counts["utterances_classified"] += 1
+            self.stages.add([item.taken_at, item.queued_at, woke, featured, done, built, time.monotonic()])
+            self.latency.add(done - item.queued_at, item.utterance.duration)
+            self.counts["utterances_classified"] += 1
+
+    def _current_adapter(self, item: Pending) -> SpeakerAdapter:
+        """The current speaker's adapter (call with _adapter_lock held): a fresh one after `adaptation_reset_s`
+        without an utterance (a new speaker is likely), or when its settings changed."""
+        warmup = int(self.p("adaptation_warmup"))
+        gap = item.utterance.start - self._last_utterance_end
+        if self._adapter.warmup != warmup or gap > float(self.p("adaptation_reset_s")) or gap < -1.0:
+            self._adapter = self._new_adapter()
+        self._last_utterance_end = item.utterance.end
+        return self._adapter
+
+    def _new_adapter(self) -> SpeakerAdapter:
+        """Warm-up from the parameter; history and shrinkage from a voice model's metadata (what its LOSO figures
+        were measured with), the log-probability adapter's own defaults otherwise."""
+        normalisation = self.classifier.metadata.model.get("normalisation", {}) if self.classifier else {}
+        return SpeakerAdapter(warmup=int(self.p("adaptation_warmup")),
+                              **{k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation})
+
+    def _offset(self, item: Pending) -> np.ndarray | None:
+        """Voice models: the offset this utterance is judged with (None: plain head, during warm-up or off)."""
+        if not self.p("speaker_adaptation"):
+            return None
+        with self._adapter_lock:
+            return self._current_adapter(item).offset()
+
+    def _remember(self, features: np.ndarray) -> None:
+        if self.p("speaker_adaptation"):
+            with self._adapter_lock:
+                self._adapter.remember(features)
 
     def _adapt(self, item: Pending, probabilities: np.ndarray) -> np.ndarray:
-        """Speaker adaptation (off by default): the same SpeakerAdapter the accuracy benchmark measured, reset
-        after `adaptation_reset_s` without an utterance (a new speaker is likely) or by ~/reset_adaptation."""
+        """DeepSpectrum models: the same SpeakerAdapter over log-probabilities that bench/accuracy.py
+        --methods adaptation measured."""
         if not self.p("speaker_adaptation"):
             return probabilities
         with self._adapter_lock:
-            warmup = int(self.p("adaptation_warmup"))
-            gap = item.utterance.start - self._last_utterance_end
-            if self._adapter.warmup != warmup or gap > float(self.p("adaptation_reset_s")) or gap < -1.0:
-                self._adapter = SpeakerAdapter(warmup=warmup)
-            self._last_utterance_end = item.utterance.end
-            return adapt_log_probabilities(self._adapter, probabilities)
+            return adapt_log_probabilities(self._current_adapter(item), probabilities)
 
     def _reset_adaptation(self, _request: Any, response: Any) -> Any:
         with self._adapter_lock:
             heard = self._adapter.count
-            self._adapter = SpeakerAdapter(warmup=int(self.p("adaptation_warmup")))
+            self._adapter = self._new_adapter()
         response.success, response.message = True, f"forgot {heard} utterance(s) of the previous speaker"
         return response
 

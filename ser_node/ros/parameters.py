@@ -79,9 +79,13 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "stage_timing": (False, describe("report per-stage times (intake, wake, features, inference, build, publish; "
                                      "p50/p95 ms over the last 500 utterances) in diagnostics"), True),
     "diagnostics_period_s": (1.0, describe("period of /diagnostics", low=0.1, high=60.0), False),
-    "speaker_adaptation": (False, describe("adapt to the current speaker: subtract the running mean of the earlier "
-                                           "utterances' log-probabilities (ser_node/adaptation.py, as measured in "
-                                           "bench/accuracy.py --methods adaptation)"), True),
+    "speaker_adaptation": (True, describe("speaker normalisation: judge each utterance against the current "
+                                          "speaker's earlier ones. Voice-encoder models (the default): their "
+                                          "features minus the running mean of the speaker's earlier features, "
+                                          "read by the head trained that way (+0.13 UA in LOSO, model card); "
+                                          "DeepSpectrum models: the running mean of log-probabilities removed. "
+                                          "Until adaptation_warmup utterances are in, results are unnormalised"),
+                           True),
     "adaptation_warmup": (5, describe("utterances heard before adaptation starts (until then: unadapted)", low=1,
                                       high=100, integer=True), True),
     "adaptation_reset_s": (30.0, describe("no utterance for this long: assume a new speaker, forget the estimate "

@@ -1,0 +1,495 @@
+"""The default model's accuracy: the GE2E voice-encoder recipe against openSMILE ComParE + SVM and DS-AM, all on the
+same 12 leave-one-speaker-out folds of uem-es, in one run; plus skewed speaker histories, LOCO and robustness.
+
+Parts (--parts, default all):
+  loso        one table: ComParE + SVM, encoder features (uem-es only), the shipped recipe (uem-es + emovo + emodb +
+              ased), with acoustic augmentation, DS-AM (12-epoch LOSO fold models of bench/robustness.py, rows
+              left out until that run is complete) and DS-AM x encoder late fusion, each plain and speaker-normalised;
+              mean ± sd over the 12 test speakers, and a paired comparison with ComParE in the same regime (wins of
+              12, Wilcoxon signed-rank p). Normalised: each test speaker's clips in 5 random orders, each clip
+              centred by the mean of that speaker's earlier clips (the node's SpeakerAdapter), the first 5 judged
+              unnormalised.
+  skew        real speakers are mostly neutral: each test clip centred by 20 other clips of its speaker drawn
+              with 1/7 (balanced), 50 % and 70 % neutral; the shipped recipe and ComParE + SVM.
+  loco        leave one corpus out (train on three corpora, test on the fourth on its own labels), plain and
+              normalised, the shipped recipe and ComParE + SVM (C 1e-4, as bench/accuracy.py --methods loco).
+  robustness  room RT60 0.6 s at 2 m and robot noise at 10 dB (ser_node/acoustics.py, the robustness bench's
+              conditions and seeds) against clean: each clip by its own fold's model.
+  report      bench/results/voice.md and voice.png from voice.json.
+
+  .venv/bin/python bench/voice.py                  # everything (~10 min once features are cached)
+  .venv/bin/python bench/voice.py --parts loso,report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from accuracy import all_corpora, fit_svm, opensmile_features  # noqa: E402
+from ser_node.adaptation import SpeakerAdapter, adapt_log_probabilities  # noqa: E402
+from ser_node.labels import EMOTIONS  # noqa: E402
+from ser_node.reports import compute_metrics, format_table, write_json  # noqa: E402
+from ser_node.voice_training import (VoiceData, VoiceHeads, VoiceRecipe, causal_offsets,  # noqa: E402
+                                     centre_by_speaker, fit_heads, load_voice_data, predict_in_order,
+                                     speaker_orders)
+
+DATA = ROOT.parent / "shared" / "data"
+RANKS = ((1, 5), (6, 20), (21, 10_000))
+SKEWS = {"balanced": None, "50 % neutral": 0.5, "70 % neutral": 0.7}
+AUGMENT_COPIES = 2
+
+
+def shipped_recipe() -> VoiceRecipe:
+    import yaml
+
+    values = yaml.safe_load((ROOT / "config" / "train_voice.yaml").read_text())
+    values["corpora"] = [{**c, "path": str((ROOT / c["path"]).resolve())} for c in values["corpora"]]
+    return VoiceRecipe.from_mapping(values)
+
+
+# ------------------------------------------------------------------ records and summaries
+
+class Records:
+    """Predictions per system: (test speaker, rank in its order, truth, predicted)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[tuple[str, int, str, str]]] = {}
+
+    def add(self, system: str, speaker: str, truths, probabilities: np.ndarray) -> None:
+        predicted = [EMOTIONS[i] for i in np.argmax(probabilities, axis=1)]
+        self.rows.setdefault(system, []).extend(
+            (speaker, rank, t, p) for rank, (t, p) in enumerate(zip(truths, predicted), start=1))
+
+    def per_speaker(self, system: str) -> dict[str, float]:
+        rows = self.rows[system]
+        return {s: compute_metrics([r[2] for r in rows if r[0] == s], [r[3] for r in rows if r[0] == s],
+                                   EMOTIONS)["ua"] for s in sorted({r[0] for r in rows})}
+
+    def summary(self, system: str) -> dict:
+        rows = self.rows[system]
+        ua = self.per_speaker(system)
+        by_rank = {}
+        for low, high in RANKS:
+            chosen = [r for r in rows if low <= r[1] <= high]
+            by_rank[f"{low}-{high if high < 10_000 else ''}"] = compute_metrics(
+                [r[2] for r in chosen], [r[3] for r in chosen], EMOTIONS)["ua"]
+        pooled = compute_metrics([r[2] for r in rows], [r[3] for r in rows], EMOTIONS)
+        return {"ua_mean": float(np.mean(list(ua.values()))), "ua_std": float(np.std(list(ua.values()))),
+                "per_speaker": ua, "ua_by_rank": by_rank, "confusion": pooled["confusion"],
+                "recall": {c: pooled["per_class"][c]["recall"] for c in EMOTIONS}}
+
+
+def paired(a: dict[str, float], b: dict[str, float]) -> dict:
+    """a against b over the same speakers: mean difference, wins of a, Wilcoxon signed-rank p (two-sided)."""
+    from scipy.stats import wilcoxon
+
+    speakers = sorted(set(a) & set(b))
+    diff = np.array([a[s] - b[s] for s in speakers])
+    p = float(wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+    return {"difference": float(diff.mean()), "wins": int((diff > 0).sum()), "ties": int((diff == 0).sum()),
+            "speakers": len(speakers), "wilcoxon_p": p}
+
+
+# ------------------------------------------------------------------ systems
+
+def _softmax(margins: np.ndarray) -> np.ndarray:
+    z = np.exp(margins - margins.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+class CompareSystem:
+    """ComParE_2016 functionals + linear SVM (C by speaker-grouped inner CV), plain and trained on speaker-centred
+    features; fitted per test speaker, cached (the fits are the slow part)."""
+
+    def __init__(self, work: Path, x: np.ndarray, y: np.ndarray, speakers: np.ndarray) -> None:
+        self.work, self.x, self.y, self.speakers = work, x, y, speakers
+        self.cache = work / "voice_compare_svm.pkl"
+
+    def models(self) -> dict:
+        import pickle
+
+        models = pickle.loads(self.cache.read_bytes()) if self.cache.exists() else {}
+        for t in sorted(set(self.speakers)):
+            if t in models:
+                continue
+            train = self.speakers != t
+            grid = (1e-5, 1e-4, 1e-3, 1e-2)
+            plain = fit_svm(self.x[train], self.y[train], self.speakers[train], grid, 4).best_estimator_
+            centred = centre_by_speaker(self.x[train], self.speakers[train])
+            normalised = fit_svm(centred, self.y[train], self.speakers[train], grid, 4).best_estimator_
+            models[t] = (plain, normalised, self.x[train].mean(axis=0))
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            self.cache.write_bytes(pickle.dumps(models))
+            print(f"ComParE SVMs for {t} fitted", flush=True)
+        return models
+
+
+def dsam_predictions() -> dict[str, np.ndarray] | None:
+    """Per clip path: DS-AM probabilities from its LOSO fold model (the 12-epoch run of bench/robustness.py, which
+    trains it: ~75 min on one core); None, and the DS-AM rows left out, while that run is incomplete."""
+    from robustness import NETWORK_RUN
+
+    run = ROOT / "bench" / "work" / "runs" / NETWORK_RUN
+    folds = sorted(run.glob("speaker_*/result.json"))
+    if len(folds) < 12:
+        print(f"DS-AM rows left out: {run} has {len(folds)} of 12 finished folds "
+              "(bench/robustness.py --parts offline trains them)", flush=True)
+        return None
+    out = {}
+    for fold in folds:
+        out.update({p["path"]: np.array(p["scores"], dtype=np.float64)
+                    for p in json.loads(fold.read_text())["predictions"]})
+    return out
+
+
+def augmented_features(data: VoiceData, cache: Path) -> list[np.ndarray]:
+    """GE2E features of AUGMENT_COPIES acoustically degraded copies of every target clip (random room, noise,
+    SNR 0-30 dB and gain as ser_node/acoustics.py's training augmentation; rooms the robustness bench never
+    uses; babble from the other corpora's speakers)."""
+    from robustness import babble_pool
+
+    from ser_node.acoustics import AcousticSimulator, AugmentRanges, random_condition, stable_seed
+    from ser_node.voice_features import clip_features
+
+    ranges, simulators, pool = AugmentRanges(probability=1.0), {}, babble_pool()
+    target = data.corpora == data.target
+    paths = [p for p, m in zip(data.paths, target) if m]
+    speakers = data.speakers[target]
+    copies = []
+    for copy in range(AUGMENT_COPIES):
+        def transform(audio: np.ndarray, i: int, copy: int = copy) -> np.ndarray:
+            rng = np.random.default_rng(stable_seed(Path(paths[i]).name, speakers[i], "augment", copy))
+            condition, room = random_condition(ranges, rng)
+            simulator = simulators.setdefault(room, AcousticSimulator(pool, room_seed=1 + room))
+            return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
+        copies.append(clip_features(paths, cache, tag=f"augment{copy}", transform=transform)[0])
+    return copies
+
+
+def with_augmentation(data: VoiceData, copies: list[np.ndarray], train: np.ndarray) -> VoiceData:
+    """The training subset plus the augmented copies of its target clips (same speakers and labels)."""
+    target_train = train & (data.corpora == data.target)
+    extra_rows = np.where(data.corpora == data.target)[0]
+    keep = np.isin(extra_rows, np.where(target_train)[0])
+    parts = [data.subset(train)]
+    for copy in copies:
+        base = data.subset(target_train)
+        base.features = copy[keep]
+        parts.append(base)
+    return VoiceData(np.concatenate([p.features for p in parts]),
+                     np.concatenate([p.speaker_embeddings for p in parts]), np.concatenate([p.labels for p in parts]),
+                     np.concatenate([p.speakers for p in parts]), np.concatenate([p.corpora for p in parts]),
+                     sum((p.paths for p in parts), []), data.target)
+
+
+# ------------------------------------------------------------------ parts
+
+def fold_heads(data: VoiceData, recipe: VoiceRecipe, test_speaker: str, pooled_corpora: bool,
+               copies: list[np.ndarray] | None = None) -> VoiceHeads:
+    train = data.speakers != test_speaker
+    if not pooled_corpora:
+        train &= data.corpora == data.target
+    return fit_heads(with_augmentation(data, copies, train) if copies else data.subset(train), recipe)
+
+
+def run_loso(work: Path) -> dict:
+    recipe = shipped_recipe()
+    data = load_voice_data(recipe)
+    target = data.subset(data.corpora == data.target)
+    clips_x = opensmile_features([_Clip(p) for p in target.paths], "ComParE_2016", work / "cache" / "opensmile")
+    compare = CompareSystem(work, clips_x.astype(np.float64), target.labels, target.speakers).models()
+    dsam = dsam_predictions()
+    copies = augmented_features(data, Path(recipe.cache_dir).expanduser() / "voice")
+    records = Records()
+    began = time.perf_counter()
+    for t in sorted(set(target.speakers)):
+        test = np.where(target.speakers == t)[0]
+        heads = {"encoder, uem-es only": fold_heads(data, recipe, t, False),
+                 "encoder, shipped recipe (+ 3 corpora)": fold_heads(data, recipe, t, True),
+                 "encoder, + 3 corpora + augmentation": fold_heads(data, recipe, t, True, copies)}
+        plain_svm, centred_svm, global_mean = compare[t]
+        for order in speaker_orders(len(test), t):
+            rows = test[order]
+            truth = target.labels[rows]
+            margins = plain_svm.decision_function(clips_x[rows])
+            records.add("ComParE + SVM | plain", t, truth, margins)
+            offsets, active = causal_offsets(clips_x[rows] - global_mean, recipe)
+            normalised = centred_svm.decision_function(clips_x[rows] - global_mean - offsets)
+            records.add("ComParE + SVM | normalised", t, truth, np.where(active[:, None], normalised, margins))
+            for name, h in heads.items():
+                z = h.standardise(target.features[rows])
+                records.add(f"{name} | plain", t, truth, predict_in_order(h, z, recipe, normalise=False))
+                records.add(f"{name} | normalised", t, truth, predict_in_order(h, z, recipe, normalise=True))
+            if dsam:
+                scores = np.stack([dsam[p] for p in np.array(target.paths)[rows]])
+                adapter = SpeakerAdapter()
+                adapted = np.stack([adapt_log_probabilities(adapter, s) for s in scores])
+                records.add("DS-AM (12 epochs) | plain", t, truth, scores)
+                records.add("DS-AM (12 epochs) | normalised", t, truth, adapted)
+                shipped = heads["encoder, shipped recipe (+ 3 corpora)"]
+                z = shipped.standardise(target.features[rows])
+                for mode, normalise, ds in (("plain", False, scores), ("normalised", True, adapted)):
+                    enc = predict_in_order(shipped, z, recipe, normalise)
+                    fused = np.log(np.clip(enc, 1e-7, 1)) + np.log(np.clip(ds, 1e-7, 1))
+                    records.add(f"fusion: shipped recipe x DS-AM | {mode}", t, truth, fused)
+        print(f"LOSO fold {t} done", flush=True)
+    rows = {name: records.summary(name) for name in records.rows}
+    for name, row in rows.items():
+        regime = name.split(" | ")[1]
+        reference = rows[f"ComParE + SVM | {regime}"]["per_speaker"]
+        row["vs_compare"] = paired(row["per_speaker"], reference)
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
+            "protocol": "LOSO over the 12 speakers of uem-es (same folds for every row); normalised: each test "
+                        "speaker's clips in 5 random orders, centred by the mean of that speaker's earlier clips, "
+                        "the first 5 unnormalised; ComParE + SVM with C from (1e-5 .. 1e-2) by 4-fold "
+                        "speaker-grouped inner CV, plain and trained on speaker-centred features",
+            "recipe": recipe.to_mapping(), "rows": rows}
+
+
+class _Clip:
+    """The one attribute opensmile_features reads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+
+def run_skew(work: Path, history: int = 20) -> dict:
+    """Each test clip centred by `history` other clips of its speaker with a given neutral share."""
+    recipe = shipped_recipe()
+    data = load_voice_data(recipe)
+    target = data.subset(data.corpora == data.target)
+    clips_x = opensmile_features([_Clip(p) for p in target.paths], "ComParE_2016",
+                                 work / "cache" / "opensmile").astype(np.float64)
+    compare = CompareSystem(work, clips_x, target.labels, target.speakers).models()
+    records = Records()
+    for t in sorted(set(target.speakers)):
+        test = np.where(target.speakers == t)[0]
+        heads = fold_heads(data, recipe, t, True)
+        z = heads.standardise(target.features[test])
+        plain_svm, centred_svm, global_mean = compare[t]
+        neutral = target.labels[test] == "neutral"
+        truth = target.labels[test]
+        for skew, share in SKEWS.items():
+            rng = np.random.default_rng(int(t[-2:]))
+            picks = []
+            for i in range(len(test)):
+                others = np.delete(np.arange(len(test)), i)
+                if share is None:
+                    picks.append(rng.choice(others, history, replace=False))
+                    continue
+                n_neutral = int(round(share * history))
+                pool_n, pool_o = others[neutral[others]], others[~neutral[others]]
+                picks.append(np.concatenate([rng.choice(pool_n, n_neutral, replace=n_neutral > len(pool_n)),
+                                             rng.choice(pool_o, history - n_neutral, replace=False)]))
+            offsets = np.stack([z[p].mean(axis=0) for p in picks])
+            records.add(f"shipped recipe | {skew}", t, truth, heads.normalised_probabilities(z, offsets))
+            x = clips_x[test] - global_mean
+            svm_offsets = np.stack([x[p].mean(axis=0) for p in picks])
+            records.add(f"ComParE + SVM | {skew}", t, truth, centred_svm.decision_function(x - svm_offsets))
+    return {"date": time.strftime("%Y-%m-%d %H:%M"),
+            "protocol": f"LOSO, uem-es; each test clip centred by {history} other clips of its speaker drawn with the "
+                        "given neutral share (neutral clips drawn with replacement where a speaker has too few)",
+            "rows": {name: records.summary(name) for name in records.rows}}
+
+
+def run_loco(work: Path) -> dict:
+    recipe = shipped_recipe()
+    data = load_voice_data(recipe)
+    x = opensmile_features([_Clip(p) for p in data.paths], "ComParE_2016", work / "cache" / "opensmile")
+    out = {}
+    for held in np.unique(data.corpora):
+        train, test = data.corpora != held, np.where(data.corpora == held)[0]
+        labels = sorted(set(data.labels[test]))
+        allowed = [EMOTIONS.index(label) for label in labels]
+        train_data = data.subset(train)
+        train_data.target = str(recipe.corpora[0]["name"]) if held != recipe.corpora[0]["name"] else "none"
+        heads = fit_heads(train_data, recipe)
+        svm = fit_svm(x[train], data.labels[train], data.speakers[train], (1e-4,), 2).best_estimator_
+        row = {"n_test": len(test), "labels": labels}
+        for system in ("encoder plain", "encoder normalised", "ComParE + SVM plain"):
+            truth, predicted, per_speaker = [], [], []
+            for s in np.unique(data.speakers[test]):
+                rows = test[data.speakers[test] == s]
+                if system.startswith("encoder"):
+                    z = heads.standardise(data.features[rows])
+                    scores = predict_in_order(heads, z, recipe, system.endswith("normalised"))
+                else:
+                    scores = svm.decision_function(x[rows])
+                pick = np.array(allowed)[np.argmax(scores[:, allowed], axis=1)]
+                truth += list(data.labels[rows])
+                predicted += [EMOTIONS[i] for i in pick]
+            row[system] = compute_metrics(truth, predicted, labels)["ua"]
+        out[str(held)] = row
+        print(f"LOCO {held}: {row}", flush=True)
+    return {"date": time.strftime("%Y-%m-%d %H:%M"),
+            "protocol": "leave one corpus out; trained on the other three (the target corpus weight applies to "
+                        "uem-es when it is among them), scored on the held-out corpus's own labels; normalised: each "
+                        "held-out speaker's clips in corpus order, centred by their earlier clips; ComParE + SVM "
+                        "C = 1e-4", "corpora": out}
+
+
+def run_robustness(work: Path) -> dict:
+    from robustness import Condition, Degrader, compare_features
+
+    from ser_node.corpora import load_emomatch
+    from ser_node.voice_features import clip_features
+
+    recipe = shipped_recipe()
+    data = load_voice_data(recipe)
+    target = data.subset(data.corpora == data.target)
+    clips = load_emomatch(DATA / "uem-es").clips
+    assert [str(c.path) for c in clips] == list(target.paths)
+    degrader = Degrader(clips)
+    conditions = {"clean": Condition(), "room RT60 0.6 s at 2 m": Condition(rt60_s=0.6, distance_m=2.0),
+                  "robot noise 10 dB": Condition(noise="robot", snr_db=10.0)}
+    robust_work = work / "robustness"
+    robust_work.mkdir(parents=True, exist_ok=True)
+    features = {}
+    for name, condition in conditions.items():
+        transform: Callable | None = None if name == "clean" else (lambda audio, i, c=condition: degrader(i, c))
+        features[name] = clip_features(target.paths, Path(recipe.cache_dir).expanduser() / "voice",
+                                       tag="clean" if name == "clean" else condition.name.replace(" ", "_"),
+                                       transform=transform)[0]
+    copies = augmented_features(data, Path(recipe.cache_dir).expanduser() / "voice")
+    compare = {name: compare_features(degrader, c, robust_work) for name, c in conditions.items()}
+    svms = CompareSystem(work, opensmile_features([_Clip(p) for p in target.paths], "ComParE_2016",
+                                                  work / "cache" / "opensmile").astype(np.float64),
+                         target.labels, target.speakers).models()
+    records = Records()
+    for t in sorted(set(target.speakers)):
+        test = np.where(target.speakers == t)[0]
+        heads = {"shipped recipe": fold_heads(data, recipe, t, True),
+                 "+ augmentation": fold_heads(data, recipe, t, True, copies)}
+        plain_svm, centred_svm, global_mean = svms[t]
+        for order in speaker_orders(len(test), t)[:1]:
+            rows = test[order]
+            truth = target.labels[rows]
+            for name in conditions:
+                for label, h in heads.items():
+                    z = h.standardise(features[name][rows])
+                    records.add(f"{label} plain | {name}", t, truth, predict_in_order(h, z, recipe, False))
+                    records.add(f"{label} normalised | {name}", t, truth, predict_in_order(h, z, recipe, True))
+                cx = compare[name][rows].astype(np.float64)
+                records.add(f"ComParE + SVM plain | {name}", t, truth, plain_svm.decision_function(cx))
+                offsets, active = causal_offsets(cx - global_mean, recipe)
+                normalised = centred_svm.decision_function(cx - global_mean - offsets)
+                records.add(f"ComParE + SVM normalised | {name}", t, truth,
+                            np.where(active[:, None], normalised, plain_svm.decision_function(cx)))
+    return {"date": time.strftime("%Y-%m-%d %H:%M"),
+            "protocol": "LOSO, uem-es, every clip of the test speaker under the condition (seeds and rooms of "
+                        "bench/robustness.py), each by its own fold's model, trained on clean audio (or with the "
+                        "augmentation copies); one random order per speaker for normalisation",
+            "rows": {name: {k: v for k, v in records.summary(name).items() if k in ("ua_mean", "ua_std")}
+                     for name in records.rows}}
+
+
+# ------------------------------------------------------------------ report
+
+def report(out: Path) -> str:
+    results = json.loads((out / "voice.json").read_text())
+    text = "# The voice-encoder default against ComParE + SVM and DS-AM (uem-es, LOSO)\n\n"
+    loso = results.get("loso")
+    if loso:
+        text += f"`.venv/bin/python bench/voice.py --parts loso` ({loso['date']}, 2 cores). {loso['protocol']}.\n\n"
+        table = []
+        for name, r in loso["rows"].items():
+            system, regime = name.split(" | ")
+            v = r["vs_compare"]
+            table.append({"system": system, "regime": regime, "UA": f"{r['ua_mean']:.3f} ± {r['ua_std']:.3f}",
+                          "vs ComParE (same regime)": (f"{v['difference']:+.3f}, {v['wins']}/{v['speakers']} "
+                                                       f"wins, p = {v['wilcoxon_p']:.3f}")
+                          if not system.startswith("ComParE") else "",
+                          **{f"UA at {k}": f"{x:.3f}" for k, x in r["ua_by_rank"].items()}})
+        text += format_table(table, list(table[0])) + "\n"
+    skew = results.get("skew")
+    if skew:
+        text += f"\n## Skewed speaker histories ({skew['date']})\n\n{skew['protocol']}.\n\n"
+        table = [{"system | history": name, "UA": f"{r['ua_mean']:.3f} ± {r['ua_std']:.3f}"}
+                 for name, r in skew["rows"].items()]
+        text += format_table(table, list(table[0])) + "\n"
+    loco = results.get("loco")
+    if loco:
+        text += f"\n## Leave one corpus out ({loco['date']})\n\n{loco['protocol']}.\n\n"
+        table = [{"held-out corpus": c, "clips": r["n_test"], "labels": len(r["labels"]),
+                  **{k: f"{r[k]:.3f}" for k in ("encoder plain", "encoder normalised", "ComParE + SVM plain")}}
+                 for c, r in loco["corpora"].items()]
+        text += format_table(table, list(table[0])) + "\n"
+    robust = results.get("robustness")
+    if robust:
+        text += f"\n## Rooms and robot noise ({robust['date']})\n\n{robust['protocol']}.\n\n"
+        systems = sorted({n.split(" | ")[0] for n in robust["rows"]}, key=list(robust["rows"]).index)
+        conditions = sorted({n.split(" | ")[1] for n in robust["rows"]}, key=[n.split(" | ")[1]
+                                                                              for n in robust["rows"]].index)
+        table = []
+        for system in systems:
+            clean = robust["rows"][f"{system} | clean"]["ua_mean"]
+            table.append({"system": system, **{c: (f"{robust['rows'][f'{system} | {c}']['ua_mean']:.3f}"
+                                                   + ("" if c == "clean" else
+                                                      f" ({robust['rows'][f'{system} | {c}']['ua_mean'] - clean:+.3f})"))
+                                               for c in conditions}})
+        text += format_table(table, list(table[0])) + "\n"
+    (out / "voice.md").write_text(text)
+    if loso:
+        plot(loso, out / "voice.png")
+    return text
+
+
+def plot(loso: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = list(dict.fromkeys(n.split(" | ")[0] for n in loso["rows"]))
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    width = 0.38
+    for k, regime in enumerate(("plain", "normalised")):
+        means = [loso["rows"][f"{s} | {regime}"]["ua_mean"] for s in systems]
+        stds = [loso["rows"][f"{s} | {regime}"]["ua_std"] for s in systems]
+        ax.bar(np.arange(len(systems)) + (k - 0.5) * width, means, width, yerr=stds, capsize=3, label=regime)
+    ax.axhline(1 / 7, color="grey", linestyle="--", label="chance")
+    ax.set_xticks(np.arange(len(systems)), [s.replace(", ", ",\n").replace(" x ", " x\n") for s in systems],
+                  fontsize=7)
+    ax.set_ylabel("UA, LOSO mean ± sd (12 speakers)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(f"uem-es, leave one speaker out ({loso['date']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="loso,skew,loco,robustness,report")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
+    args = parser.parse_args()
+    path = args.out / "voice.json"
+    runners = {"loso": run_loso, "skew": run_skew, "loco": run_loco, "robustness": run_robustness}
+    for part in args.parts.split(","):
+        if part == "report":
+            print(report(args.out))
+            continue
+        if part not in runners:
+            parser.error(f"unknown part {part}")
+        print(f"== {part}", flush=True)
+        outcome = runners[part](args.work)
+        results = json.loads(path.read_text()) if path.exists() else {}  # another part may have written meanwhile
+        results[part] = outcome
+        write_json(path, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

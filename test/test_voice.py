@@ -1,0 +1,232 @@
+"""The pretrained GE2E voice encoder: our numpy front end and encoder against the resemblyzer wheel's own code on
+real clips, ONNX export parity with torch, the model file's metadata and checks, and the node publishing with
+speaker normalisation on (exactly what the benchmark computes) and resetting it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ser_node.audio import load_audio
+
+torch = pytest.importorskip("torch", reason="the encoder's torch side needs the train extra (torch)")
+pytest.importorskip("resemblyzer", reason="the encoder's weights come from the resemblyzer wheel "
+                                          "(pip install --no-deps resemblyzer==0.1.4)")
+
+SPEAKERS = [f"s{i:02d}" for i in range(12)]
+NAMES = ["Ira_04", "Asco_03", "Miedo_03", "Alegria_09", "Neutro_05", "Tristeza_05", "Sorpresa_03"]
+
+
+@pytest.fixture(scope="module")
+def clips_of_every_speaker(corpus_dir):
+    """One real clip per speaker (12), cycling over the emotions, several with long internal pauses."""
+    return [load_audio(corpus_dir / s / f"{NAMES[i % len(NAMES)]}.flac") for i, s in enumerate(SPEAKERS)]
+
+
+def test_front_end_and_embedding_match_the_wheel(clips_of_every_speaker):
+    """Tolerances: trimmed audio identical in length and within 1e-6; mel frames within 1e-5 of the largest value
+    (float32 FFTs differ in the last bits); utterance embeddings within 1e-5 (cosine 1 - 1e-6)."""
+    from resemblyzer import VoiceEncoder, preprocess_wav
+    from resemblyzer.audio import wav_to_mel_spectrogram
+
+    from ser_node.voice_encoder import GE2EEncoder, embed_utterance
+    from ser_node.voice_frontend import mel_frames, partial_frames, preprocess
+
+    ours, theirs = GE2EEncoder.pretrained(), VoiceEncoder(device="cpu", verbose=False)
+    trimmed_any = False
+    for wav in clips_of_every_speaker:
+        a, b = preprocess(wav), preprocess_wav(wav)
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        trimmed_any |= len(a) < len(wav) - 480
+        mel_a, mel_b = mel_frames(a), wav_to_mel_spectrogram(b)
+        assert mel_a.shape == mel_b.shape
+        assert np.abs(mel_a - mel_b).max() <= 1e-5 * mel_b.max()
+        e_a, e_b = embed_utterance(ours, partial_frames(a)), theirs.embed_utterance(b)
+        np.testing.assert_allclose(e_a, e_b, atol=1e-5)
+        assert float(e_a @ e_b) > 1 - 1e-6
+    assert trimmed_any, "no clip had a pause long enough to exercise the silence trimming"
+
+
+def test_the_front_end_copes_with_silence_noise_and_overload():
+    """Inputs the node can meet: all zeros, pure noise the VAD rejects, a clipped loud tone; finite frames."""
+    from ser_node.voice_frontend import encoder_input
+
+    rng = np.random.default_rng(0)
+    for wav in (np.zeros(8000, np.float32), 0.01 * rng.standard_normal(16000).astype(np.float32),
+                np.clip(3 * np.sin(np.arange(16000) * 0.1), -1, 1).astype(np.float32)):
+        frames = encoder_input(wav)
+        assert frames.ndim == 2 and frames.shape[1] == 40 and frames.shape[0] >= 1
+        assert np.isfinite(frames).all()
+
+
+def test_weights_are_the_pinned_file():
+    from ser_node.voice_frontend import ENCODER_SHA256, EncoderWeightsError, encoder_weights_path, sha256_of
+
+    path = encoder_weights_path()
+    assert sha256_of(path) == ENCODER_SHA256 and path.name == "pretrained.pt"
+    from ser_node.voice_encoder import GE2EEncoder
+
+    with pytest.raises(Exception):
+        GE2EEncoder.pretrained(path.with_name("no_such_weights.pt"))
+    assert issubclass(EncoderWeightsError, RuntimeError)
+
+
+def test_export_matches_torch_on_real_clips(voice_model, clips_of_every_speaker):
+    """ONNX Runtime against the torch model on 12 real clips of different lengths, with and without an offset."""
+    import onnxruntime as ort
+
+    from ser_node.voice_frontend import encoder_input
+    from ser_node.voice_training import build_torch_model
+
+    model = build_torch_model(voice_model["heads"])
+    session = ort.InferenceSession(str(voice_model["path"]), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for wav in clips_of_every_speaker:
+        frames = encoder_input(wav)[None]
+        offset = (0.3 * rng.standard_normal((1, model.mean.numel()))).astype(np.float32)
+        got = session.run(None, {"frames": frames, "speaker_offset": offset})
+        with torch.no_grad():
+            expected = model(torch.from_numpy(frames), torch.from_numpy(offset))
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e.numpy(), atol=1e-4, rtol=1e-4)
+        moved = session.run(None, {"frames": frames, "speaker_offset": offset + 1.0})
+        np.testing.assert_allclose(moved[1], got[1], atol=1e-6)  # the plain head ignores the offset
+        assert np.abs(np.log(moved[0]) - np.log(got[0])).max() > 1e-2  # the normalised head reads it
+
+
+def test_metadata_names_the_encoder_source(voice_model):
+    from ser_node.model_file import read_metadata
+    from ser_node.voice_frontend import ENCODER_SHA256
+
+    metadata = read_metadata(voice_model["path"])
+    encoder = metadata.model["encoder"]
+    assert encoder["package"] == "resemblyzer" and encoder["version"] == "0.1.4"
+    assert encoder["sha256"] == ENCODER_SHA256
+    assert metadata.model["feature_size"] == 1536 and metadata.model["layers"] == [0, 1, 2]
+    assert metadata.features.n_mels == 40 and metadata.features.n_fft == 400 and metadata.features.hop_length == 160
+
+
+def test_classifier_runs_it_and_refuses_a_foreign_front_end(voice_model, clips_of_every_speaker, tmp_path):
+    import onnx
+
+    from ser_node.classifier import Classifier
+    from ser_node.model_file import ModelFileError, read_metadata, write_metadata
+
+    classifier = Classifier(voice_model["path"])
+    assert classifier.is_voice_model and classifier.feature_size == 1536
+    probabilities = classifier.predict(clips_of_every_speaker[:3])
+    assert probabilities.shape == (3, 7) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    results = classifier.infer(classifier.prepare(clips_of_every_speaker[:1]), [np.ones(1536, np.float32)])
+    assert results[0].features.shape == (1536,) and results[0].speaker_embedding.shape == (256,)
+    assert not np.allclose(results[0].probabilities, probabilities[0], atol=1e-3)
+
+    metadata = read_metadata(voice_model["path"])
+    metadata.model["frontend_version"] = 99
+    graph = onnx.load(str(voice_model["path"]))
+    write_metadata(graph, metadata)
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(graph, str(foreign))
+    with pytest.raises(ModelFileError, match="front end version 99"):
+        Classifier(foreign)
+
+
+def test_the_benchmark_evaluation_is_the_adapter(voice_model, clips_of_every_speaker):
+    """predict_in_order (what bench/voice.py scores) equals running the exported graph with SpeakerAdapter's
+    offsets by hand: plain head during warm-up, normalised after."""
+    from ser_node.classifier import Classifier
+    from ser_node.voice_training import predict_in_order
+
+    recipe, heads = voice_model["recipe"], voice_model["heads"]
+    classifier = Classifier(voice_model["path"])
+    adapter = recipe.adapter()
+    by_hand, features = [], []
+    for wav in clips_of_every_speaker[:6]:
+        (result,) = classifier.infer(classifier.prepare([wav]), [adapter.offset()])
+        adapter.remember(result.features)
+        by_hand.append(result.probabilities)
+        features.append(result.features)
+    offline = predict_in_order(heads, np.stack(features), recipe, normalise=True)
+    np.testing.assert_allclose(np.stack(by_hand), offline, atol=1e-4)
+    assert not np.allclose(offline[2:], heads.plain_probabilities(np.stack(features))[2:], atol=1e-3)
+
+
+def test_node_normalises_per_speaker_and_resets(voice_model, real_waveforms):
+    """Through a real node: with speaker_adaptation on, the published scores are the graph's with SpeakerAdapter's
+    offsets over the utterances in order (plain during warm-up); diagnostics count the speaker's utterances;
+    ~/reset_adaptation forgets them and the next utterance is judged unnormalised again."""
+    pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
+    from ros_harness import Harness, speech_stream, typed_chunks
+    from std_srvs.srv import Trigger
+
+    from ser_node.classifier import Classifier
+
+    waveforms = real_waveforms[:5]
+    stream, bounds = speech_stream(waveforms, silence_s=1.0)
+    messages = typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0)
+    harness = Harness({"model_path": str(voice_model["path"]), "reliability": "reliable", "vad_backend": "webrtc",
+                       "speaker_adaptation": True, "adaptation_warmup": 2, "publish_utterance": True})
+    utterances = []
+    from audio_common_msgs.msg import AudioStamped
+
+    harness.tester.create_subscription(AudioStamped, "/ser_node/utterance",
+                                       lambda m: utterances.append(np.array(m.audio.audio_data.float32_data,
+                                                                            np.float32)), 50)
+    try:
+        harness.publish(messages, speed=8.0)
+        got = [np.array([r.score for r in m.results]) for m in harness.wait_for("classification", len(bounds))]
+        assert len(got) == len(bounds) and len(utterances) == len(bounds)
+        values = harness.node.diagnostic_values()[2]
+        assert values["adaptation_utterances"] == str(len(bounds)) and values["adaptation_space"] == "features"
+        classifier = Classifier(voice_model["path"])
+        adapter = node_adapter(voice_model, warmup=2)
+        expected = []
+        for audio in utterances:  # the audio the node classified, judged offline
+            (result,) = classifier.infer(classifier.prepare([audio]), [adapter.offset()])
+            adapter.remember(result.features)
+            expected.append(result.probabilities)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        plain = classifier.predict(utterances)
+        np.testing.assert_allclose(got[:2], plain[:2], atol=1e-4)  # warm-up: the plain head
+        assert not np.allclose(got[2:], plain[2:], atol=1e-3)  # normalised after it
+
+        client = harness.tester.create_client(Trigger, "/ser_node/reset_adaptation")
+        assert client.wait_for_service(timeout_sec=5.0)
+        response = client.call(Trigger.Request(), timeout_sec=10.0)
+        assert response.success and f"forgot {len(bounds)}" in response.message
+        assert harness.node.diagnostic_values()[2]["adaptation_utterances"] == "0"
+        again = typed_chunks(stream, 16000, 1, "int16", 0.05, 2000.0)
+        harness.publish(again, speed=8.0)
+        after = harness.wait_for("classification", 2 * len(bounds))[len(bounds):]
+        np.testing.assert_allclose([r.score for r in after[0].results], plain[0], atol=1e-4)
+    finally:
+        harness.close()
+
+
+def node_adapter(voice_model: dict, warmup: int):
+    """The adapter the node builds for a voice model: warm-up from its parameter, history and shrinkage from the
+    model file's metadata."""
+    from ser_node.adaptation import SpeakerAdapter
+    from ser_node.model_file import read_metadata
+
+    normalisation = read_metadata(voice_model["path"]).model["normalisation"]
+    return SpeakerAdapter(warmup=warmup, history=normalisation["history"], shrinkage=normalisation["shrinkage"])
+
+
+def test_trainer_cli_writes_a_loadable_model(voice_model, tmp_path):
+    """ser_train_voice on a small recipe file: model.onnx the classifier loads, heads, report with provenance."""
+    import yaml
+
+    from ser_node.classifier import Classifier
+    from ser_node.voice_training import main
+
+    recipe = voice_model["recipe"].to_mapping()
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    assert main(["--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert list(report["clips"]) == ["uem-es"] and report["clips"]["uem-es"] >= 80 and report["speakers"] == 4
+    assert Classifier(tmp_path / "run" / "model.onnx").is_voice_model
+    config.write_text(yaml.safe_dump({**recipe, "layerz": [1]}))
+    assert main(["--config", str(config), "--out", str(tmp_path / "bad")]) == 2
