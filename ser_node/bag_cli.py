@@ -47,6 +47,11 @@ def _print_summary(title: str, utterances, metrics, segmentation, extra: dict, s
         print(f"{key}: {value}")
 
 
+def _adaptation(args: argparse.Namespace) -> dict:
+    return {"speaker_adaptation": args.speaker_adaptation, "warmup": args.adaptation_warmup,
+            "reset_s": args.adaptation_reset_s}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .bags import evaluate_bag, write_evaluation
     from .audio_messages import RawFormat
@@ -54,7 +59,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     classifier = _classifier(args.model)
     raw = RawFormat(args.raw_channels, args.raw_rate, args.raw_format) if args.raw_format else None
     evaluation = evaluate_bag(args.bag, classifier, topic=args.topic, vad_backend=args.vad, raw_format=raw,
-                              reference=_reference(args, args.bag), label_topic=args.label_topic, progress=True)
+                              reference=_reference(args, args.bag), label_topic=args.label_topic, progress=True,
+                              adaptation=_adaptation(args))
     out = write_evaluation(evaluation, args.out, classifier.classes) if args.out else None
     _print_summary("offline evaluation", evaluation.utterances, evaluation.metrics, evaluation.segmentation, {
         "audio": f"{evaluation.audio_seconds:.1f} s ({evaluation.variant} audio_common_msgs on {evaluation.audio_topic})",
@@ -73,7 +79,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     classifier = _classifier(args.model)
     reference = _reference(args, args.bag)
-    offline = evaluate_bag(args.bag, classifier, topic=args.topic, reference=reference)
+    offline = evaluate_bag(args.bag, classifier, topic=args.topic, reference=reference,
+                           adaptation=_adaptation(args))
     rclpy.init()
     node = rclpy.create_node("ser_bag_replay")
     try:
@@ -200,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--model", default="", help="ONNX model (default: the shipped default)")
         p.add_argument("--labels", type=Path, help="reference CSV start,end,label (default: <bag>.csv if present)")
         p.add_argument("--out", type=Path, help="folder for the report")
+        p.add_argument("--no-speaker-adaptation", dest="speaker_adaptation", action="store_false",
+                       help="score every utterance on its own (the node's speaker_adaptation: false); by default "
+                            "each is judged against the speaker's earlier ones, as the node does by default")
+        p.add_argument("--adaptation-warmup", type=int, default=5, help="the node's adaptation_warmup")
+        p.add_argument("--adaptation-reset-s", type=float, default=30.0, help="the node's adaptation_reset_s")
 
     evaluate = sub.add_parser("evaluate", help="run the node's pipeline over a bag, offline, faster than real time")
     common(evaluate)

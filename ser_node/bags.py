@@ -450,11 +450,17 @@ def score_against_reference(utterances: Sequence[DetectedUtterance], reference: 
 def evaluate_bag(path: str | Path, classifier: Any, *, topic: str | None = None, vad_backend: str = "silero",
                  segmenter_config: SegmenterConfig | None = None, stream_config: StreamConfig | None = None,
                  raw_format: RawFormat | None = None, reference: Sequence[Segment] | None = None,
-                 label_topic: str = DEFAULT_LABEL_TOPIC, progress: bool = False) -> BagEvaluation:
-    """Runs the bag's audio through the node's pipeline objects (StreamProcessor, Segmenter, Classifier)."""
+                 label_topic: str = DEFAULT_LABEL_TOPIC, progress: bool = False,
+                 adaptation: dict[str, Any] | None = None) -> BagEvaluation:
+    """Runs the bag's audio through the node's pipeline objects (StreamProcessor, Segmenter, Classifier).
+
+    `adaptation`: speaker_adaptation, warmup, reset_s (classifier.classify_in_order), as the node's parameters
+    speaker_adaptation, adaptation_warmup and adaptation_reset_s; default: the node's defaults."""
     import time
 
     from tqdm import tqdm
+
+    from .classifier import classify_in_order
 
     from .vad import make_vad
 
@@ -496,7 +502,7 @@ def evaluate_bag(path: str | Path, classifier: Any, *, topic: str | None = None,
         counts = {t: sum(1 for m in contents.messages if m.topic == t) for t in contents.topics}
         raise BagError(f"{path}: no usable audio on {audio_topic} ({processor.stats.dropped} bad chunk(s)); "
                        f"messages per topic in the bag: {counts}")
-    probabilities = classifier.predict([u.audio for u in found]) if found else np.zeros((0, len(classifier.classes)))
+    probabilities = classify_in_order(classifier, [(u.start, u.end, u.audio) for u in found], **(adaptation or {}))
     utterances = []
     for u, row in zip(found, probabilities):
         utterances.append(DetectedUtterance(u.start, u.end, classifier.classes[int(np.argmax(row))],

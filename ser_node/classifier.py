@@ -215,3 +215,31 @@ class Classifier:
         if not waveforms:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         return np.stack([r.probabilities for r in self.infer(self.prepare(waveforms))])
+
+
+def classify_in_order(classifier: Classifier, utterances: Sequence[tuple[float, float, np.ndarray]],
+                      speaker_adaptation: bool = True, warmup: int = 5, reset_s: float = 30.0) -> np.ndarray:
+    """Probabilities for (start, end, audio) utterances in time order, as the node publishes them: with speaker
+    adaptation, each judged against the speaker's earlier utterances (reset after `reset_s` without speech);
+    the node's parameters of the same names. Used by the bag evaluator, so offline scores equal live ones."""
+    from .adaptation import SpeakerAdapter, adapt_log_probabilities
+
+    if not utterances:
+        return np.zeros((0, len(classifier.classes)), dtype=np.float32)
+    if not speaker_adaptation:
+        return classifier.predict([u[2] for u in utterances])
+    normalisation = classifier.metadata.model.get("normalisation", {}) if classifier.is_voice_model else {}
+    settings = {k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation}
+    adapter, last_end, out = SpeakerAdapter(warmup, **settings), -float("inf"), []
+    for start, end, audio in utterances:
+        if start - last_end > reset_s or start - last_end < -1.0:
+            adapter = SpeakerAdapter(warmup, **settings)
+        last_end = end
+        prepared = classifier.prepare([audio])
+        if classifier.is_voice_model:
+            (result,) = classifier.infer(prepared, [adapter.offset()])
+            adapter.remember(result.features)
+            out.append(result.probabilities)
+        else:
+            out.append(adapt_log_probabilities(adapter, classifier.infer(prepared)[0].probabilities))
+    return np.stack(out).astype(np.float32)

@@ -200,7 +200,7 @@ def build_torch_model(heads: VoiceHeads, weights_path: str | Path | None = None)
 
 
 def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path, training: dict[str, Any],
-                       model_id: str = "ser_default") -> Path:
+                       model_id: str = "ser-default-ge2e-heads-v0.2") -> Path:
     """The node's model file: one ONNX graph (opset 17, dynamic time axis) with ser_node metadata naming the
     encoder's source (package, version, sha256 of the weights) and the recipe."""
     import onnx
