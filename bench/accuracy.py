@@ -299,7 +299,9 @@ def run_tta(run_dir: Path, corpus: Path, speeds: tuple[float, ...] = (0.85, 0.92
     import yaml
 
     from ser_node.features import FeatureExtractor
-    from ser_node.training import AudioBank, TrainConfig, load_trained_network, speed_perturb
+    from ser_node.train_config import TrainConfig
+    from ser_node.train_data import AudioBank, speed_perturb
+    from ser_node.train_loop import load_trained_network
 
     if not (run_dir / "report.json").exists():
         raise SystemExit(f"{run_dir} has no finished LOSO run: run the `default` method first")
@@ -334,7 +336,7 @@ def run_int8(run_dir: Path, corpus: Path, work: Path) -> dict:
     from ser_node.export_cli import export_run
     from ser_node.export import quantize_int8
     from ser_node.features import FeatureExtractor
-    from ser_node.training import TrainConfig
+    from ser_node.train_config import TrainConfig
 
     config = TrainConfig.from_mapping(yaml.safe_load((run_dir / "config.yaml").read_text()))
     clips = load_emomatch(corpus).clips

@@ -13,6 +13,11 @@ the node's own per-stage timestamps (stage_timing) for where the time goes.
   .venv/bin/python bench/performance.py                 # everything (~20 minutes on 2 cores)
   .venv/bin/python bench/performance.py --quick         # 40 utterances per row, no full-size VGG16
   .venv/bin/python bench/performance.py --e2e-only --out bench/work/exp --row threads=1   # an experiment
+  .venv/bin/python bench/performance.py --voice         # the voice-encoder default against DS-AM (~6 min)
+
+Since the voice-encoder model became the default, the rows named "default" above are the DS-AM model
+(models/ser_ds_am.onnx, the previous default); --voice measures the shipped default and writes
+performance_voice.json / .md.
 
 Writes bench/results/performance.json (plottable), performance.md and latency.png.
 """
@@ -153,10 +158,10 @@ def build_models(work: Path, calibration: np.ndarray, full: bool) -> dict[str, d
     from ser_node.models import ModelConfig, build_model, count_flops
 
     models: dict[str, dict] = {}
-    default_meta = read_metadata(ROOT / "models" / "ser_default.onnx")
+    default_meta = read_metadata(ROOT / "models" / "ser_ds_am.onnx")
     default_cfg = ModelConfig.from_dict(default_meta.model)
     torch.manual_seed(0)
-    specs = [("default", default_cfg, ROOT / "models" / "ser_default.onnx", ROOT / "models" / "ser_default.int8.onnx")]
+    specs = [("default", default_cfg, ROOT / "models" / "ser_ds_am.onnx", ROOT / "models" / "ser_ds_am.int8.onnx")]
     if full:
         specs.append(("vgg16_224", ModelConfig(variant="ds_am", width=1.0), work / "vgg16_224.onnx",
                       work / "vgg16_224.int8.onnx"))
@@ -302,7 +307,7 @@ def offline_throughput(waveforms: list[np.ndarray], work: Path) -> dict[str, flo
     bag = work / "throughput_bag"
     if not bag.exists():
         write_audio_bag(bag, stream, rate=48000, channels=2)
-    classifier = Classifier(ROOT / "models" / "ser_default.onnx", threads=THREADS)
+    classifier = Classifier(ROOT / "models" / "ser_ds_am.onnx", threads=THREADS)
     evaluate_bag(bag, classifier)  # warm-up
     evaluation = evaluate_bag(bag, classifier)
     return {"audio_s": evaluation.audio_seconds, "processing_s": evaluation.processing_seconds,
@@ -560,6 +565,95 @@ def end_to_end(targets: list[tuple[str, Path, dict, int]], waveforms: list[np.nd
             node.process.wait(timeout=20)
 
 
+# ------------------------------------------------------------------ the voice-encoder default
+
+VOICE_GOALS = {"decision_to_arrival_p95_ms": 30.0, "speech_cpu_percent_of_one_core": 10.0}
+
+
+def voice_inference(waveforms: list[np.ndarray]) -> dict:
+    """Per utterance, in this process: the numpy front end and the ONNX graph (1 and 2 threads) against the same
+    encoder in torch (the reference run in the same process), per second of audio."""
+    import torch
+
+    from ser_node.classifier import Classifier
+    from ser_node.voice_encoder import GE2EEncoder, pool
+    from ser_node.voice_frontend import encoder_input
+
+    audio_s = sum(w.size for w in waveforms) / 16000
+    began = time.perf_counter()
+    frames = [encoder_input(w) for w in waveforms]
+    out = {"utterances": len(waveforms), "audio_s": audio_s,
+           "front_end_ms_per_audio_s": (time.perf_counter() - began) / audio_s * 1000}
+    zero = None
+    for threads in (1, 2):
+        classifier = Classifier(ROOT / "models" / "ser_default.onnx", threads=threads)
+        zero = np.zeros(classifier.feature_size, np.float32)
+        classifier.infer(frames[:3], [zero] * 3)  # warm-up
+        began = time.perf_counter()
+        classifier.infer(frames, [zero] * len(frames))
+        out[f"onnxruntime_{threads}_threads_ms_per_audio_s"] = (time.perf_counter() - began) / audio_s * 1000
+    torch.set_num_threads(1)
+    encoder = GE2EEncoder.pretrained()
+    with torch.no_grad():
+        began = time.perf_counter()
+        for f in frames:
+            pool(encoder(torch.from_numpy(f[None])), (0, 1, 2))
+    out["torch_encoder_1_thread_ms_per_audio_s"] = (time.perf_counter() - began) / audio_s * 1000
+    out["ratio_onnxruntime_to_torch_1_thread"] = (out["onnxruntime_1_threads_ms_per_audio_s"]
+                                                  / out["torch_encoder_1_thread_ms_per_audio_s"])
+    return out
+
+
+def run_voice(args: argparse.Namespace, waveforms: list[np.ndarray], results: dict) -> int:
+    from ser_node.reports import format_table
+
+    print("voice model inference (in process)", flush=True)
+    results["inference"] = voice_inference(waveforms)
+    print(json.dumps(results["inference"], indent=1), flush=True)
+    count = args.utterances or 100
+    targets = [("voice default (normalisation on)", ROOT / "models" / "ser_default.onnx", {}, count),
+               ("DS-AM fp32 (previous default)", ROOT / "models" / "ser_ds_am.onnx",
+                {"speaker_adaptation": "false"}, count)]
+    results["goal"] = dict(VOICE_GOALS)
+    print(f"end to end, interleaved: {', '.join(t[0] for t in targets)}", flush=True)
+    results["end_to_end"] = end_to_end(targets, waveforms, idle_s=10.0)
+    rows = []
+    for label, e2e in results["end_to_end"].items():
+        dec = e2e["latency_from_decision_ms"]
+        cpu_percent = e2e["speech"]["cpu_ms_per_audio_s"] / 10.0
+        rows.append({"row": label, "utterances": f"{e2e['utterances']['received']}/{e2e['utterances']['sent']}",
+                     "decision->arrival p50 ms [95% CI]": f"{dec['p50']:.1f} [{dec['p50_low']:.1f}, "
+                                                          f"{dec['p50_high']:.1f}]",
+                     "p95 ms [95% CI]": f"{dec['p95']:.1f} [{dec['p95_low']:.1f}, {dec['p95_high']:.1f}]",
+                     "CPU ms per s of speech": f"{e2e['speech']['cpu_ms_per_audio_s']:.0f}",
+                     "= % of one core": f"{cpu_percent:.1f}", "idle CPU %": f"{e2e['idle']['cpu_percent_of_one_core']:.1f}",
+                     "RSS MB": f"{e2e['speech']['rss_mb']:.0f}",
+                     **{f"{stage} p50/p95 ms": (f"{e2e['stages_ms'].get(f'{stage}_p50', float('nan')):.1f} / "
+                                                 f"{e2e['stages_ms'].get(f'{stage}_p95', float('nan')):.1f}")
+                        for stage in ("features", "inference")}})
+        print(f"  {label}: p95 {dec['p95']:.1f} ms [{dec['p95_low']:.1f}, {dec['p95_high']:.1f}] "
+              f"(goal {VOICE_GOALS['decision_to_arrival_p95_ms']:.0f}), CPU {cpu_percent:.1f} % of one core "
+              f"while speech streams (goal {VOICE_GOALS['speech_cpu_percent_of_one_core']:.0f})", flush=True)
+    inference = results["inference"]
+    text = (f"# The voice-encoder default in the node ({results['date']}, {results['machine']['cpu']}, "
+            f"{results['machine']['cores']} cores)\n\n`.venv/bin/python bench/performance.py --voice`: one ser_node "
+            f"process per row, interleaved blocks of 10 utterances (real time near each utterance end, 8x "
+            f"elsewhere), {count} utterances per row. CPU ms per second of speech: the node process's CPU time "
+            "over the audio it was fed during the speech phase.\n\n" + format_table(rows, list(rows[0]))
+            + f"\n\nGoals: decision->arrival p95 <= {VOICE_GOALS['decision_to_arrival_p95_ms']:.0f} ms, the node "
+            f"<= {VOICE_GOALS['speech_cpu_percent_of_one_core']:.0f} % of one core during continuous speech.\n\n"
+            f"In this process, per second of audio over {inference['utterances']} utterances: front end "
+            f"{inference['front_end_ms_per_audio_s']:.1f} ms (numpy, WebRTC VAD trimming), ONNX graph "
+            f"{inference['onnxruntime_1_threads_ms_per_audio_s']:.1f} ms on 1 thread / "
+            f"{inference['onnxruntime_2_threads_ms_per_audio_s']:.1f} ms on 2, the same encoder in torch "
+            f"{inference['torch_encoder_1_thread_ms_per_audio_s']:.1f} ms on 1 thread "
+            f"(ratio {inference['ratio_onnxruntime_to_torch_1_thread']:.2f}).\n")
+    (args.out / "performance_voice.json").write_text(json.dumps(results, indent=1))
+    (args.out / "performance_voice.md").write_text(text)
+    print(text)
+    return 0
+
+
 # ------------------------------------------------------------------ report
 
 def main() -> int:
@@ -573,6 +667,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the first row's node during the speech phase")
     parser.add_argument("--row", action="append", default=[], metavar="PARAM=VALUE",
                         help="an extra row: the default fp32 model with one node parameter changed")
+    parser.add_argument("--voice", action="store_true",
+                        help="the voice-encoder default against DS-AM end to end (performance_voice.*)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -586,6 +682,8 @@ def main() -> int:
                      if l.startswith("model name")), platform.processor()),
         "cores": os.cpu_count(), "python": platform.python_version(), "threads": THREADS},
         "mode": "quick" if args.quick else ("e2e only" if args.e2e_only else "full")}
+    if args.voice:
+        return run_voice(args, waveforms, results)
     print("measuring CPU peak", flush=True)
     results["cpu_peak"] = cpu_peak()
     print(f"  fp32 {results['cpu_peak']['fp32_gflops']:.0f} GFLOP/s, int8 {results['cpu_peak']['int8_gops']:.0f} GOP/s")

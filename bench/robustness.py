@@ -138,7 +138,8 @@ def fold_networks(runs: Path, corpus: Path, only_folds: tuple[str, ...] = ()):
     import yaml
 
     from accuracy import default_recipe, run_ds
-    from ser_node.training import TrainConfig, load_trained_network
+    from ser_node.train_config import TrainConfig
+    from ser_node.train_loop import load_trained_network
 
     run_dir = runs / NETWORK_RUN
     print("the default recipe's LOSO fold models (trained if missing; resumable) ...", flush=True)

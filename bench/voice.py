@@ -15,6 +15,8 @@ Parts (--parts, default all):
               normalised, the shipped recipe and ComParE + SVM (C 1e-4, as bench/accuracy.py --methods loco).
   robustness  room RT60 0.6 s at 2 m and robot noise at 10 dB (ser_node/acoustics.py, the robustness bench's
               conditions and seeds) against clean: each clip by its own fold's model.
+  attention   attentive pooling over the encoder's frames, trained per fold (uem-es only), then the linear heads.
+  finetune    the same with the encoder's layer 3 fine-tuned at a low learning rate (~40 min on one core).
   report      bench/results/voice.md and voice.png from voice.json.
 
   .venv/bin/python bench/voice.py                  # everything (~10 min once features are cached)
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from accuracy import all_corpora, fit_svm, opensmile_features  # noqa: E402
+from accuracy import fit_svm, opensmile_features  # noqa: E402
 from ser_node.adaptation import SpeakerAdapter, adapt_log_probabilities  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.reports import compute_metrics, format_table, write_json  # noqa: E402
@@ -317,7 +319,7 @@ def run_loco(work: Path) -> dict:
         svm = fit_svm(x[train], data.labels[train], data.speakers[train], (1e-4,), 2).best_estimator_
         row = {"n_test": len(test), "labels": labels}
         for system in ("encoder plain", "encoder normalised", "ComParE + SVM plain"):
-            truth, predicted, per_speaker = [], [], []
+            truth, predicted = [], []
             for s in np.unique(data.speakers[test]):
                 rows = test[data.speakers[test] == s]
                 if system.startswith("encoder"):
@@ -389,6 +391,112 @@ def run_robustness(work: Path) -> dict:
             "protocol": "LOSO, uem-es, every clip of the test speaker under the condition (seeds and rooms of "
                         "bench/robustness.py), each by its own fold's model, trained on clean audio (or with the "
                         "augmentation copies); one random order per speaker for normalisation",
+            "rows": {name: {k: v for k, v in records.summary(name).items() if k in ("ua_mean", "ua_std")}
+                     for name in records.rows}}
+
+
+def encoder_states(paths: list[str], cache: Path) -> list[np.ndarray]:
+    """Per clip, the frozen encoder's hidden states of all three layers (frames, 768), float16, cached."""
+    import pickle
+
+    import torch
+
+    from ser_node.audio import load_audio
+    from ser_node.voice_encoder import GE2EEncoder
+    from ser_node.voice_frontend import encoder_input
+
+    path = cache / "uem-es-states.pkl"
+    if path.exists():
+        return pickle.loads(path.read_bytes())  # our own file, written below
+    torch.set_num_threads(1)
+    encoder = GE2EEncoder.pretrained()
+    with torch.no_grad():
+        states = [torch.cat(encoder(torch.from_numpy(encoder_input(load_audio(p))[None])), dim=2)[0]
+                  .numpy().astype(np.float16) for p in paths]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(states))
+    return states
+
+
+def run_attention(work: Path, epochs: int = 8, heads: int = 4, finetune: bool = False) -> dict:
+    """Attentive pooling over the encoder's frames (the DS-AM idea applied to the encoder): per fold, `heads`
+    learned softmax weightings over time of the three layers' states, their weighted means and deviations beside
+    the plain ones, trained with cross-entropy on the fold's training speakers (uem-es); then the recipe's two
+    linear heads on the learned features, plain and normalised as in `loso`. With `finetune`, layer 3 of the
+    encoder is trained too, from its pretrained weights at a low learning rate (1e-4), as DS-FC fine-tunes VGG16."""
+    import torch
+    from torch import nn
+
+    from ser_node.voice_encoder import HIDDEN
+
+    recipe = shipped_recipe()
+    recipe.corpora = recipe.corpora[:1]
+    data = load_voice_data(recipe)
+    states = [torch.from_numpy(s.astype(np.float32)) for s in encoder_states(data.paths, work / "cache")]
+    classes = np.array([EMOTIONS.index(label) for label in data.labels])
+    torch.set_num_threads(1)
+
+    class Pooling(nn.Module):
+        def __init__(self, layer3: nn.LSTM | None) -> None:
+            super().__init__()
+            self.layer3 = layer3
+            self.score = nn.Linear(3 * HIDDEN, heads)
+            self.head = nn.Linear(2 * 3 * HIDDEN * (1 + heads), len(EMOTIONS))
+            self.drop = nn.Dropout(0.3)
+
+        def pooled(self, x: torch.Tensor) -> torch.Tensor:
+            if self.layer3 is not None:  # recompute layer 3 from layer 2's states
+                top, _ = self.layer3(x[None, :, HIDDEN:2 * HIDDEN])
+                x = torch.cat([x[:, :2 * HIDDEN], top[0]], dim=1)
+            weights = torch.softmax(self.score(x), dim=0)
+            mean = weights.T @ x
+            std = (weights.T @ (x * x) - mean * mean).clamp_min(1e-6).sqrt()
+            plain_std = x.std(dim=0, unbiased=False)
+            return torch.cat([x.mean(dim=0), plain_std, mean.reshape(-1), std.reshape(-1)])
+
+    records = Records()
+    for t in sorted(set(data.speakers)):
+        torch.manual_seed(0)
+        train, test = np.where(data.speakers != t)[0], np.where(data.speakers == t)[0]
+        layer3 = None
+        if finetune:
+            from ser_node.voice_encoder import GE2EEncoder
+
+            layer3 = GE2EEncoder.pretrained().layers[2]
+            layer3.requires_grad_(True)
+        model = Pooling(layer3)
+        with torch.no_grad():
+            first = torch.stack([model.pooled(states[i]) for i in train])
+            centre, spread = first.mean(dim=0), first.std(dim=0) + 1e-5
+        groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("layer3.")], "lr": 1e-3}]
+        if layer3 is not None:
+            groups.append({"params": list(layer3.parameters()), "lr": 1e-4})
+        optimiser = torch.optim.Adam(groups, weight_decay=1e-4)
+        rng = np.random.default_rng(0)
+        for _ in range(epochs):
+            model.train()
+            for batch in np.array_split(rng.permutation(train), max(1, len(train) // 32)):
+                features = (torch.stack([model.pooled(states[i]) for i in batch]) - centre) / spread
+                loss = nn.functional.cross_entropy(model.head(model.drop(features)),
+                                                   torch.from_numpy(classes[batch]))
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+        model.eval()
+        with torch.no_grad():
+            learned = torch.stack([model.pooled(s) for s in states]).numpy()
+        fold = VoiceData(learned, data.speaker_embeddings, data.labels, data.speakers, data.corpora, data.paths,
+                         data.target)
+        heads_ = fit_heads(fold.subset(data.speakers != t), recipe, columns=np.arange(learned.shape[1]))
+        for order in speaker_orders(len(test), t):
+            rows = test[order]
+            z = (learned[rows] - heads_.mean) / heads_.scale
+            records.add("attentive pooling | plain", t, data.labels[rows], heads_.plain_probabilities(z))
+            records.add("attentive pooling | normalised", t, data.labels[rows],
+                        predict_in_order(heads_, z, recipe, normalise=True))
+        print(f"attention fold {t} done", flush=True)
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "epochs": epochs, "heads": heads, "finetune_layer3": finetune,
+            "protocol": "LOSO, uem-es only (as the `encoder, uem-es only` rows of `loso`); pooling trained per fold",
             "rows": {name: {k: v for k, v in records.summary(name).items() if k in ("ua_mean", "ua_std")}
                      for name in records.rows}}
 
@@ -471,12 +579,13 @@ def plot(loso: dict, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default="loso,skew,loco,robustness,report")
+    parser.add_argument("--parts", default="loso,skew,loco,robustness,attention,report")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
     args = parser.parse_args()
     path = args.out / "voice.json"
-    runners = {"loso": run_loso, "skew": run_skew, "loco": run_loco, "robustness": run_robustness}
+    runners = {"loso": run_loso, "skew": run_skew, "loco": run_loco, "robustness": run_robustness,
+               "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":
             print(report(args.out))

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Benchmarks (slow; they print progress): accuracy (LOSO on uem-es, openSMILE baseline vs DeepSpectrum),
-# performance (latency, idle cost, throughput), soak, and robustness (noise, reverberation, false alarms). Results go to bench/results/. Resumable: re-run to continue.
-#   scripts/bench.sh                 # both
+# Benchmarks (slow; they print progress): voice (the default model's LOSO table against openSMILE and DS-AM,
+# skewed histories, LOCO, rooms and noise), accuracy (LOSO on uem-es, openSMILE baseline vs DeepSpectrum),
+# performance (latency, idle cost, throughput), soak, and robustness (noise, reverberation, false alarms).
+# Results go to bench/results/. Resumable: re-run to continue.
+#   scripts/bench.sh                 # voice, accuracy and performance
+#   scripts/bench.sh voice --parts loso,report
+#   scripts/bench.sh performance --voice
 #   scripts/bench.sh accuracy --methods compare_svm,default
 #   scripts/bench.sh performance --quick
 #   scripts/bench.sh soak --minutes 10
@@ -14,11 +18,13 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST OPENBLAS_NUM_THREADS=1
 unset _ROS_WHEELS_BOOTSTRAP_COMPLETE
 what="${1:-all}"; [ $# -gt 0 ] && shift
 case "$what" in
+  voice) exec "$root/.venv/bin/python" "$root/bench/voice.py" "$@" ;;
   accuracy) exec "$root/.venv/bin/python" "$root/bench/accuracy.py" "$@" ;;
   performance) exec "$root/.venv/bin/python" "$root/bench/performance.py" "$@" ;;
   soak) exec "$root/.venv/bin/python" "$root/bench/soak.py" "$@" ;;
   robustness) exec "$root/.venv/bin/python" "$root/bench/robustness.py" "$@" ;;
-  all) "$root/.venv/bin/python" "$root/bench/accuracy.py" --methods egemaps_svm,compare_svm,ds_svc,ds_fc,default,default_tta
+  all) "$root/.venv/bin/python" "$root/bench/voice.py"
+       "$root/.venv/bin/python" "$root/bench/accuracy.py" --methods egemaps_svm,compare_svm,ds_svc,ds_fc,default,default_tta
        exec "$root/.venv/bin/python" "$root/bench/performance.py" ;;
-  *) echo "usage: scripts/bench.sh [accuracy|performance|soak|robustness|all] [options]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [voice|accuracy|performance|soak|robustness|all] [options]" >&2; exit 2 ;;
 esac

@@ -22,7 +22,9 @@ def export_run(run_dir: str | Path, output: str | Path, int8: bool = True, fold:
     from .features import FeatureExtractor
     from .labels import EMOTIONS
     from .model_file import ModelMetadata
-    from .training import AudioBank, TrainConfig, load_trained_network
+    from .train_config import TrainConfig
+    from .train_data import AudioBank
+    from .train_loop import load_trained_network
 
     run_dir, output = Path(run_dir), Path(output)
     if not (run_dir / "config.yaml").is_file():
@@ -53,7 +55,7 @@ def export_run(run_dir: str | Path, output: str | Path, int8: bool = True, fold:
     paths = {"fp32": export_onnx(model, metadata, output)}
     if int8:
         if config.corpora:  # calibrate on real images from every corpus the model was trained on
-            from .training import prepare_clips
+            from .train_data import prepare_clips
 
             data = prepare_clips(config)
             clips = data.target + data.extra

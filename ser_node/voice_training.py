@@ -150,9 +150,10 @@ def _logistic_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float) 
     return weight.astype(np.float32), (model.intercept_ - weight @ centre).astype(np.float32)
 
 
-def fit_heads(data: VoiceData, recipe: VoiceRecipe) -> VoiceHeads:
-    """Both heads on every clip of `data` (target clips weighted by target_weight)."""
-    pooled = data.features[:, layer_columns(recipe.layers)].astype(np.float64)
+def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None = None) -> VoiceHeads:
+    """Both heads on every clip of `data` (target clips weighted by target_weight), on the recipe's layers'
+    columns (or the given `columns`, for features other than the cached pooling)."""
+    pooled = data.features[:, layer_columns(recipe.layers) if columns is None else columns].astype(np.float64)
     mean, scale = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
     z = (pooled - mean) / scale
     weights = np.where(data.corpora == data.target, recipe.target_weight, 1.0)

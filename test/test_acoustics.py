@@ -162,7 +162,8 @@ def test_training_augmentation_through_config(corpus_dir: Path, tmp_path: Path):
     import yaml
 
     from ser_node.features import FeatureExtractor
-    from ser_node.training import AudioBank, ImageMaker, TrainConfig, run_experiment
+    from ser_node.train_data import AudioBank, ImageMaker
+    from ser_node.training import TrainConfig, run_experiment
 
     with pytest.raises(ValueError, match="probability"):
         TrainConfig(acoustic_augment=1.5).validate()

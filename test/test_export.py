@@ -11,7 +11,7 @@ from ser_node.classifier import Classifier, resolve_providers  # noqa: E402
 from ser_node.features import FeatureExtractor  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.model_file import METADATA_KEY, ModelFileError, read_metadata  # noqa: E402
-from ser_node.training import load_trained_network  # noqa: E402
+from ser_node.train_loop import load_trained_network  # noqa: E402
 
 
 def test_onnx_matches_torch_on_real_audio(trained_run, exported_models, real_waveforms):

@@ -17,8 +17,9 @@ from ser_node.export_cli import export_run  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.models import ModelConfig, build_model  # noqa: E402
 from ser_node.protocols import leave_one_corpus_out  # noqa: E402
-from ser_node.training import (CorpusMix, TrainConfig, masked_logits, prepare_clips,  # noqa: E402
-                               run_experiment)
+from ser_node.train_data import CorpusMix, prepare_clips  # noqa: E402
+from ser_node.train_loop import masked_logits  # noqa: E402
+from ser_node.training import TrainConfig, run_experiment  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = dict(image_size=64, width=0.125, epochs=1, batch_size=16, threads=1, seed=3)
@@ -194,7 +195,7 @@ def test_a_test_speaker_seen_in_pretraining_is_refused(pretrained, data_dir, tmp
 
 def test_clean_images_are_cached_on_disk_by_content_and_settings(data_dir, tmp_path):
     from ser_node.features import FeatureConfig, FeatureExtractor
-    from ser_node.training import AudioBank, ImageCache, ImageMaker
+    from ser_node.train_data import AudioBank, ImageCache, ImageMaker
 
     clips = load_corpus_entry({"name": "emovo", "kind": "manifest", "path": str(data_dir / "emovo")}).corpus.clips[:3]
     bank = AudioBank()

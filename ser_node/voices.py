@@ -1,0 +1,110 @@
+"""Who is speaking: utterances assigned to voices by their GE2E speaker embedding, each voice with its own
+speaker-normalisation state.
+
+Speaker normalisation is worth 10-15 UA points, but only with the right speaker's history. Resetting it after a
+silence mixes two people taking turns and forgets one person who pauses. The tracker compares each utterance's
+speaker embedding (an output of the default model's graph, so it costs nothing extra) with the centroids of the
+voices heard so far: above `threshold` it joins the most similar voice, else it opens a new one. Turns help: an
+utterance that follows the last one within `turn_gap_s` is likelier the same person, so the last voice is kept at
+the lower `same_turn_threshold`. The set is bounded (`max_voices`; the least recently heard voice is forgotten).
+
+Everything lives in memory: embeddings and statistics are never written anywhere.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from itertools import count
+
+import numpy as np
+
+from .adaptation import SpeakerAdapter
+
+
+@dataclass(frozen=True)
+class VoiceSettings:
+    """Decision settings; the defaults are calibrated on emovo, emodb and ased (bench/conversations.py)."""
+
+    threshold: float = 0.80  # cosine to a voice's centroid to join it
+    same_turn_threshold: float = 0.70  # for the voice just heard, within turn_gap_s
+    turn_gap_s: float = 1.0
+    max_voices: int = 8
+    warmup: int = 5
+    history: int = 50
+    shrinkage: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (-1 <= self.same_turn_threshold <= self.threshold <= 1) or self.max_voices < 1 or self.turn_gap_s < 0:
+            raise ValueError(f"need -1 <= same_turn_threshold <= threshold <= 1, max_voices >= 1, turn_gap_s >= 0: "
+                             f"{self}")
+
+
+@dataclass
+class Voice:
+    """One voice heard: its id, the running sum of its embeddings (the centroid's direction) and its adapter."""
+
+    id: str
+    adapter: SpeakerAdapter
+    embedding_sum: np.ndarray
+    utterances: int = 0
+    last_heard: float = -np.inf
+
+    @property
+    def centroid(self) -> np.ndarray:
+        return self.embedding_sum / max(float(np.linalg.norm(self.embedding_sum)), 1e-12)
+
+
+@dataclass
+class VoiceTracker:
+    """Assigns utterances to voices; `voices` in order of last use (least recent first)."""
+
+    settings: VoiceSettings = field(default_factory=VoiceSettings)
+    voices: OrderedDict[str, Voice] = field(default_factory=OrderedDict)
+    forgotten: int = 0  # voices dropped to stay within max_voices
+    _last: str | None = None
+    _last_end: float = -np.inf
+    _ids: count = field(default_factory=lambda: count(1))
+
+    def assign(self, embedding: np.ndarray, start: float, end: float) -> Voice:
+        """The voice of an utterance (speaker embedding, L2-normalised by the encoder), updated with it."""
+        embedding = np.asarray(embedding, dtype=np.float64)
+        embedding = embedding / max(float(np.linalg.norm(embedding)), 1e-12)
+        chosen = None
+        if self.voices:
+            similarity = {vid: float(v.centroid @ embedding) for vid, v in self.voices.items()}
+            best = max(similarity, key=similarity.get)
+            same_turn = self._last in self.voices and 0 <= start - self._last_end <= self.settings.turn_gap_s
+            if same_turn and similarity[self._last] >= self.settings.same_turn_threshold:
+                chosen = self.voices[self._last]
+            elif similarity[best] >= self.settings.threshold:
+                chosen = self.voices[best]
+        if chosen is None:
+            chosen = self._open()
+        chosen.embedding_sum = chosen.embedding_sum + embedding
+        chosen.utterances += 1
+        chosen.last_heard = end
+        self.voices.move_to_end(chosen.id)
+        self._last, self._last_end = chosen.id, end
+        return chosen
+
+    def _open(self) -> Voice:
+        while len(self.voices) >= self.settings.max_voices:
+            self.voices.popitem(last=False)
+            self.forgotten += 1
+        s = self.settings
+        voice = Voice(f"voice{next(self._ids)}", SpeakerAdapter(s.warmup, s.history, s.shrinkage), np.zeros(256))
+        self.voices[voice.id] = voice
+        return voice
+
+    def forget(self, voice_id: str | None = None) -> int:
+        """Forgets one voice (or all with None); returns how many were forgotten."""
+        if voice_id is None:
+            n = len(self.voices)
+            self.voices.clear()
+            self._last = None
+            return n
+        if self.voices.pop(voice_id, None) is None:
+            return 0
+        if self._last == voice_id:
+            self._last = None
+        return 1
