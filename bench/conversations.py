@@ -1,6 +1,6 @@
 """Conversations: does knowing who speaks keep speaker normalisation's gain when people take turns?
 
-Conversations are built from the corpora: 2-4 speakers, turns of 1-4 utterances, pauses of 0.5-5 s between turns
+Conversations are built from the corpora: 1 speaker (what tracking costs a person alone), 2-4 speakers, turns of 1-4 utterances, pauses of 0.5-5 s between turns
 (0.2-0.8 s within one), about 40 % neutral (every neutral clip of a speaker plus a draw of the others). Four ways
 to normalise, each judged by the same heads:
   none               the plain head only
@@ -181,27 +181,31 @@ def main() -> int:
     rng = np.random.default_rng(1)
     target_speakers = sorted(set(data.speakers[data.corpora == data.target]))
     records = {s: [] for s in SYSTEMS}  # (rank, truth, predicted)
+    alone = {s: [] for s in SYSTEMS}  # the same for one-speaker sessions only
     identity = []
     conversations = 0
     for _ in range(args.repeats):
-        for size in (2, 3, 4):
+        for size in (1, 2, 3, 4):
             order = list(rng.permutation(target_speakers))
             for group in (order[i:i + size] for i in range(0, len(order) - size + 1, size)):
                 utterances = conversation(data, lengths, group, rng)
                 heads = fit_heads(data.subset(~np.isin(data.speakers, group)), recipe)
                 predicted = judge(data, utterances, heads, settings)
                 for system in SYSTEMS:
-                    records[system] += [(u.rank, data.labels[u.row], p) for u, p in zip(utterances, predicted[system])]
-                identity.append(identity_scores(utterances, track(data, utterances, settings)))
+                    rows = [(u.rank, data.labels[u.row], p) for u, p in zip(utterances, predicted[system])]
+                    (alone if size == 1 else records)[system] += rows
+                if size > 1:
+                    identity.append(identity_scores(utterances, track(data, utterances, settings)))
                 conversations += 1
                 print(f"conversation {conversations}: {len(group)} speakers, {len(utterances)} utterances", flush=True)
     rows = {}
-    for system, rec in records.items():
+    for system, rec in [*records.items(), *((f"{s}, one speaker alone", r) for s, r in alone.items())]:
         by_rank = {}
         for low, high in RANKS:
             chosen = [r for r in rec if low <= r[0] <= high]
-            by_rank[f"{low}-{high if high < 10_000 else ''}"] = compute_metrics([r[1] for r in chosen],
-                                                                                [r[2] for r in chosen], EMOTIONS)["ua"]
+            by_rank[f"{low}-{high if high < 10_000 else ''}"] = (
+                compute_metrics([r[1] for r in chosen], [r[2] for r in chosen], EMOTIONS)["ua"] if chosen
+                else float("nan"))
         rows[system] = {"ua": compute_metrics([r[1] for r in rec], [r[2] for r in rec], EMOTIONS)["ua"],
                         "ua_by_rank": by_rank, "utterances": len(rec)}
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
@@ -212,8 +216,8 @@ def main() -> int:
              for s, r in rows.items()]
     ident = result["identity"]
     text = (f"# Conversations: normalisation by voice ({result['date']})\n\n`.venv/bin/python bench/conversations.py`:"
-            f" {conversations} conversations of 2-4 uem-es speakers (~40 % neutral), each judged by heads trained "
-            f"without its speakers. Tracker calibrated on emovo, emodb and ased: threshold {settings.threshold}, "
+            f" {conversations} sessions of uem-es speakers (~40 % neutral): conversations of 2-4 speakers (the "
+            f"first rows) and each speaker alone (the last rows), each judged by heads trained without its speakers. Tracker calibrated on emovo, emodb and ased: threshold {settings.threshold}, "
             f"same-turn threshold {settings.same_turn_threshold} (turn gap {settings.turn_gap_s} s).\n\n"
             f"Voice identity: purity {ident['purity']:.3f}, fragmentation {ident['fragmentation']:.2f} voices per "
             f"speaker, pairwise F1 {ident['pairwise_f1']:.3f}.\n\n" + format_table(table, list(table[0])) + "\n")

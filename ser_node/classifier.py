@@ -203,12 +203,20 @@ class Classifier:
         results = []
         for i, frames in enumerate(prepared):  # one at a time: utterances differ in length
             offset = None if offsets is None else offsets[i]
-            feed = {"frames": np.ascontiguousarray(frames[None], np.float32),
-                    "speaker_offset": (np.zeros((1, self.feature_size), np.float32) if offset is None
-                                       else np.asarray(offset, np.float32).reshape(1, -1))}
-            normalised, plain, features, speaker = self.session.run(list(VOICE_OUTPUTS), feed)
-            results.append(Inference(plain[0] if offset is None else normalised[0], features[0], speaker[0]))
+            normalised, result = self.infer_candidates(
+                frames, np.zeros(self.feature_size, np.float32) if offset is None else offset)
+            if offset is not None:
+                result.probabilities = normalised[0]
+            results.append(result)
         return results
+
+    def infer_candidates(self, frames: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, Inference]:
+        """Voice models, one prepared utterance judged against several offsets (K, feature_size) in one run:
+        (normalised probabilities (K, classes), the Inference with the plain head's probabilities)."""
+        feed = {"frames": np.ascontiguousarray(frames[None], np.float32),
+                "speaker_offset": np.ascontiguousarray(offsets, np.float32).reshape(-1, self.feature_size)}
+        normalised, plain, features, speaker = self.session.run(list(VOICE_OUTPUTS), feed)
+        return normalised, Inference(plain[0], features[0], speaker[0])
 
     def predict(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         """Probabilities (N, classes) for N mono float waveforms at the model's sample rate (no normalisation)."""
@@ -218,16 +226,24 @@ class Classifier:
 
 
 def classify_in_order(classifier: Classifier, utterances: Sequence[tuple[float, float, np.ndarray]],
-                      speaker_adaptation: bool = True, warmup: int = 5, reset_s: float = 30.0) -> np.ndarray:
+                      speaker_adaptation: bool = True, warmup: int = 5, reset_s: float = 30.0,
+                      voices: Any = None) -> np.ndarray:
     """Probabilities for (start, end, audio) utterances in time order, as the node publishes them: with speaker
-    adaptation, each judged against the speaker's earlier utterances (reset after `reset_s` without speech);
-    the node's parameters of the same names. Used by the bag evaluator, so offline scores equal live ones."""
+    adaptation, each judged against the speaker's earlier utterances: per voice with `voices` (VoiceSettings, voice
+    models), else one state reset after `reset_s` without speech. The node's parameters of the same names; used by
+    the bag evaluator, so offline scores equal live ones."""
     from .adaptation import SpeakerAdapter, adapt_log_probabilities
 
     if not utterances:
         return np.zeros((0, len(classifier.classes)), dtype=np.float32)
     if not speaker_adaptation:
         return classifier.predict([u[2] for u in utterances])
+    if voices is not None and classifier.is_voice_model:
+        from .voices import VoiceNormaliser
+
+        normaliser = VoiceNormaliser(voices)
+        return np.stack([normaliser.judge(classifier, classifier.prepare([audio])[0], start, end)[0].probabilities
+                         for start, end, audio in utterances]).astype(np.float32)
     normalisation = classifier.metadata.model.get("normalisation", {}) if classifier.is_voice_model else {}
     settings = {k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation}
     adapter, last_end, out = SpeakerAdapter(warmup, **settings), -float("inf"), []

@@ -7,10 +7,12 @@ The emotion features are each layer's hidden states pooled over the utterance (m
 unit): 3 layers x 512 values. Layer 1 sits closest to the spectrum, layer 3 closest to speaker identity; which
 layers are kept is a setting (`layers`), chosen on LOSO accuracy (see bench/voice.py).
 
-`VoiceEmotionModel` is what the node runs, exported as one ONNX graph: mel frames in; emotion probabilities, the
-pooled features (standardised) and the speaker embedding out. Speaker normalisation happens in the feature space:
-the node passes the running mean of the current voice's earlier features as `speaker_offset` (zeros when it knows
-nothing yet), so the graph stays stateless and the state lives where the voice is tracked.
+`VoiceEmotionModel` is what the node runs, exported as one ONNX graph: one utterance's mel frames in; emotion
+probabilities, the pooled features (standardised) and the speaker embedding out. Speaker normalisation happens in
+the feature space: the node passes the running mean of the voice's earlier features as `speaker_offset`, so the
+graph stays stateless and the state lives where the voice is tracked. `speaker_offset` may hold several rows (one
+per voice the utterance may belong to): the normalised head answers for each, and the node keeps the row of the
+voice the speaker embedding is assigned to, all in one run.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -217,10 +218,14 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
     frames = torch.from_numpy(np.random.default_rng(0).random((1, 120, MEL_CONFIG.n_mels), dtype=np.float32))
     offset = torch.zeros((1, len(heads.mean)))
     tmp = path.with_name(path.name + ".export.onnx")
-    torch.onnx.export(model, (frames, offset), str(tmp), input_names=["frames", "speaker_offset"],
-                      output_names=["probabilities", "probabilities_plain", "features", "speaker_embedding"],
-                      dynamic_axes={"frames": {0: "batch", 1: "time"}, "speaker_offset": {0: "batch"}},
-                      opset_version=17, dynamo=False)
+    with warnings.catch_warnings():  # the tracer's notes on LSTM shapes: batch is fixed at 1, time is dynamic
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (frames, offset), str(tmp), input_names=["frames", "speaker_offset"],
+                          output_names=["probabilities", "probabilities_plain", "features", "speaker_embedding"],
+                          # One utterance per run; several candidate offsets (one per known voice) in one run.
+                          dynamic_axes={"frames": {1: "time"}, "speaker_offset": {0: "candidates"},
+                                        "probabilities": {0: "candidates"}},
+                          opset_version=17, dynamo=False)
     graph = onnx.load(str(tmp))
     tmp.unlink()
     metadata = ModelMetadata(

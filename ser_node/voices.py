@@ -108,3 +108,31 @@ class VoiceTracker:
         if self._last == voice_id:
             self._last = None
         return 1
+
+
+class VoiceNormaliser:
+    """Speaker normalisation by voice for a voice-encoder model: one graph run per utterance judges it against
+    the offset of every voice that is past warm-up, the speaker embedding from the same run picks the voice, and
+    that voice's row is kept (the plain head while the voice is new). What the node and the bag evaluator run."""
+
+    def __init__(self, settings: VoiceSettings | None = None) -> None:
+        self.tracker = VoiceTracker(settings or VoiceSettings())
+
+    def judge(self, classifier, frames: np.ndarray, start: float, end: float):
+        """(Inference with the probabilities to publish, the Voice it was assigned to)."""
+        candidates = [(v, v.adapter.offset()) for v in self.tracker.voices.values()]
+        candidates = [(v, o) for v, o in candidates if o is not None]
+        offsets = (np.stack([o for _, o in candidates]) if candidates
+                   else np.zeros((1, classifier.feature_size), np.float32))
+        normalised, result = classifier.infer_candidates(frames, offsets)
+        voice = self.tracker.assign(result.speaker_embedding, start, end)
+        row = next((i for i, (v, _) in enumerate(candidates) if v is voice), None)
+        if row is not None:
+            result.probabilities = normalised[row]
+        voice.adapter.remember(result.features)
+        return result, voice
+
+    @property
+    def utterances(self) -> int:
+        """Utterances the voices' current estimates rest on."""
+        return sum(v.adapter.count for v in self.tracker.voices.values())

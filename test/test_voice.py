@@ -94,6 +94,9 @@ def test_export_matches_torch_on_real_clips(voice_model, clips_of_every_speaker)
         moved = session.run(None, {"frames": frames, "speaker_offset": offset + 1.0})
         np.testing.assert_allclose(moved[1], got[1], atol=1e-6)  # the plain head ignores the offset
         assert np.abs(np.log(moved[0]) - np.log(got[0])).max() > 1e-2  # the normalised head reads it
+        both = session.run(None, {"frames": frames, "speaker_offset": np.concatenate([offset, offset + 1.0])})
+        assert both[0].shape == (2, 7)  # one row per candidate offset, in one run
+        np.testing.assert_allclose(both[0], np.concatenate([got[0], moved[0]]), atol=1e-5)
 
 
 def test_metadata_names_the_encoder_source(voice_model):
@@ -166,13 +169,9 @@ def test_node_normalises_per_speaker_and_resets(voice_model, real_waveforms):
     stream, bounds = speech_stream(waveforms, silence_s=1.0)
     messages = typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0)
     harness = Harness({"model_path": str(voice_model["path"]), "reliability": "reliable", "vad_backend": "webrtc",
-                       "speaker_adaptation": True, "adaptation_warmup": 2, "publish_utterance": True})
-    utterances = []
-    from audio_common_msgs.msg import AudioStamped
-
-    harness.tester.create_subscription(AudioStamped, "/ser_node/utterance",
-                                       lambda m: utterances.append(np.array(m.audio.audio_data.float32_data,
-                                                                            np.float32)), 50)
+                       "speaker_adaptation": True, "adaptation_warmup": 2, "publish_utterance": True,
+                       "voice_tracking": False})
+    utterances = collect_utterances(harness)
     try:
         harness.publish(messages, speed=8.0)
         got = [np.array([r.score for r in m.results]) for m in harness.wait_for("classification", len(bounds))]
@@ -182,12 +181,12 @@ def test_node_normalises_per_speaker_and_resets(voice_model, real_waveforms):
         classifier = Classifier(voice_model["path"])
         adapter = node_adapter(voice_model, warmup=2)
         expected = []
-        for audio in utterances:  # the audio the node classified, judged offline
+        for _, audio in utterances:  # the audio the node classified, judged offline
             (result,) = classifier.infer(classifier.prepare([audio]), [adapter.offset()])
             adapter.remember(result.features)
             expected.append(result.probabilities)
         np.testing.assert_allclose(got, expected, atol=1e-4)
-        plain = classifier.predict(utterances)
+        plain = classifier.predict([audio for _, audio in utterances])
         np.testing.assert_allclose(got[:2], plain[:2], atol=1e-4)  # warm-up: the plain head
         assert not np.allclose(got[2:], plain[2:], atol=1e-3)  # normalised after it
 
@@ -200,6 +199,59 @@ def test_node_normalises_per_speaker_and_resets(voice_model, real_waveforms):
         harness.publish(again, speed=8.0)
         after = harness.wait_for("classification", 2 * len(bounds))[len(bounds):]
         np.testing.assert_allclose([r.score for r in after[0].results], plain[0], atol=1e-4)
+    finally:
+        harness.close()
+
+
+def collect_utterances(harness) -> list[tuple[float, np.ndarray]]:
+    """(start, audio) of every utterance the node publishes on ~/utterance."""
+    from audio_common_msgs.msg import AudioStamped
+    from ros_harness import stamp_seconds
+
+    utterances: list[tuple[float, np.ndarray]] = []
+    harness.tester.create_subscription(
+        AudioStamped, "/ser_node/utterance",
+        lambda m: utterances.append((stamp_seconds(m.header.stamp), np.array(m.audio.audio_data.float32_data,
+                                                                             np.float32))), 50)
+    return utterances
+
+
+def test_node_keeps_a_state_per_voice(voice_model, real_waveforms):
+    """Two speakers taking turns, through a real node with voice_tracking: the published scores are what
+    classify_in_order computes offline with the same voice settings (the bag evaluator's path); diagnostics
+    count the voices; ~/reset_adaptation forgets them."""
+    pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
+    from ros_harness import Harness, speech_stream, typed_chunks
+    from std_srvs.srv import Trigger
+
+    from ser_node.classifier import Classifier, classify_in_order
+    from ser_node.model_file import read_metadata
+    from ser_node.voices import VoiceSettings
+
+    turns = [real_waveforms[i] for i in (0, 1, 7, 8, 2, 9, 3, 4, 10, 11)]  # s04 and s05 in turns
+    stream, bounds = speech_stream(turns, silence_s=1.5)
+    harness = Harness({"model_path": str(voice_model["path"]), "reliability": "reliable", "vad_backend": "webrtc",
+                       "adaptation_warmup": 2, "publish_utterance": True})
+    utterances = collect_utterances(harness)
+    try:
+        harness.publish(typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0), speed=8.0)
+        got = [np.array([r.score for r in m.results]) for m in harness.wait_for("classification", len(bounds))]
+        assert len(got) == len(utterances) == len(bounds)
+        values = harness.node.diagnostic_values()[2]
+        assert int(values["voices_tracked"]) >= 1 and values["last_voice"].startswith("voice")
+        assert values["adaptation_utterances"] == str(len(bounds))
+        normalisation = read_metadata(voice_model["path"]).model["normalisation"]
+        settings = VoiceSettings(threshold=0.65, same_turn_threshold=0.6, warmup=2,
+                                 history=normalisation["history"], shrinkage=normalisation["shrinkage"])
+        offline = classify_in_order(Classifier(voice_model["path"]),
+                                    [(start, start + audio.size / 16000, audio) for start, audio in utterances],
+                                    voices=settings)
+        np.testing.assert_allclose(got, offline, atol=1e-4)
+        client = harness.tester.create_client(Trigger, "/ser_node/reset_adaptation")
+        assert client.wait_for_service(timeout_sec=5.0)
+        response = client.call(Trigger.Request(), timeout_sec=10.0)
+        assert response.success and f"forgot {len(bounds)}" in response.message and "voice(s)" in response.message
+        assert "voices_tracked" not in harness.node.diagnostic_values()[2]
     finally:
         harness.close()
 

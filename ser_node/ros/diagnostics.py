@@ -40,6 +40,12 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
         values["adaptation_active"] = str(node._adapter.active)
         if classifier is not None:
             values["adaptation_space"] = "features" if classifier.is_voice_model else "log-probabilities"
+        voices = node._voices
+        if voices is not None and node.p("voice_tracking"):
+            values["adaptation_utterances"] = str(voices.utterances)
+            values["voices_tracked"] = str(len(voices.tracker.voices))
+            values["voices_forgotten"] = str(voices.tracker.forgotten)
+            values["last_voice"] = node._last_voice
     if node._active:  # watchdog: the worker must be alive, and busy whenever work is queued
         worker = node._worker
         silent_s = time.monotonic() - node._worker_beat

@@ -40,11 +40,12 @@ from vision_msgs.msg import Classification, LabelInfo, ObjectHypothesis, VisionC
 from ..adaptation import SpeakerAdapter, adapt_log_probabilities
 from ..audio_messages import (TYPED, RawFormat, raw_to_chunk, seconds_to_stamp, typed_audio_message,
                               typed_to_chunk)
-from ..classifier import Classifier
+from ..classifier import Classifier, Inference
 from ..model_file import ModelFileError, default_model_path
 from ..segmenter import Segmenter, SegmenterConfig, Utterance
 from ..stream import ChunkError, StreamConfig, StreamProcessor
 from ..vad import VadError, make_vad
+from ..voices import VoiceNormaliser, VoiceSettings
 from . import diagnostics, intake
 from .messages import detect_audio_variant, interpret
 from .parameters import PARAMETERS, SNR_GATE_OFF
@@ -137,6 +138,8 @@ class SerNode(LifecycleNode):
         self._worker_beat = time.monotonic()  # the worker's last sign of life (watchdog)
         self._adapter = SpeakerAdapter(warmup=int(self.p("adaptation_warmup")))
         self._adapter_lock = threading.Lock()  # the worker adapts, a service call resets
+        self._voices: VoiceNormaliser | None = None  # voice_tracking: the voices heard (memory only)
+        self._last_voice = ""
         self._last_utterance_end = -float("inf")
         self.latency = LatencyWindow()
         self.stages = StageWindow()
@@ -206,6 +209,7 @@ class SerNode(LifecycleNode):
             self.classifier = new
         with self._adapter_lock:  # what the adapter averaged belongs to the old model's feature space
             self._adapter = self._new_adapter()
+            self._voices = None
         self.model_error = ""
         self._ensure_worker()
 
@@ -441,19 +445,16 @@ class SerNode(LifecycleNode):
         try:
             prepared = classifier.prepare([item.utterance.audio for item in batch])
             featured = time.monotonic()
-            offsets = [self._offset(item) for item in batch] if classifier.is_voice_model else None
-            results = classifier.infer(prepared, offsets)
+            results = ([self._judge_voice(classifier, frames, item) for frames, item in zip(prepared, batch)]
+                       if classifier.is_voice_model else classifier.infer(prepared))
         except Exception as error:  # a broken model must not kill the worker: report and go on
             self._count_error("inference_errors", error, len(batch))
             return
         done = time.monotonic()
         for item, result in zip(batch, results):
             try:
-                if result.features is not None:
-                    probabilities = result.probabilities
-                    self._remember(result.features)
-                else:
-                    probabilities = self._adapt(item, result.probabilities)
+                probabilities = (result.probabilities if classifier.is_voice_model
+                                 else self._adapt(item, result.probabilities))
                 messages = self._result_messages(item, probabilities, classifier.classes)
                 built = time.monotonic()
                 self._send(messages)
@@ -481,17 +482,36 @@ class SerNode(LifecycleNode):
         return SpeakerAdapter(warmup=int(self.p("adaptation_warmup")),
                               **{k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation})
 
-    def _offset(self, item: Pending) -> np.ndarray | None:
-        """Voice models: the offset this utterance is judged with (None: plain head, during warm-up or off)."""
+    def _judge_voice(self, classifier: Classifier, frames: np.ndarray, item: Pending) -> Inference:
+        """Voice models: the probabilities to publish under the node's speaker normalisation: per tracked voice
+        (voice_tracking), one state reset after silence, or none (speaker_adaptation off)."""
         if not self.p("speaker_adaptation"):
-            return None
+            return classifier.infer([frames])[0]
         with self._adapter_lock:
-            return self._current_adapter(item).offset()
+            if self.p("voice_tracking"):
+                result, voice = self._voice_normaliser().judge(classifier, frames, item.utterance.start,
+                                                               item.utterance.end)
+                self._last_voice = voice.id
+                return result
+            adapter = self._current_adapter(item)
+            (result,) = classifier.infer([frames], [adapter.offset()])
+            adapter.remember(result.features)
+            return result
 
-    def _remember(self, features: np.ndarray) -> None:
-        if self.p("speaker_adaptation"):
-            with self._adapter_lock:
-                self._adapter.remember(features)
+    def _voice_settings(self) -> VoiceSettings:
+        normalisation = self.classifier.metadata.model.get("normalisation", {}) if self.classifier else {}
+        return VoiceSettings(threshold=float(self.p("voice_threshold")),
+                             same_turn_threshold=min(float(self.p("voice_same_turn_threshold")),
+                                                     float(self.p("voice_threshold"))),
+                             max_voices=int(self.p("max_voices")), warmup=int(self.p("adaptation_warmup")),
+                             **{k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation})
+
+    def _voice_normaliser(self) -> VoiceNormaliser:
+        """The voices heard so far (call with _adapter_lock held); forgotten when their settings change."""
+        settings = self._voice_settings()
+        if self._voices is None or self._voices.tracker.settings != settings:
+            self._voices = VoiceNormaliser(settings)
+        return self._voices
 
     def _adapt(self, item: Pending, probabilities: np.ndarray) -> np.ndarray:
         """DeepSpectrum models: the same SpeakerAdapter over log-probabilities that bench/accuracy.py
@@ -502,10 +522,15 @@ class SerNode(LifecycleNode):
             return adapt_log_probabilities(self._current_adapter(item), probabilities)
 
     def _reset_adaptation(self, _request: Any, response: Any) -> Any:
+        """Forgets the speaker state: the single adapter and every tracked voice (embeddings and statistics)."""
         with self._adapter_lock:
-            heard = self._adapter.count
+            heard = self._adapter.count + (self._voices.utterances if self._voices else 0)
+            voices = len(self._voices.tracker.voices) if self._voices else 0
             self._adapter = self._new_adapter()
-        response.success, response.message = True, f"forgot {heard} utterance(s) of the previous speaker"
+            self._voices = None
+        response.success = True
+        response.message = (f"forgot {heard} utterance(s) of the previous speaker"
+                            + (f" ({voices} voice(s))" if voices else ""))
         return response
 
     def _count_error(self, counter: str, error: Exception, utterances: int) -> None:

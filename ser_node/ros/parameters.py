@@ -88,6 +88,17 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                            True),
     "adaptation_warmup": (5, describe("utterances heard before adaptation starts (until then: unadapted)", low=1,
                                       high=100, integer=True), True),
+    "voice_tracking": (True, describe("voice-encoder models: keep a normalisation state per voice, told apart by "
+                                      "the model's speaker embedding (ser_node/voices.py; bench/conversations.py), "
+                                      "instead of one state reset after adaptation_reset_s of silence. Embeddings "
+                                      "stay in memory; ~/reset_adaptation forgets every voice"), True),
+    "voice_threshold": (0.65, describe("cosine similarity to a voice's centroid that joins it (calibrated on "
+                                       "emovo, emodb and ased)", low=-1.0, high=1.0), True),
+    "voice_same_turn_threshold": (0.6, describe("the same for the voice just heard, when the utterance follows it "
+                                                "within 1 s (a turn continues); at most voice_threshold",
+                                                low=-1.0, high=1.0), True),
+    "max_voices": (8, describe("voices kept; the least recently heard is forgotten beyond this", low=1, high=64,
+                               integer=True), True),
     "adaptation_reset_s": (30.0, describe("no utterance for this long: assume a new speaker, forget the estimate "
                                           "(also ~/reset_adaptation)", low=1.0, high=3600.0), True),
 }
