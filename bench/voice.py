@@ -503,6 +503,17 @@ def run_attention(work: Path, epochs: int = 8, heads: int = 4, finetune: bool = 
 
 # ------------------------------------------------------------------ report
 
+RANK_NAMES = [f"{low}-{high if high < 10_000 else ''}" for low, high in RANKS]
+SYSTEM_ORDER = ("ComParE", "DS-AM", "encoder, uem-es only", "encoder, shipped", "encoder, + 3 corpora + aug",
+                "fusion")
+
+
+def _row_order(name: str) -> tuple[int, int]:
+    """Rows in reading order: the baseline, DS-AM, the encoder variants, fusion; plain before normalised."""
+    system, regime = name.split(" | ")
+    rank = next((i for i, prefix in enumerate(SYSTEM_ORDER) if system.startswith(prefix)), len(SYSTEM_ORDER))
+    return rank, 0 if regime == "plain" else 1
+
 def report(out: Path) -> str:
     results = json.loads((out / "voice.json").read_text())
     text = "# The voice-encoder default against ComParE + SVM and DS-AM (uem-es, LOSO)\n\n"
@@ -510,14 +521,14 @@ def report(out: Path) -> str:
     if loso:
         text += f"`.venv/bin/python bench/voice.py --parts loso` ({loso['date']}, 2 cores). {loso['protocol']}.\n\n"
         table = []
-        for name, r in loso["rows"].items():
+        for name, r in sorted(loso["rows"].items(), key=lambda kv: _row_order(kv[0])):
             system, regime = name.split(" | ")
             v = r["vs_compare"]
             table.append({"system": system, "regime": regime, "UA": f"{r['ua_mean']:.3f} ± {r['ua_std']:.3f}",
                           "vs ComParE (same regime)": (f"{v['difference']:+.3f}, {v['wins']}/{v['speakers']} "
                                                        f"wins, p = {v['wilcoxon_p']:.3f}")
                           if not system.startswith("ComParE") else "",
-                          **{f"UA at {k}": f"{x:.3f}" for k, x in r["ua_by_rank"].items()}})
+                          **{f"UA at {k}": f"{r['ua_by_rank'][k]:.3f}" for k in RANK_NAMES}})
         text += format_table(table, list(table[0])) + "\n"
     skew = results.get("skew")
     if skew:
@@ -558,7 +569,7 @@ def plot(loso: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = list(dict.fromkeys(n.split(" | ")[0] for n in loso["rows"]))
+    systems = list(dict.fromkeys(n.split(" | ")[0] for n in sorted(loso["rows"], key=_row_order)))
     fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
     width = 0.38
     for k, regime in enumerate(("plain", "normalised")):
