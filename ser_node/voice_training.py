@@ -48,6 +48,14 @@ class VoiceRecipe:
     warmup: int = 5  # utterances of a voice before the normalised head answers
     history: int = 50  # utterances the running mean rests on (the node's SpeakerAdapter)
     shrinkage: float = 0.0  # offset shrunk by n / (n + shrinkage) while it rests on few utterances
+    # Real speakers are mostly neutral, acted corpora are balanced: with a share here, the normalised head is
+    # trained on clips centred by random histories of their speaker drawn with this neutral share (history_size
+    # clips, history_draws draws per clip) instead of the speaker's full mean; [low, high]: a share drawn
+    # uniformly per history. None: the full mean.
+    history_neutral_share: float | list[float] | None = None
+    history_size: int = 20
+    history_draws: int = 3
+    seed: int = 0
     cache_dir: str = "~/.cache/ser_node"
 
     @classmethod
@@ -109,6 +117,29 @@ def centre_by_speaker(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
     return out
 
 
+def centre_by_drawn_histories(z: np.ndarray, speakers: np.ndarray, labels: np.ndarray, recipe: VoiceRecipe
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """Each clip, `history_draws` times, minus the mean of `history_size` other clips of its speaker drawn with
+    `history_neutral_share` neutral (with replacement where a speaker has too few): the skewed histories the node
+    meets with real people. Returns the centred rows and the index of the clip each came from."""
+    rng = np.random.default_rng(recipe.seed)
+    out, rows = [], []
+    for speaker in np.unique(speakers):
+        members = np.where(speakers == speaker)[0]
+        neutral, other = members[labels[members] == "neutral"], members[labels[members] != "neutral"]
+        for i in members:
+            for _ in range(recipe.history_draws):
+                share = recipe.history_neutral_share
+                share = rng.uniform(*share) if isinstance(share, (list, tuple)) else share
+                n_neutral = int(round(share * recipe.history_size)) if len(neutral) else 0
+                pools = [(neutral[neutral != i], n_neutral), (other[other != i], recipe.history_size - n_neutral)]
+                drawn = np.concatenate([rng.choice(pool, k, replace=k > len(pool)) for pool, k in pools
+                                        if k > 0 and len(pool)])
+                out.append(z[i] - z[drawn].mean(axis=0))
+                rows.append(i)
+    return np.stack(out), np.array(rows)
+
+
 @dataclass
 class VoiceHeads:
     """Standardisation and the two heads, as the exported graph computes them (numpy, for evaluation)."""
@@ -159,7 +190,11 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
     z = (pooled - mean) / scale
     weights = np.where(data.corpora == data.target, recipe.target_weight, 1.0)
     plain = _logistic_head(z, data.labels, weights, recipe.c)
-    normalised = _logistic_head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.c)
+    if recipe.history_neutral_share is None:
+        normalised = _logistic_head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.c)
+    else:
+        centred, rows = centre_by_drawn_histories(z, data.speakers, data.labels, recipe)
+        normalised = _logistic_head(centred, data.labels[rows], weights[rows], recipe.c)
     return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised)
 
 

@@ -282,3 +282,22 @@ def test_trainer_cli_writes_a_loadable_model(voice_model, tmp_path):
     assert Classifier(tmp_path / "run" / "model.onnx").is_voice_model
     config.write_text(yaml.safe_dump({**recipe, "layerz": [1]}))
     assert main(["--config", str(config), "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_drawn_histories_have_the_neutral_share_and_never_the_clip():
+    """Training histories for skewed normalisation: the requested neutral share, drawn from the same speaker's
+    other clips only (a vector per clip that is its own index makes both visible)."""
+    from ser_node.voice_training import VoiceRecipe, centre_by_drawn_histories
+
+    speakers = np.repeat(["a", "b"], 14)
+    labels = np.array((["neutral"] * 4 + ["joy"] * 10) * 2)
+    z = np.eye(28)  # clip i is the unit vector i: a history's mean shows which clips it holds
+    recipe = VoiceRecipe(history_neutral_share=0.5, history_size=10, history_draws=2)
+    centred, rows = centre_by_drawn_histories(z, speakers, labels, recipe)
+    assert len(rows) == 2 * 28 and sorted(set(rows)) == list(range(28))
+    for vector, i in zip(centred, rows):
+        history = -np.where(np.arange(28) == i, 0.0, vector)  # the mean of the drawn clips
+        assert vector[i] == 1.0  # the clip itself is never in its own history
+        assert np.isclose(history.sum(), 1.0)
+        assert np.isclose(history[labels == "neutral"].sum(), 0.5)  # 5 of 10 neutral
+        assert history[speakers != speakers[i]].sum() == 0  # only the same speaker
