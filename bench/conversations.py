@@ -37,7 +37,8 @@ from voice import shipped_recipe  # noqa: E402
 from ser_node.adaptation import SpeakerAdapter  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.reports import compute_metrics, format_table, write_json  # noqa: E402
-from ser_node.voice_training import VoiceData, fit_heads, load_voice_data  # noqa: E402
+from ser_node.voice_training import (VoiceData, augmented_copies, fit_heads, load_voice_data,  # noqa: E402
+                                     with_augmentation)
 from ser_node.voices import VoiceSettings, VoiceTracker  # noqa: E402
 
 RANKS = ((1, 5), (6, 20), (21, 10_000))
@@ -176,6 +177,7 @@ def main() -> int:
     recipe = shipped_recipe()
     data = load_voice_data(recipe)
     lengths = durations(data.paths)
+    copies = augmented_copies(data, recipe)
     settings, grid = calibrate(data, lengths)
     print(f"calibrated on emovo, emodb, ased: {settings}", flush=True)
     rng = np.random.default_rng(1)
@@ -189,7 +191,8 @@ def main() -> int:
             order = list(rng.permutation(target_speakers))
             for group in (order[i:i + size] for i in range(0, len(order) - size + 1, size)):
                 utterances = conversation(data, lengths, group, rng)
-                heads = fit_heads(data.subset(~np.isin(data.speakers, group)), recipe)
+                train = ~np.isin(data.speakers, group)
+                heads = fit_heads(with_augmentation(data, copies, train) if copies else data.subset(train), recipe)
                 predicted = judge(data, utterances, heads, settings)
                 for system in SYSTEMS:
                     rows = [(u.rank, data.labels[u.row], p) for u, p in zip(utterances, predicted[system])]

@@ -2,8 +2,9 @@
 same 12 leave-one-speaker-out folds of uem-es, in one run; plus skewed speaker histories, LOCO and robustness.
 
 Parts (--parts, default all):
-  loso        one table: ComParE + SVM, encoder features (uem-es only), the shipped recipe (uem-es + emovo + emodb +
-              ased), with acoustic augmentation, DS-AM (12-epoch LOSO fold models of bench/robustness.py, rows
+  loso        one table: ComParE + SVM, encoder features (uem-es only; + the three other corpora), the shipped
+              recipe (uem-es + emovo + emodb + ased + one acoustically degraded copy of every uem-es clip), heavier
+              augmentation (two copies at the target's weight), DS-AM (12-epoch LOSO fold models of bench/robustness.py, rows
               left out until that run is complete) and DS-AM x encoder late fusion, each plain and speaker-normalised;
               mean ± sd over the 12 test speakers, and a paired comparison with ComParE in the same regime (wins of
               12, Wilcoxon signed-rank p). Normalised: each test speaker's clips in 5 random orders, each clip
@@ -26,6 +27,7 @@ Parts (--parts, default all):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -43,16 +45,16 @@ from accuracy import fit_svm, opensmile_features  # noqa: E402
 from ser_node.adaptation import SpeakerAdapter, adapt_log_probabilities  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.reports import compute_metrics, format_table, write_json  # noqa: E402
-from ser_node.voice_training import (VoiceData, VoiceHeads, VoiceRecipe, causal_offsets,  # noqa: E402
-                                     centre_by_speaker, fit_heads, load_voice_data, predict_in_order,
-                                     speaker_orders)
+from ser_node.voice_training import (VoiceData, VoiceHeads, VoiceRecipe, augmented_copies,  # noqa: E402
+                                     causal_offsets, centre_by_speaker, fit_heads, load_voice_data,
+                                     predict_in_order, speaker_orders, with_augmentation)
 
 DATA = ROOT.parent / "shared" / "data"
 RANKS = ((1, 5), (6, 20), (21, 10_000))
 SKEWS = {"balanced": None, "50 % neutral": 0.5, "70 % neutral": 0.7}
 SKEWED_TRAINING = (1 / 7, 0.7)  # neutral share of the training histories, drawn uniformly per history
 SKEWED_NAME = "recipe trained on histories of 14-70 % neutral"
-AUGMENT_COPIES = 2
+SHIPPED = "encoder, shipped recipe (+ 3 corpora, 1 augmented copy)"
 
 
 def shipped_recipe() -> VoiceRecipe:
@@ -158,54 +160,26 @@ def dsam_predictions() -> dict[str, np.ndarray] | None:
     return out
 
 
-def augmented_features(data: VoiceData, cache: Path) -> list[np.ndarray]:
-    """GE2E features of AUGMENT_COPIES acoustically degraded copies of every target clip (random room, noise,
-    SNR 0-30 dB and gain as ser_node/acoustics.py's training augmentation; rooms the robustness bench never
-    uses; babble from the other corpora's speakers)."""
-    from robustness import babble_pool
-
-    from ser_node.acoustics import AcousticSimulator, AugmentRanges, random_condition, stable_seed
-    from ser_node.voice_features import clip_features
-
-    ranges, simulators, pool = AugmentRanges(probability=1.0), {}, babble_pool()
-    target = data.corpora == data.target
-    paths = [p for p, m in zip(data.paths, target) if m]
-    speakers = data.speakers[target]
-    copies = []
-    for copy in range(AUGMENT_COPIES):
-        def transform(audio: np.ndarray, i: int, copy: int = copy) -> np.ndarray:
-            rng = np.random.default_rng(stable_seed(Path(paths[i]).name, speakers[i], "augment", copy))
-            condition, room = random_condition(ranges, rng)
-            simulator = simulators.setdefault(room, AcousticSimulator(pool, room_seed=1 + room))
-            return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
-        copies.append(clip_features(paths, cache, tag=f"augment{copy}", transform=transform)[0])
-    return copies
-
-
-def with_augmentation(data: VoiceData, copies: list[np.ndarray], train: np.ndarray) -> VoiceData:
-    """The training subset plus the augmented copies of its target clips (same speakers and labels)."""
-    target_train = train & (data.corpora == data.target)
-    extra_rows = np.where(data.corpora == data.target)[0]
-    keep = np.isin(extra_rows, np.where(target_train)[0])
-    parts = [data.subset(train)]
-    for copy in copies:
-        base = data.subset(target_train)
-        base.features = copy[keep]
-        parts.append(base)
-    return VoiceData(np.concatenate([p.features for p in parts]),
-                     np.concatenate([p.speaker_embeddings for p in parts]), np.concatenate([p.labels for p in parts]),
-                     np.concatenate([p.speakers for p in parts]), np.concatenate([p.corpora for p in parts]),
-                     sum((p.paths for p in parts), []), data.target)
-
-
 # ------------------------------------------------------------------ parts
 
 def fold_heads(data: VoiceData, recipe: VoiceRecipe, test_speaker: str, pooled_corpora: bool,
                copies: list[np.ndarray] | None = None) -> VoiceHeads:
+    """The heads of one LOSO fold: trained without the test speaker (and without the other corpora unless
+    `pooled_corpora`), with the recipe's augmentation copies of the training speakers' clips."""
     train = data.speakers != test_speaker
     if not pooled_corpora:
         train &= data.corpora == data.target
     return fit_heads(with_augmentation(data, copies, train) if copies else data.subset(train), recipe)
+
+
+def variants(recipe: VoiceRecipe) -> dict[str, tuple[VoiceRecipe, bool]]:
+    """The ablation: name -> (recipe, with the other corpora)."""
+    clean = dataclasses.replace(recipe, augment_copies=0)
+    heavy = dataclasses.replace(recipe, augment_copies=2, augment_weight=recipe.target_weight)
+    return {"encoder, uem-es only, no augmentation": (clean, False),
+            "encoder, + 3 corpora, no augmentation": (clean, True),
+            SHIPPED: (recipe, True),
+            "encoder, + 3 corpora, 2 augmented copies at the target's weight": (heavy, True)}
 
 
 def run_loso(work: Path) -> dict:
@@ -215,14 +189,13 @@ def run_loso(work: Path) -> dict:
     clips_x = opensmile_features([_Clip(p) for p in target.paths], "ComParE_2016", work / "cache" / "opensmile")
     compare = CompareSystem(work, clips_x.astype(np.float64), target.labels, target.speakers).models()
     dsam = dsam_predictions()
-    copies = augmented_features(data, Path(recipe.cache_dir).expanduser() / "voice")
+    systems = variants(recipe)
+    copies = {name: augmented_copies(data, r) for name, (r, _) in systems.items()}
     records = Records()
     began = time.perf_counter()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
-        heads = {"encoder, uem-es only": fold_heads(data, recipe, t, False),
-                 "encoder, shipped recipe (+ 3 corpora)": fold_heads(data, recipe, t, True),
-                 "encoder, + 3 corpora + augmentation": fold_heads(data, recipe, t, True, copies)}
+        heads = {name: fold_heads(data, r, t, pooled, copies[name]) for name, (r, pooled) in systems.items()}
         plain_svm, centred_svm, global_mean = compare[t]
         for order in speaker_orders(len(test), t):
             rows = test[order]
@@ -242,7 +215,7 @@ def run_loso(work: Path) -> dict:
                 adapted = np.stack([adapt_log_probabilities(adapter, s) for s in scores])
                 records.add("DS-AM (12 epochs) | plain", t, truth, scores)
                 records.add("DS-AM (12 epochs) | normalised", t, truth, adapted)
-                shipped = heads["encoder, shipped recipe (+ 3 corpora)"]
+                shipped = heads[SHIPPED]
                 z = shipped.standardise(target.features[rows])
                 for mode, normalise, ds in (("plain", False, scores), ("normalised", True, adapted)):
                     enc = predict_in_order(shipped, z, recipe, normalise)
@@ -277,12 +250,13 @@ def run_skew(work: Path, history: int = 20) -> dict:
     clips_x = opensmile_features([_Clip(p) for p in target.paths], "ComParE_2016",
                                  work / "cache" / "opensmile").astype(np.float64)
     compare = CompareSystem(work, clips_x, target.labels, target.speakers).models()
-    skewed = VoiceRecipe.from_mapping({**recipe.to_mapping(), "history_neutral_share": list(SKEWED_TRAINING)})
+    skewed = dataclasses.replace(recipe, history_neutral_share=list(SKEWED_TRAINING))
+    copies = augmented_copies(data, recipe)
     records = Records()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
-        heads = fold_heads(data, recipe, t, True)
-        skewed_heads = fold_heads(data, skewed, t, True)
+        heads = fold_heads(data, recipe, t, True, copies)
+        skewed_heads = fold_heads(data, skewed, t, True, copies)
         z = heads.standardise(target.features[test])
         plain_svm, centred_svm, global_mean = compare[t]
         for order in speaker_orders(len(test), t):  # the loso part's causal regime, for the skew-trained heads
@@ -318,13 +292,17 @@ def run_loco(work: Path) -> dict:
     recipe = shipped_recipe()
     data = load_voice_data(recipe)
     x = opensmile_features([_Clip(p) for p in data.paths], "ComParE_2016", work / "cache" / "opensmile")
+    loco_copies = augmented_copies(data, recipe)
     out = {}
     for held in np.unique(data.corpora):
         train, test = data.corpora != held, np.where(data.corpora == held)[0]
         labels = sorted(set(data.labels[test]))
         allowed = [EMOTIONS.index(label) for label in labels]
-        train_data = data.subset(train)
-        train_data.target = str(recipe.corpora[0]["name"]) if held != recipe.corpora[0]["name"] else "none"
+        if held == data.target:  # no target corpus among the training ones: no target weight, no augmentation
+            train_data = data.subset(train)
+            train_data.target = "none"
+        else:
+            train_data = with_augmentation(data, loco_copies, train) if loco_copies else data.subset(train)
         heads = fit_heads(train_data, recipe)
         svm = fit_svm(x[train], data.labels[train], data.speakers[train], (1e-4,), 2).best_estimator_
         row = {"n_test": len(test), "labels": labels}
@@ -372,7 +350,8 @@ def run_robustness(work: Path) -> dict:
         features[name] = clip_features(target.paths, Path(recipe.cache_dir).expanduser() / "voice",
                                        tag="clean" if name == "clean" else condition.name.replace(" ", "_"),
                                        transform=transform)[0]
-    copies = augmented_features(data, Path(recipe.cache_dir).expanduser() / "voice")
+    clean_recipe = dataclasses.replace(recipe, augment_copies=0)
+    copies = augmented_copies(data, recipe)
     compare = {name: compare_features(degrader, c, robust_work) for name, c in conditions.items()}
     svms = CompareSystem(work, opensmile_features([_Clip(p) for p in target.paths], "ComParE_2016",
                                                   work / "cache" / "opensmile").astype(np.float64),
@@ -380,8 +359,8 @@ def run_robustness(work: Path) -> dict:
     records = Records()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
-        heads = {"shipped recipe": fold_heads(data, recipe, t, True),
-                 "+ augmentation": fold_heads(data, recipe, t, True, copies)}
+        heads = {"shipped recipe": fold_heads(data, recipe, t, True, copies),
+                 "the same without augmentation": fold_heads(data, clean_recipe, t, True)}
         plain_svm, centred_svm, global_mean = svms[t]
         for order in speaker_orders(len(test), t)[:1]:
             rows = test[order]
@@ -516,8 +495,8 @@ def run_attention(work: Path, epochs: int = 8, heads: int = 4, finetune: bool = 
 # ------------------------------------------------------------------ report
 
 RANK_NAMES = [f"{low}-{high if high < 10_000 else ''}" for low, high in RANKS]
-SYSTEM_ORDER = ("ComParE", "DS-AM", "encoder, uem-es only", "encoder, shipped", "encoder, + 3 corpora + aug",
-                "fusion")
+SYSTEM_ORDER = ("ComParE", "DS-AM", "encoder, uem-es only", "encoder, + 3 corpora, no", "encoder, shipped",
+                "encoder, + 3 corpora, 2", "fusion")
 
 
 def _skew_order(history: str) -> int:
@@ -564,9 +543,8 @@ def report(out: Path) -> str:
     robust = results.get("robustness")
     if robust:
         text += f"\n## Rooms and robot noise ({robust['date']})\n\n{robust['protocol']}.\n\n"
-        systems = sorted({n.split(" | ")[0] for n in robust["rows"]}, key=list(robust["rows"]).index)
-        conditions = sorted({n.split(" | ")[1] for n in robust["rows"]}, key=[n.split(" | ")[1]
-                                                                              for n in robust["rows"]].index)
+        systems = list(dict.fromkeys(n.split(" | ")[0] for n in robust["rows"]))
+        conditions = ["clean"] + [c for c in dict.fromkeys(n.split(" | ")[1] for n in robust["rows"]) if c != "clean"]
         table = []
         for system in systems:
             clean = robust["rows"][f"{system} | clean"]["ua_mean"]

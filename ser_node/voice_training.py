@@ -55,6 +55,11 @@ class VoiceRecipe:
     history_neutral_share: float | list[float] | None = None
     history_size: int = 20
     history_draws: int = 3
+    # Acoustic augmentation: this many degraded copies of every target clip (a random room and/or noise at 0-30 dB
+    # SNR and gain, ser_node/acoustics.py; babble from the other corpora's speakers) join training, each copy
+    # weighted augment_weight (the clean target clips keep target_weight).
+    augment_copies: int = 0
+    augment_weight: float = 1.0
     seed: int = 0
     cache_dir: str = "~/.cache/ser_node"
 
@@ -188,7 +193,8 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
     pooled = data.features[:, layer_columns(recipe.layers) if columns is None else columns].astype(np.float64)
     mean, scale = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
     z = (pooled - mean) / scale
-    weights = np.where(data.corpora == data.target, recipe.target_weight, 1.0)
+    weights = np.where(data.corpora == data.target, recipe.target_weight,
+                       np.where(data.corpora == AUGMENTED, recipe.augment_weight, 1.0))
     plain = _logistic_head(z, data.labels, weights, recipe.c)
     if recipe.history_neutral_share is None:
         normalised = _logistic_head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.c)
@@ -277,16 +283,64 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
     return path
 
 
+AUGMENTED = "augmented"  # corpus name of the augmentation copies (weighted by augment_weight)
+
+
+def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> list[np.ndarray]:
+    """Pooled features of `augment_copies` degraded copies of every target clip, cached per copy. Rooms are
+    simulated with room seeds 1 and 2 (bench/robustness.py measures in room seed 0); each clip's condition and
+    seed follow from its file name, speaker and copy number, so the copies are the same in every run."""
+    from .acoustics import AcousticSimulator, AugmentRanges, random_condition, stable_seed
+    from .corpora import Clip
+
+    target = data.corpora == data.target
+    babble = [Clip(Path(p), str(label), str(speaker), str(corpus)) for p, label, speaker, corpus, keep
+              in zip(data.paths, data.labels, data.speakers, data.corpora, ~target) if keep]
+    paths = [p for p, m in zip(data.paths, target) if m]
+    speakers = data.speakers[target]
+    ranges, simulators = AugmentRanges(probability=1.0), {}
+    copies = []
+    for copy in range(recipe.augment_copies):
+        def transform(audio: np.ndarray, i: int, copy: int = copy) -> np.ndarray:
+            rng = np.random.default_rng(stable_seed(Path(paths[i]).name, speakers[i], "augment", copy))
+            condition, room = random_condition(ranges, rng)
+            simulator = simulators.setdefault(room, AcousticSimulator(babble, room_seed=1 + room))
+            return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
+        copies.append(clip_features(paths, Path(recipe.cache_dir).expanduser() / "voice", tag=f"augment{copy}",
+                                    transform=transform, progress=progress)[0])
+    return copies
+
+
+def with_augmentation(data: VoiceData, copies: Sequence[np.ndarray], train: np.ndarray) -> VoiceData:
+    """The training rows of `data` plus the augmentation copies of its target clips (same speakers and labels;
+    corpus AUGMENTED, so they take augment_weight)."""
+    target_rows = np.where(data.corpora == data.target)[0]
+    keep = train[target_rows]
+    parts = [data.subset(train)]
+    for copy in copies:
+        part = data.subset(np.isin(np.arange(len(data.labels)), target_rows[keep]))
+        part.features = copy[keep]
+        part.corpora = np.full(len(part.labels), AUGMENTED)
+        parts.append(part)
+    return VoiceData(np.concatenate([p.features for p in parts]),
+                     np.concatenate([p.speaker_embeddings for p in parts]), np.concatenate([p.labels for p in parts]),
+                     np.concatenate([p.speakers for p in parts]), np.concatenate([p.corpora for p in parts]),
+                     sum((p.paths for p in parts), []), data.target)
+
+
 def train_and_export(recipe: VoiceRecipe, out: Path, base: Path | None = None) -> dict[str, Any]:
     """Fits the heads on every clip of the recipe's corpora and writes out/model.onnx, heads.npz and report.json."""
     began = time.perf_counter()
     data = load_voice_data(recipe, base)
-    heads = fit_heads(data, recipe)
+    copies = augmented_copies(data, recipe)
+    heads = fit_heads(with_augmentation(data, copies, np.ones(len(data.labels), dtype=bool)) if copies else data,
+                      recipe)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "heads.npz", mean=heads.mean, scale=heads.scale, plain_w=heads.plain[0], plain_b=heads.plain[1],
              norm_w=heads.normalised[0], norm_b=heads.normalised[1], layers=np.array(heads.layers))
     counts = {str(c): int((data.corpora == c).sum()) for c in np.unique(data.corpora)}
-    training = {"recipe": recipe.to_mapping(), "clips": counts, "speakers": int(len(np.unique(data.speakers))),
+    training = {"recipe": recipe.to_mapping(), "clips": counts, "augmented_copies": len(copies) * int(counts.get(
+                    data.target, 0)), "speakers": int(len(np.unique(data.speakers))),
                 "date": time.strftime("%Y-%m-%d"), "protocol": "all speakers (the shipped model)",
                 "accuracy": "see models/MODEL_CARD.md and bench/results/voice.md (LOSO)"}
     export_voice_model(heads, recipe, out / "model.onnx", training)

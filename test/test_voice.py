@@ -301,3 +301,32 @@ def test_drawn_histories_have_the_neutral_share_and_never_the_clip():
         assert np.isclose(history.sum(), 1.0)
         assert np.isclose(history[labels == "neutral"].sum(), 0.5)  # 5 of 10 neutral
         assert history[speakers != speakers[i]].sum() == 0  # only the same speaker
+
+
+def test_augmentation_copies_follow_their_clips(corpus_dir, tmp_path):
+    """Acoustic augmentation of the target clips: one degraded copy per clip, different from the clean features,
+    the same on a second computation (cached, deterministic), babble only from the other corpus; in a fold only
+    the training speakers' copies join, labelled as the augmented corpus."""
+    from ser_node.voice_training import AUGMENTED, VoiceRecipe, augmented_copies, load_voice_data, with_augmentation
+
+    def manifest(name: str, speakers: tuple[str, ...], stems: tuple[str, ...]) -> dict:
+        path = tmp_path / f"{name}.csv"
+        rows = ["path,label,speaker"] + [f"{corpus_dir / s / f'{stem}.flac'},{stem.split('_')[0]},{s}"
+                                         for s in speakers for stem in stems]
+        path.write_text("\n".join(rows) + "\n")
+        return {"name": name, "kind": "manifest", "path": str(path)}
+
+    target = manifest("target", ("s00", "s01"), ("Ira_01", "Neutro_01", "Alegria_01"))
+    other = manifest("other", ("s05",), ("Tristeza_01", "Miedo_01"))
+    recipe = VoiceRecipe(corpora=[target, other], cache_dir=str(tmp_path / "cache"), augment_copies=1)
+    data = load_voice_data(recipe, progress=False)
+    (copy,) = augmented_copies(data, recipe, progress=False)
+    clean = data.features[data.corpora == "target"]
+    assert copy.shape == clean.shape and not np.allclose(copy, clean, atol=1e-3)
+    (again,) = augmented_copies(data, recipe, progress=False)
+    np.testing.assert_array_equal(again, copy)
+    train = data.speakers != "target/s01"
+    fold = with_augmentation(data, [copy], train)
+    augmented = fold.corpora == AUGMENTED
+    assert augmented.sum() == 3 and set(fold.speakers[augmented]) == {"target/s00"}
+    assert "target/s01" not in set(fold.speakers)
