@@ -595,6 +595,8 @@ def voice_inference(waveforms: list[np.ndarray]) -> dict:
     torch.set_num_threads(1)
     encoder = GE2EEncoder.pretrained()
     with torch.no_grad():
+        for f in frames[:3]:  # warm-up, as for ONNX Runtime
+            pool(encoder(torch.from_numpy(f[None])), (0, 1, 2))
         began = time.perf_counter()
         for f in frames:
             pool(encoder(torch.from_numpy(f[None])), (0, 1, 2))

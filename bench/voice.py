@@ -553,6 +553,25 @@ def report(out: Path) -> str:
                                                       f" ({robust['rows'][f'{system} | {c}']['ua_mean'] - clean:+.3f})"))
                                                for c in conditions}})
         text += format_table(table, list(table[0])) + "\n"
+    pooling = [(part, results[part]) for part in ("attention", "finetune") if part in results]
+    if pooling and loso:
+        text += ("\n## Attentive pooling and fine-tuning the encoder (uem-es only)\n\nThe `attention` and `finetune` "
+                 "parts: attentive pooling (4 learned softmax weightings over the frames, their weighted means and "
+                 "deviations beside the plain ones) trained per fold with cross-entropy, with the encoder frozen or "
+                 "its layer 3 fine-tuned at lr 1e-4; then the recipe's linear heads on the learned features. Against "
+                 "the frozen mean and deviation on the same data (the `loso` row `encoder, uem-es only, no "
+                 "augmentation`).\n\n")
+        base = {regime: loso["rows"].get(f"encoder, uem-es only, no augmentation | {regime}") for regime in
+                ("plain", "normalised")}
+        table = [{"features": "frozen encoder, mean and deviation (loso)",
+                  **{regime: f"{r['ua_mean']:.3f} ± {r['ua_std']:.3f}" if r else "" for regime, r in base.items()}}]
+        for part, data in pooling:
+            table.append({"features": f"attentive pooling, {'layer 3 fine-tuned' if data['finetune_layer3'] else 'encoder frozen'}"
+                                      f" ({data['date']}, {data['epochs']} epochs)",
+                          **{regime: f"{data['rows'][f'attentive pooling | {regime}']['ua_mean']:.3f} ± "
+                                     f"{data['rows'][f'attentive pooling | {regime}']['ua_std']:.3f}"
+                             for regime in ("plain", "normalised")}})
+        text += format_table(table, list(table[0])) + "\n"
     (out / "voice.md").write_text(text)
     if loso:
         plot(loso, out / "voice.png")
