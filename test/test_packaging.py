@@ -201,7 +201,7 @@ def test_colcon_build_installs_a_package_that_runs(real_waveforms, tmp_path):
                  share / "models" / "ser_default.onnx", share / "models" / "MODEL_CARD.md",
                  share / "demo" / "demo_es.wav",
                  *(prefix / "lib" / "ser_node" / name for name in ("ser_node", "ser_train", "ser_export", "ser_bag",
-                                                                   "ser_demo", "ser_trainer"))):
+                                                                   "ser_demo", "ser_trainer", "ser_train_voice"))):
         assert path.exists(), path
     command = (f"source {tmp_path / 'ws' / 'install' / 'setup.bash'} && exec "
                f"{prefix / 'lib' / 'ser_node' / 'ser_node'} --ros-args --params-file {share / 'config' / 'ser_node.yaml'}"

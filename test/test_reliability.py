@@ -148,20 +148,27 @@ def test_repeated_sigint_shutdown_after_real_traffic_never_aborts(exported_model
     messages = typed_chunks(stream, 16000, 1, "int16", 0.02, 1000.0)  # 50 msgs/s, the intake's batched path
     side = SideNode("shutdown_tester")
     received: list = []
-    side.node.create_subscription(Expression, "/ser_node/expression", received.append, 10)
     qos = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
     try:
         for cycle in range(int(os.environ.get("SER_SHUTDOWN_CYCLES", "4"))):
             received.clear()
-            # A topic per cycle: the previous node's subscription may linger in discovery for a while.
+            # Topics per cycle: the previous node's endpoints may linger in discovery for a while.
             publisher = side.node.create_publisher(AudioStamped, f"audio_{cycle}", qos)
+            expressions = side.node.create_subscription(Expression, f"/cycle_{cycle}/ser_node/expression",
+                                                        received.append, 10)
             process = subprocess.Popen(
                 [sys.executable, "-m", "ser_node.ros.node", "--ros-args", "-p",
                  f"model_path:={exported_models['fp32']}", "-p", "reliability:=reliable",
-                 "-r", f"audio:=audio_{cycle}"],
+                 "-r", f"__ns:=/cycle_{cycle}", "-r", f"audio:=/audio_{cycle}"],
                 env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             try:
                 assert side.wait_for_subscriber(publisher), "the node never subscribed"
+                # ... and its expression publisher has met our subscription (else the first result can be
+                # published before discovery completes, and is lost: volatile durability).
+                deadline = time.monotonic() + 10
+                while expressions.get_publisher_count() == 0 and time.monotonic() < deadline:
+                    side.executor.spin_once(timeout_sec=0.05)
+                assert expressions.get_publisher_count() > 0, "the node's expression publisher never appeared"
                 time.sleep(0.3)
                 for msg in messages:
                     publisher.publish(msg)
