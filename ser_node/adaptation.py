@@ -55,6 +55,13 @@ class SpeakerAdapter:
         return vector if offset is None else vector - offset
 
 
+def starts_new_speaker(start: float, last_end: float, reset_s: float) -> bool:
+    """Without voice identity, a pause longer than `reset_s` (or time running backwards, a replayed or restarted
+    stream) is taken to mean somebody else may be speaking: start a fresh adapter."""
+    gap = start - last_end
+    return gap > reset_s or gap < -1.0
+
+
 def adapt_log_probabilities(adapter: SpeakerAdapter, probabilities: np.ndarray) -> np.ndarray:
     """Class probabilities with the speaker's usual leaning removed (a per-speaker class prior, in log space)."""
     log_p = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1.0))

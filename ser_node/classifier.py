@@ -148,6 +148,13 @@ class Classifier:
                                  f"{self.metadata.model.get('feature_size')} in its metadata")
 
     @property
+    def adapter_settings(self) -> dict[str, Any]:
+        """SpeakerAdapter history and shrinkage stored in a voice model's metadata (what its LOSO figures were
+        measured with); empty for models without them (the adapter's own defaults apply)."""
+        normalisation = self.metadata.model.get("normalisation", {})
+        return {k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation}
+
+    @property
     def feature_size(self) -> int:
         """Width of the per-utterance feature vector that speaker normalisation averages (voice models)."""
         return int(self.metadata.model.get("feature_size", 0))
@@ -218,6 +225,19 @@ class Classifier:
         normalised, plain, features, speaker = self.session.run(list(VOICE_OUTPUTS), feed)
         return normalised, Inference(plain[0], features[0], speaker[0])
 
+    def infer_adapted(self, prepared_one: Any, adapter: Any) -> Inference:
+        """One prepared utterance judged against its speaker's earlier ones, then added to them: feature offsets
+        for voice models, log-probability adaptation for DeepSpectrum models (adaptation.SpeakerAdapter)."""
+        from .adaptation import adapt_log_probabilities
+
+        if self.is_voice_model:
+            (result,) = self.infer([prepared_one], [adapter.offset()])
+            adapter.remember(result.features)
+            return result
+        (result,) = self.infer(prepared_one[None])
+        result.probabilities = adapt_log_probabilities(adapter, result.probabilities)
+        return result
+
     def predict(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         """Probabilities (N, classes) for N mono float waveforms at the model's sample rate (no normalisation)."""
         if not waveforms:
@@ -232,7 +252,7 @@ def classify_in_order(classifier: Classifier, utterances: Sequence[tuple[float, 
     adaptation, each judged against the speaker's earlier utterances: per voice with `voices` (VoiceSettings, voice
     models), else one state reset after `reset_s` without speech. The node's parameters of the same names; used by
     the bag evaluator, so offline scores equal live ones."""
-    from .adaptation import SpeakerAdapter, adapt_log_probabilities
+    from .adaptation import SpeakerAdapter, starts_new_speaker
 
     if not utterances:
         return np.zeros((0, len(classifier.classes)), dtype=np.float32)
@@ -244,18 +264,10 @@ def classify_in_order(classifier: Classifier, utterances: Sequence[tuple[float, 
         normaliser = VoiceNormaliser(voices)
         return np.stack([normaliser.judge(classifier, classifier.prepare([audio])[0], start, end)[0].probabilities
                          for start, end, audio in utterances]).astype(np.float32)
-    normalisation = classifier.metadata.model.get("normalisation", {}) if classifier.is_voice_model else {}
-    settings = {k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation}
-    adapter, last_end, out = SpeakerAdapter(warmup, **settings), -float("inf"), []
+    adapter, last_end, out = SpeakerAdapter(warmup, **classifier.adapter_settings), -float("inf"), []
     for start, end, audio in utterances:
-        if start - last_end > reset_s or start - last_end < -1.0:
-            adapter = SpeakerAdapter(warmup, **settings)
+        if starts_new_speaker(start, last_end, reset_s):
+            adapter = SpeakerAdapter(warmup, **classifier.adapter_settings)
         last_end = end
-        prepared = classifier.prepare([audio])
-        if classifier.is_voice_model:
-            (result,) = classifier.infer(prepared, [adapter.offset()])
-            adapter.remember(result.features)
-            out.append(result.probabilities)
-        else:
-            out.append(adapt_log_probabilities(adapter, classifier.infer(prepared)[0].probabilities))
+        out.append(classifier.infer_adapted(classifier.prepare([audio])[0], adapter).probabilities)
     return np.stack(out).astype(np.float32)

@@ -40,10 +40,15 @@ def opensmile_functionals(paths: Sequence[str | Path], feature_set: str, cache_d
         for number, (key, path) in enumerate(tqdm(missing, desc=feature_set, unit="clip", disable=None)):
             stored[key] = smile.process_file(str(path)).to_numpy()[0].astype(np.float32)
             if (number + 1) % 500 == 0 or number + 1 == len(missing):  # finished work survives a crash
-                tmp = store_path.with_name(store_path.stem + ".tmp.npz")
-                np.savez(tmp, **stored)
-                tmp.replace(store_path)
+                save_npz_atomic(stored, store_path)
     return np.stack([stored[k] for k in keys])
+
+
+def save_npz_atomic(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """A per-clip cache written whole or not at all: a crash mid-write leaves the previous file."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
 
 
 @dataclass

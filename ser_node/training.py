@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -32,6 +31,7 @@ from .reports import (compute_metrics, format_table, per_speaker_accuracy, plot_
 from .train_config import TrainConfig  # also the settings' public home for `run_experiment(TrainConfig(...))`
 from .train_data import (AudioBank, CorpusMix, ImageCache, ImageMaker, RunData, prepare_clips)
 from .train_loop import predict_network, predict_svc, train_network, train_svc
+from .voice_frontend import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,10 @@ class RunResult:
     problems: list[LoadProblem]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def backbone_provenance(path: str | Path) -> dict[str, Any]:
     """Hash of a backbone weights file and, for a stage=pretrain backbone, what it was trained on (backbone.json)."""
     path = Path(path)
-    info: dict[str, Any] = {"path": str(path), "sha256": _sha256(path)}
+    info: dict[str, Any] = {"path": str(path), "sha256": sha256_of(path)}
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         info["provenance"] = json.loads(sidecar.read_text())
@@ -204,7 +200,7 @@ def _write_backbone(run_dir: Path, model: nn.Module, config: TrainConfig, train:
     provenance = {
         "kind": "ser_train stage=pretrain",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "sha256": _sha256(run_dir / "backbone.pt"),
+        "sha256": sha256_of(run_dir / "backbone.pt"),
         "variant": config.variant, "width": config.width, "batch_norm": config.batch_norm,
         "image_size": config.image_size, "epochs": config.epochs, "teacher_weight": config.teacher_weight,
         "teacher_sets": config.teacher_sets if config.teacher_weight > 0 else [],

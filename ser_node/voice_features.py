@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .audio import load_audio
-from .teacher import file_digest
+from .teacher import file_digest, save_npz_atomic
 from .voice_frontend import ENCODER_SHA256, encoder_input, partial_frames, preprocess
 
 FRONTEND_VERSION = 1  # bump when voice_frontend changes what reaches the encoder
@@ -24,12 +24,6 @@ ALL_LAYERS = (0, 1, 2)
 def layer_columns(layers: Sequence[int]) -> np.ndarray:
     """Columns of the cached 1536-wide matrix that hold the given layers' (mean, std) blocks."""
     return np.concatenate([np.arange(i * 512, (i + 1) * 512) for i in layers])
-
-
-def _save(store: dict[str, np.ndarray], path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **store)
-    tmp.replace(path)
 
 
 def clip_features(paths: Sequence[str | Path], cache_dir: str | Path, tag: str = "clean",
@@ -61,6 +55,6 @@ def clip_features(paths: Sequence[str | Path], cache_dir: str | Path, tag: str =
             speaker = embed_utterance(encoder, partial_frames(preprocess(audio)))
             store[key] = np.concatenate([pooled, speaker]).astype(np.float32)
             if done % 300 == 0 or done == len(missing):
-                _save(store, store_path)
+                save_npz_atomic(store, store_path)
     matrix = np.stack([store[k] for k in keys])
     return matrix[:, :1536], matrix[:, 1536:]

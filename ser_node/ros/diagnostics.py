@@ -36,16 +36,17 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
     values.update({k: str(v) for k, v in node.counts.items()})
     values.update({k: str(v) for k, v in sorted(node.error_kinds.items())})
     if node.p("speaker_adaptation"):
-        values["adaptation_utterances"] = str(node._adapter.count)
-        values["adaptation_active"] = str(node._adapter.active)
-        if classifier is not None:
-            values["adaptation_space"] = "features" if classifier.is_voice_model else "log-probabilities"
-        voices = node._voices
-        if voices is not None and node.p("voice_tracking"):
+        voices = node._voices if node.p("voice_tracking") else None
+        if voices is not None:
             values["adaptation_utterances"] = str(voices.utterances)
             values["voices_tracked"] = str(len(voices.tracker.voices))
             values["voices_forgotten"] = str(voices.tracker.forgotten)
             values["last_voice"] = node._last_voice
+        else:
+            values["adaptation_utterances"] = str(node._adapter.count)
+        values["adaptation_active"] = str(node._adapter.active)
+        if classifier is not None:
+            values["adaptation_space"] = "features" if classifier.is_voice_model else "log-probabilities"
     if node._active:  # watchdog: the worker must be alive, and busy whenever work is queued
         worker = node._worker
         silent_s = time.monotonic() - node._worker_beat

@@ -37,7 +37,7 @@ from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 from vision_msgs.msg import Classification, LabelInfo, ObjectHypothesis, VisionClass
 
-from ..adaptation import SpeakerAdapter, adapt_log_probabilities
+from ..adaptation import SpeakerAdapter, adapt_log_probabilities, starts_new_speaker
 from ..audio_messages import (TYPED, RawFormat, raw_to_chunk, seconds_to_stamp, typed_audio_message,
                               typed_to_chunk)
 from ..classifier import Classifier, Inference
@@ -468,9 +468,8 @@ class SerNode(LifecycleNode):
     def _current_adapter(self, item: Pending) -> SpeakerAdapter:
         """The current speaker's adapter (call with _adapter_lock held): a fresh one after `adaptation_reset_s`
         without an utterance (a new speaker is likely), or when its settings changed."""
-        warmup = int(self.p("adaptation_warmup"))
-        gap = item.utterance.start - self._last_utterance_end
-        if self._adapter.warmup != warmup or gap > float(self.p("adaptation_reset_s")) or gap < -1.0:
+        if self._adapter.warmup != int(self.p("adaptation_warmup")) or starts_new_speaker(
+                item.utterance.start, self._last_utterance_end, float(self.p("adaptation_reset_s"))):
             self._adapter = self._new_adapter()
         self._last_utterance_end = item.utterance.end
         return self._adapter
@@ -478,9 +477,8 @@ class SerNode(LifecycleNode):
     def _new_adapter(self) -> SpeakerAdapter:
         """Warm-up from the parameter; history and shrinkage from a voice model's metadata (what its LOSO figures
         were measured with), the log-probability adapter's own defaults otherwise."""
-        normalisation = self.classifier.metadata.model.get("normalisation", {}) if self.classifier else {}
         return SpeakerAdapter(warmup=int(self.p("adaptation_warmup")),
-                              **{k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation})
+                              **(self.classifier.adapter_settings if self.classifier else {}))
 
     def _judge_voice(self, classifier: Classifier, frames: np.ndarray, item: Pending) -> Inference:
         """Voice models: the probabilities to publish under the node's speaker normalisation: per tracked voice
@@ -493,18 +491,14 @@ class SerNode(LifecycleNode):
                                                                item.utterance.end)
                 self._last_voice = voice.id
                 return result
-            adapter = self._current_adapter(item)
-            (result,) = classifier.infer([frames], [adapter.offset()])
-            adapter.remember(result.features)
-            return result
+            return classifier.infer_adapted(frames, self._current_adapter(item))
 
     def _voice_settings(self) -> VoiceSettings:
-        normalisation = self.classifier.metadata.model.get("normalisation", {}) if self.classifier else {}
         return VoiceSettings(threshold=float(self.p("voice_threshold")),
                              same_turn_threshold=min(float(self.p("voice_same_turn_threshold")),
                                                      float(self.p("voice_threshold"))),
                              max_voices=int(self.p("max_voices")), warmup=int(self.p("adaptation_warmup")),
-                             **{k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation})
+                             **(self.classifier.adapter_settings if self.classifier else {}))
 
     def _voice_normaliser(self) -> VoiceNormaliser:
         """The voices heard so far (call with _adapter_lock held); forgotten when their settings change."""
