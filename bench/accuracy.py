@@ -45,6 +45,7 @@ from ser_node.corpora import load_corpus_entry, load_emomatch  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.reports import (compute_metrics, format_table, plot_confusion, summarise_folds,  # noqa: E402
                               write_json)
+from ser_node.voice_training import speaker_orders  # noqa: E402
 
 OPENSMILE_SETS = {"egemaps_svm": "eGeMAPSv02", "compare_svm": "ComParE_2016"}
 DS_RECIPES = {
@@ -130,25 +131,30 @@ def default_recipe() -> dict:
 
 
 RANK_BUCKETS = ((1, 5), (6, 20), (21, 10_000))
+RANK_NAMES = [f"{low}-{high if high < 10_000 else ''}" for low, high in RANK_BUCKETS]
+
+
+def ua_per_speaker(records: list[tuple[str, int, str, str]]) -> dict[str, float]:
+    """UA of each speaker's (speaker, rank, truth, predicted) records, all orders pooled."""
+    return {s: compute_metrics([r[2] for r in records if r[0] == s], [r[3] for r in records if r[0] == s],
+                               EMOTIONS)["ua"] for s in sorted({r[0] for r in records})}
+
+
+def ua_by_rank(records: list[tuple[str, int, str, str]]) -> dict[str, float]:
+    """Pooled UA of the records whose utterance rank falls in each bucket (NaN for an empty bucket)."""
+    out = {}
+    for name, (low, high) in zip(RANK_NAMES, RANK_BUCKETS):
+        chosen = [r for r in records if low <= r[1] <= high]
+        out[name] = (compute_metrics([r[2] for r in chosen], [r[3] for r in chosen], EMOTIONS)["ua"] if chosen
+                     else float("nan"))
+    return out
 
 
 def _ranked_outcome(records: list[tuple[str, int, str, str]]) -> dict:
     """UA per speaker (mean ± sd, over all orders) and pooled UA by utterance rank bucket."""
-    speakers = sorted({r[0] for r in records})
-    per_speaker = [compute_metrics([r[2] for r in records if r[0] == s], [r[3] for r in records if r[0] == s],
-                                   EMOTIONS)["ua"] for s in speakers]
-    by_rank = {}
-    for low, high in RANK_BUCKETS:
-        chosen = [r for r in records if low <= r[1] <= high]
-        by_rank[f"{low}-{high if high < 10_000 else ''}"] = compute_metrics([r[2] for r in chosen],
-                                                                            [r[3] for r in chosen], EMOTIONS)["ua"]
-    return {"ua_mean": float(np.mean(per_speaker)), "ua_std": float(np.std(per_speaker)), "ua_by_rank": by_rank}
-
-
-def _orders(n: int, speaker: str, count: int = 5) -> list[np.ndarray]:
-    seed = int.from_bytes(speaker.encode()[-4:].rjust(4, b"\0"), "little")
-    rng = np.random.default_rng(seed)
-    return [rng.permutation(n) for _ in range(count)]
+    per_speaker = list(ua_per_speaker(records).values())
+    return {"ua_mean": float(np.mean(per_speaker)), "ua_std": float(np.std(per_speaker)),
+            "ua_by_rank": ua_by_rank(records)}
 
 
 def _svm_folds(work: Path, x: np.ndarray, y: np.ndarray, speakers: np.ndarray) -> dict:
@@ -206,7 +212,7 @@ def run_adaptation(work: Path, corpus_dir: Path, warmup: int = 5) -> dict:
         assert list(plain.classes_) == list(EMOTIONS)
         test = np.where(speakers == test_speaker)[0]
         margins = plain.decision_function(x[test])
-        for order in _orders(len(test), test_speaker):
+        for order in speaker_orders(len(test), test_speaker):
             adapters = {k: SpeakerAdapter(warmup=warmup) for k in ("svm_scores", "svm_features", "net_scores")}
             for rank, k in enumerate(order, start=1):
                 i = test[k]
@@ -434,7 +440,7 @@ def adaptation_table(out: Path) -> str:
     if not path.exists():
         return ""
     data = json.loads(path.read_text())
-    buckets = [f"{low}-{high if high < 10_000 else ''}" for low, high in RANK_BUCKETS]
+    buckets = RANK_NAMES
     rows = [{"system": name, "UA": f"{r['ua_mean']:.3f} ± {r['ua_std']:.3f}",
              **{f"UA, utterances {b}": f"{r['ua_by_rank'][b]:.3f}" for b in buckets}}
             for name, r in data["rows"].items()]

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from accuracy import ua_by_rank  # noqa: E402
 from voice import shipped_recipe  # noqa: E402
 from ser_node.adaptation import SpeakerAdapter  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
@@ -41,7 +42,6 @@ from ser_node.voice_training import (VoiceData, augmented_copies, fit_heads, loa
                                      with_augmentation)
 from ser_node.voices import VoiceSettings, VoiceTracker  # noqa: E402
 
-RANKS = ((1, 5), (6, 20), (21, 10_000))
 SYSTEMS = ("none", "reset on silence", "estimated identity", "oracle identity")
 RESET_S = 30.0
 
@@ -182,7 +182,7 @@ def main() -> int:
     print(f"calibrated on emovo, emodb, ased: {settings}", flush=True)
     rng = np.random.default_rng(1)
     target_speakers = sorted(set(data.speakers[data.corpora == data.target]))
-    records = {s: [] for s in SYSTEMS}  # (rank, truth, predicted)
+    records = {s: [] for s in SYSTEMS}  # (speaker, rank, truth, predicted)
     alone = {s: [] for s in SYSTEMS}  # the same for one-speaker sessions only
     identity = []
     conversations = 0
@@ -195,7 +195,8 @@ def main() -> int:
                 heads = fit_heads(with_augmentation(data, copies, train) if copies else data.subset(train), recipe)
                 predicted = judge(data, utterances, heads, settings)
                 for system in SYSTEMS:
-                    rows = [(u.rank, data.labels[u.row], p) for u, p in zip(utterances, predicted[system])]
+                    rows = [(u.speaker, u.rank, data.labels[u.row], p)
+                            for u, p in zip(utterances, predicted[system])]
                     (alone if size == 1 else records)[system] += rows
                 if size > 1:
                     identity.append(identity_scores(utterances, track(data, utterances, settings)))
@@ -203,14 +204,8 @@ def main() -> int:
                 print(f"conversation {conversations}: {len(group)} speakers, {len(utterances)} utterances", flush=True)
     rows = {}
     for system, rec in [*records.items(), *((f"{s}, one speaker alone", r) for s, r in alone.items())]:
-        by_rank = {}
-        for low, high in RANKS:
-            chosen = [r for r in rec if low <= r[0] <= high]
-            by_rank[f"{low}-{high if high < 10_000 else ''}"] = (
-                compute_metrics([r[1] for r in chosen], [r[2] for r in chosen], EMOTIONS)["ua"] if chosen
-                else float("nan"))
-        rows[system] = {"ua": compute_metrics([r[1] for r in rec], [r[2] for r in rec], EMOTIONS)["ua"],
-                        "ua_by_rank": by_rank, "utterances": len(rec)}
+        rows[system] = {"ua": compute_metrics([r[2] for r in rec], [r[3] for r in rec], EMOTIONS)["ua"],
+                        "ua_by_rank": ua_by_rank(rec), "utterances": len(rec)}
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
               "conversations": conversations, "settings": settings.__dict__, "calibration_grid": grid,
               "identity": {k: float(np.mean([s[k] for s in identity])) for k in identity[0]}, "rows": rows}

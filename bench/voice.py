@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from accuracy import fit_svm, opensmile_features  # noqa: E402
+from accuracy import RANK_NAMES, fit_svm, ua_by_rank, ua_per_speaker  # noqa: E402
+from ser_node.teacher import opensmile_functionals  # noqa: E402
 from ser_node.adaptation import SpeakerAdapter, adapt_log_probabilities  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.reports import compute_metrics, format_table, write_json  # noqa: E402
@@ -50,7 +51,6 @@ from ser_node.voice_training import (VoiceData, VoiceHeads, VoiceRecipe, augment
                                      predict_in_order, speaker_orders, with_augmentation)
 
 DATA = ROOT.parent / "shared" / "data"
-RANKS = ((1, 5), (6, 20), (21, 10_000))
 SKEWS = {"balanced": None, "50 % neutral": 0.5, "70 % neutral": 0.7}
 SKEWED_TRAINING = (1 / 7, 0.7)  # neutral share of the training histories, drawn uniformly per history
 SKEWED_NAME = "recipe trained on histories of 14-70 % neutral"
@@ -78,22 +78,12 @@ class Records:
         self.rows.setdefault(system, []).extend(
             (speaker, rank, t, p) for rank, (t, p) in enumerate(zip(truths, predicted), start=1))
 
-    def per_speaker(self, system: str) -> dict[str, float]:
-        rows = self.rows[system]
-        return {s: compute_metrics([r[2] for r in rows if r[0] == s], [r[3] for r in rows if r[0] == s],
-                                   EMOTIONS)["ua"] for s in sorted({r[0] for r in rows})}
-
     def summary(self, system: str) -> dict:
         rows = self.rows[system]
-        ua = self.per_speaker(system)
-        by_rank = {}
-        for low, high in RANKS:
-            chosen = [r for r in rows if low <= r[1] <= high]
-            by_rank[f"{low}-{high if high < 10_000 else ''}"] = compute_metrics(
-                [r[2] for r in chosen], [r[3] for r in chosen], EMOTIONS)["ua"]
+        ua = ua_per_speaker(rows)
         pooled = compute_metrics([r[2] for r in rows], [r[3] for r in rows], EMOTIONS)
         return {"ua_mean": float(np.mean(list(ua.values()))), "ua_std": float(np.std(list(ua.values()))),
-                "per_speaker": ua, "ua_by_rank": by_rank, "confusion": pooled["confusion"],
+                "per_speaker": ua, "ua_by_rank": ua_by_rank(rows), "confusion": pooled["confusion"],
                 "recall": {c: pooled["per_class"][c]["recall"] for c in EMOTIONS}}
 
 
@@ -109,11 +99,6 @@ def paired(a: dict[str, float], b: dict[str, float]) -> dict:
 
 
 # ------------------------------------------------------------------ systems
-
-def _softmax(margins: np.ndarray) -> np.ndarray:
-    z = np.exp(margins - margins.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
 
 class CompareSystem:
     """ComParE_2016 functionals + linear SVM (C by speaker-grouped inner CV), plain and trained on speaker-centred
@@ -140,6 +125,22 @@ class CompareSystem:
             self.cache.write_bytes(pickle.dumps(models))
             print(f"ComParE SVMs for {t} fitted", flush=True)
         return models
+
+
+def compare_baseline(work: Path, target: VoiceData) -> tuple[np.ndarray, dict]:
+    """ComParE_2016 functionals of the target clips (cached per clip) and the per-test-speaker SVMs."""
+    x = opensmile_functionals(target.paths, "ComParE_2016", work / "cache" / "opensmile").astype(np.float64)
+    return x, CompareSystem(work, x, target.labels, target.speakers).models()
+
+
+def compare_scores(svms: tuple, x: np.ndarray, recipe: VoiceRecipe) -> tuple[np.ndarray, np.ndarray]:
+    """One speaker's clips in the order heard: the plain SVM's margins, and the normalised regime's (the centred
+    SVM on each clip minus the mean of the earlier ones, the plain margins during warm-up)."""
+    plain_svm, centred_svm, global_mean = svms
+    margins = plain_svm.decision_function(x)
+    offsets, active = causal_offsets(x - global_mean, recipe)
+    normalised = centred_svm.decision_function(x - global_mean - offsets)
+    return margins, np.where(active[:, None], normalised, margins)
 
 
 def dsam_predictions() -> dict[str, np.ndarray] | None:
@@ -186,8 +187,7 @@ def run_loso(work: Path) -> dict:
     recipe = shipped_recipe()
     data = load_voice_data(recipe)
     target = data.subset(data.corpora == data.target)
-    clips_x = opensmile_features([_Clip(p) for p in target.paths], "ComParE_2016", work / "cache" / "opensmile")
-    compare = CompareSystem(work, clips_x.astype(np.float64), target.labels, target.speakers).models()
+    clips_x, compare = compare_baseline(work, target)
     dsam = dsam_predictions()
     systems = variants(recipe)
     copies = {name: augmented_copies(data, r) for name, (r, _) in systems.items()}
@@ -196,15 +196,12 @@ def run_loso(work: Path) -> dict:
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
         heads = {name: fold_heads(data, r, t, pooled, copies[name]) for name, (r, pooled) in systems.items()}
-        plain_svm, centred_svm, global_mean = compare[t]
         for order in speaker_orders(len(test), t):
             rows = test[order]
             truth = target.labels[rows]
-            margins = plain_svm.decision_function(clips_x[rows])
+            margins, normalised = compare_scores(compare[t], clips_x[rows], recipe)
             records.add("ComParE + SVM | plain", t, truth, margins)
-            offsets, active = causal_offsets(clips_x[rows] - global_mean, recipe)
-            normalised = centred_svm.decision_function(clips_x[rows] - global_mean - offsets)
-            records.add("ComParE + SVM | normalised", t, truth, np.where(active[:, None], normalised, margins))
+            records.add("ComParE + SVM | normalised", t, truth, normalised)
             for name, h in heads.items():
                 z = h.standardise(target.features[rows])
                 records.add(f"{name} | plain", t, truth, predict_in_order(h, z, recipe, normalise=False))
@@ -235,21 +232,12 @@ def run_loso(work: Path) -> dict:
             "recipe": recipe.to_mapping(), "rows": rows}
 
 
-class _Clip:
-    """The one attribute opensmile_features reads."""
-
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-
-
 def run_skew(work: Path, history: int = 20) -> dict:
     """Each test clip centred by `history` other clips of its speaker with a given neutral share."""
     recipe = shipped_recipe()
     data = load_voice_data(recipe)
     target = data.subset(data.corpora == data.target)
-    clips_x = opensmile_features([_Clip(p) for p in target.paths], "ComParE_2016",
-                                 work / "cache" / "opensmile").astype(np.float64)
-    compare = CompareSystem(work, clips_x, target.labels, target.speakers).models()
+    clips_x, compare = compare_baseline(work, target)
     skewed = dataclasses.replace(recipe, history_neutral_share=list(SKEWED_TRAINING))
     copies = augmented_copies(data, recipe)
     records = Records()
@@ -291,7 +279,7 @@ def run_skew(work: Path, history: int = 20) -> dict:
 def run_loco(work: Path) -> dict:
     recipe = shipped_recipe()
     data = load_voice_data(recipe)
-    x = opensmile_features([_Clip(p) for p in data.paths], "ComParE_2016", work / "cache" / "opensmile")
+    x = opensmile_functionals(data.paths, "ComParE_2016", work / "cache" / "opensmile")
     loco_copies = augmented_copies(data, recipe)
     out = {}
     for held in np.unique(data.corpora):
@@ -353,15 +341,12 @@ def run_robustness(work: Path) -> dict:
     clean_recipe = dataclasses.replace(recipe, augment_copies=0)
     copies = augmented_copies(data, recipe)
     compare = {name: compare_features(degrader, c, robust_work) for name, c in conditions.items()}
-    svms = CompareSystem(work, opensmile_features([_Clip(p) for p in target.paths], "ComParE_2016",
-                                                  work / "cache" / "opensmile").astype(np.float64),
-                         target.labels, target.speakers).models()
+    svms = compare_baseline(work, target)[1]
     records = Records()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
         heads = {"shipped recipe": fold_heads(data, recipe, t, True, copies),
                  "the same without augmentation": fold_heads(data, clean_recipe, t, True)}
-        plain_svm, centred_svm, global_mean = svms[t]
         for order in speaker_orders(len(test), t)[:1]:
             rows = test[order]
             truth = target.labels[rows]
@@ -370,12 +355,9 @@ def run_robustness(work: Path) -> dict:
                     z = h.standardise(features[name][rows])
                     records.add(f"{label} plain | {name}", t, truth, predict_in_order(h, z, recipe, False))
                     records.add(f"{label} normalised | {name}", t, truth, predict_in_order(h, z, recipe, True))
-                cx = compare[name][rows].astype(np.float64)
-                records.add(f"ComParE + SVM plain | {name}", t, truth, plain_svm.decision_function(cx))
-                offsets, active = causal_offsets(cx - global_mean, recipe)
-                normalised = centred_svm.decision_function(cx - global_mean - offsets)
-                records.add(f"ComParE + SVM normalised | {name}", t, truth,
-                            np.where(active[:, None], normalised, plain_svm.decision_function(cx)))
+                margins, normalised = compare_scores(svms[t], compare[name][rows].astype(np.float64), recipe)
+                records.add(f"ComParE + SVM plain | {name}", t, truth, margins)
+                records.add(f"ComParE + SVM normalised | {name}", t, truth, normalised)
     return {"date": time.strftime("%Y-%m-%d %H:%M"),
             "protocol": "LOSO, uem-es, every clip of the test speaker under the condition (seeds and rooms of "
                         "bench/robustness.py), each by its own fold's model, trained on clean audio (or with the "
@@ -494,7 +476,6 @@ def run_attention(work: Path, epochs: int = 8, heads: int = 4, finetune: bool = 
 
 # ------------------------------------------------------------------ report
 
-RANK_NAMES = [f"{low}-{high if high < 10_000 else ''}" for low, high in RANKS]
 SYSTEM_ORDER = ("ComParE", "DS-AM", "encoder, uem-es only", "encoder, + 3 corpora, no", "encoder, shipped",
                 "encoder, + 3 corpora, 2", "fusion")
 
