@@ -45,7 +45,7 @@ fi
 
 key=$(digest requirements/ros.txt $(find interfaces -type f | sort))
 if ! fresh interfaces "$key"; then
-  for pkg in audio_common_msgs hri_msgs vision_msgs; do
+  for pkg in audio_common_msgs hri_msgs vision_msgs ser_node_interfaces; do
     say "building interface package $pkg"
     rm -rf "$root/build/$pkg"; mkdir -p "$root/build"
     PATH="$venv/bin:$PATH" CMAKE_PREFIX_PATH="$venv" AMENT_PREFIX_PATH="$venv" \
