@@ -7,6 +7,8 @@ speaker embedding (an output of the default model's graph, so it costs nothing e
 voices heard so far: above `threshold` it joins the most similar voice, else it opens a new one. Turns help: an
 utterance that follows the last one within `turn_gap_s` is likelier the same person, so the last voice is kept at
 the lower `same_turn_threshold`. The set is bounded (`max_voices`; the least recently heard voice is forgotten).
+A doubtful assignment must not judge somebody by another person's mean: an utterance whose cosine to its voice's
+centroid is below `confident_similarity` still joins the voice, but the plain head answers for it.
 
 Everything lives in memory: embeddings and statistics are never written anywhere.
 """
@@ -23,10 +25,11 @@ from .adaptation import SpeakerAdapter
 
 @dataclass(frozen=True)
 class VoiceSettings:
-    """Decision settings; the defaults are calibrated on emovo, emodb and ased (bench/conversations.py)."""
+    """Decision settings; the defaults are calibrated on uem-es conversations (bench/conversations.py)."""
 
-    threshold: float = 0.80  # cosine to a voice's centroid to join it
+    threshold: float = 0.75  # cosine to a voice's centroid to join it
     same_turn_threshold: float = 0.70  # for the voice just heard, within turn_gap_s
+    confident_similarity: float = -1.0  # below this cosine to its voice, an utterance is judged by the plain head
     turn_gap_s: float = 1.0
     max_voices: int = 8
     warmup: int = 5
@@ -48,6 +51,7 @@ class Voice:
     embedding_sum: np.ndarray
     utterances: int = 0
     last_heard: float = -np.inf
+    similarity: float = np.nan  # the last utterance's cosine to the centroid before it joined (NaN: it opened it)
 
     @property
     def centroid(self) -> np.ndarray:
@@ -69,7 +73,7 @@ class VoiceTracker:
         """The voice of an utterance (speaker embedding, L2-normalised by the encoder), updated with it."""
         embedding = np.asarray(embedding, dtype=np.float64)
         embedding = embedding / max(float(np.linalg.norm(embedding)), 1e-12)
-        chosen = None
+        chosen, similarity = None, {}
         if self.voices:
             similarity = {vid: float(v.centroid @ embedding) for vid, v in self.voices.items()}
             best = max(similarity, key=similarity.get)
@@ -80,6 +84,7 @@ class VoiceTracker:
                 chosen = self.voices[best]
         if chosen is None:
             chosen = self._open()
+        chosen.similarity = similarity.get(chosen.id, np.nan)
         chosen.embedding_sum = chosen.embedding_sum + embedding
         chosen.utterances += 1
         chosen.last_heard = end
@@ -87,27 +92,34 @@ class VoiceTracker:
         self._last, self._last_end = chosen.id, end
         return chosen
 
-    def _open(self) -> Voice:
+    def confident(self, voice: Voice) -> bool:
+        """Whether the utterance just assigned to `voice` may be judged by the voice's normalisation state."""
+        return bool(voice.similarity >= self.settings.confident_similarity)
+
+    def named(self, voice_id: str, end: float) -> Voice:
+        """The voice an upstream voice module (ROS4HRI) named, opened on first use: no embedding decides."""
+        voice = self.voices.get(voice_id) or self._open(voice_id)
+        voice.utterances += 1
+        voice.last_heard = end
+        self.voices.move_to_end(voice_id)
+        return voice
+
+    def _open(self, voice_id: str | None = None) -> Voice:
         while len(self.voices) >= self.settings.max_voices:
             self.voices.popitem(last=False)
             self.forgotten += 1
         s = self.settings
-        voice = Voice(f"voice{next(self._ids)}", SpeakerAdapter(s.warmup, s.history, s.shrinkage), np.zeros(256))
+        voice = Voice(voice_id or f"voice{next(self._ids)}", SpeakerAdapter(s.warmup, s.history, s.shrinkage),
+                      np.zeros(256))
         self.voices[voice.id] = voice
         return voice
 
-    def forget(self, voice_id: str | None = None) -> int:
-        """Forgets one voice (or all with None); returns how many were forgotten."""
-        if voice_id is None:
-            n = len(self.voices)
-            self.voices.clear()
+    def forget(self, voice_ids: list[str] | None = None) -> list[str]:
+        """Forgets these voices (every voice with None): embeddings and statistics; returns the ids forgotten."""
+        gone = [v for v in (list(self.voices) if voice_ids is None else voice_ids) if self.voices.pop(v, None)]
+        if self._last in gone:
             self._last = None
-            return n
-        if self.voices.pop(voice_id, None) is None:
-            return 0
-        if self._last == voice_id:
-            self._last = None
-        return 1
+        return gone
 
 
 class VoiceNormaliser:
@@ -127,10 +139,15 @@ class VoiceNormaliser:
         normalised, result = classifier.infer_candidates(frames, offsets)
         voice = self.tracker.assign(result.speaker_embedding, start, end)
         row = next((i for i, (v, _) in enumerate(candidates) if v is voice), None)
-        if row is not None:
+        if row is not None and self.tracker.confident(voice):
             result.probabilities = normalised[row]
         voice.adapter.remember(result.features)
         return result, voice
+
+    def judge_named(self, classifier, frames: np.ndarray, voice_id: str, end: float):
+        """The same for an utterance whose voice an upstream module named: (inference, Voice)."""
+        voice = self.tracker.named(voice_id, end)
+        return classifier.infer_adapted(frames, voice.adapter), voice
 
     @property
     def utterances(self) -> int:

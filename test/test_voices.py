@@ -30,8 +30,17 @@ def test_bounded_least_recent_forgotten_and_forget():
     ids = [tracker.assign(unit(*np.eye(8)[k]), 10.0 * k, 10.0 * k + 1).id for k in range(5)]
     assert len(tracker.voices) == 3 and tracker.forgotten == 2
     assert list(tracker.voices) == ids[2:]  # the two least recently heard went first
-    assert tracker.forget(ids[3]) == 1 and tracker.forget("nobody") == 0
-    assert tracker.forget() == 2 and not tracker.voices
+    assert tracker.forget([ids[3], "nobody"]) == [ids[3]]
+    assert tracker.forget() == [ids[2], ids[4]] and not tracker.voices
+
+
+def test_named_voices_share_the_bound_and_keep_their_ids():
+    tracker = VoiceTracker(VoiceSettings(max_voices=2))
+    a = tracker.named("upstream_a", 1.0)
+    assert tracker.named("upstream_a", 2.0) is a and a.utterances == 2
+    tracker.named("upstream_b", 3.0)
+    tracker.assign(unit(1, 0), 4.0, 5.0)  # an own voice: the least recent (upstream_a) goes
+    assert list(tracker.voices)[0] == "upstream_b" and tracker.forgotten == 1
 
 
 def test_settings_are_checked():
