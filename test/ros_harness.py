@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
 import numpy as np
@@ -95,8 +96,8 @@ class Harness:
     def _spin(self) -> None:
         try:
             self.executor.spin()
-        except Exception:  # context shut down while spinning
-            pass
+        except Exception:  # the context shut down while spinning, or a callback raised: show which
+            traceback.print_exc()
 
     def subscribe_outputs(self, namespace: str = "") -> None:
         from diagnostic_msgs.msg import DiagnosticArray

@@ -76,6 +76,11 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
         values["speaking"] = str(node.stream.segmenter.speaking)
         if level == DiagnosticStatus.OK and (stats.dropped or node.counts["utterances_dropped"]):
             level, message = DiagnosticStatus.WARN, "audio chunks or utterances dropped (see values)"
+    hri = node._hri
+    if hri is not None:
+        values.update(hri.values())
+        if level == DiagnosticStatus.OK and hri.stats.last_dropped:
+            level, message = DiagnosticStatus.WARN, "voice ids dropped from /humans/voices/tracked (see hri_*)"
     if node._intake is not None:
         values["audio_messages_lost"] = str(node._intake.lost)
         if level == DiagnosticStatus.OK and node._intake.lost:

@@ -47,6 +47,7 @@ from ..stream import ChunkError, StreamConfig, StreamProcessor
 from ..vad import VadError, make_vad
 from ..voices import VoiceNormaliser, VoiceSettings
 from . import diagnostics, intake
+from .hri_voices import MODES as HRI_MODES, HriVoices
 from .messages import detect_audio_variant, interpret
 from .parameters import PARAMETERS, SNR_GATE_OFF
 
@@ -59,6 +60,8 @@ class Pending:
     frame_id: str
     queued_at: float
     taken_at: float = 0.0  # when the intake took the audio message that closed the utterance
+    voice_id: str = ""  # the upstream (ROS4HRI) voice whose topic it came from; "" for the node's own audio topic
+    heard_as: str = ""  # the voice it was judged as (upstream id or the node's own tracker's)
 
 
 STAGES = ("intake", "wake", "features", "inference", "build", "publish")
@@ -138,7 +141,8 @@ class SerNode(LifecycleNode):
         self._worker_beat = time.monotonic()  # the worker's last sign of life (watchdog)
         self._adapter = SpeakerAdapter(warmup=int(self.p("adaptation_warmup")))
         self._adapter_lock = threading.Lock()  # the worker adapts, a service call resets
-        self._voices: VoiceNormaliser | None = None  # voice_tracking: the voices heard (memory only)
+        self._voices: VoiceNormaliser | None = None  # the voices heard (memory only)
+        self._hri: HriVoices | None = None  # ROS4HRI voices (hri_voices.py), while active
         self._last_voice = ""
         self._last_utterance_end = -float("inf")
         self.latency = LatencyWindow()
@@ -161,6 +165,8 @@ class SerNode(LifecycleNode):
             if name in PARAMETERS and name not in self.live_names and self.state_label() == "active":
                 return SetParametersResult(successful=False,
                                            reason=f"{name} can only change while the node is not active")
+        if values.get("hri_voices", "follow") not in HRI_MODES:
+            return SetParametersResult(successful=False, reason=f"hri_voices must be one of {', '.join(HRI_MODES)}")
         try:  # the segmenter settings must stay consistent with each other, not only within their ranges
             self._segmenter_config(values).validate()
         except ValueError as error:
@@ -230,6 +236,8 @@ class SerNode(LifecycleNode):
         try:
             self.classifier = self._load_classifier(self.p("model_path"))
             vad = make_vad(self.p("vad_backend"), webrtc_aggressiveness=self.p("webrtc_aggressiveness"))
+            if self.p("hri_voices") not in HRI_MODES:
+                raise ValueError(f"hri_voices must be one of {', '.join(HRI_MODES)}, got {self.p('hri_voices')!r}")
         except (ModelFileError, VadError, ValueError) as error:
             self.model_error = str(error)
             self.get_logger().error(f"configure failed: {error}")
@@ -254,6 +262,7 @@ class SerNode(LifecycleNode):
                 self.get_logger().warning("publish_utterance needs the typed audio_common_msgs; not publishing")
         self.reload_srv = self.create_service(Trigger, "~/reload_model", self._reload_service)
         self.reset_adaptation_srv = self.create_service(Trigger, "~/reset_adaptation", self._reset_adaptation)
+        self.forget_voices_srv = self._create_forget_service()
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 
@@ -273,6 +282,9 @@ class SerNode(LifecycleNode):
             if self.info_class is not None:
                 self._audio_subscriptions.append(self.create_subscription(self.info_class, "audio_info",
                                                                     self._on_info, 10))
+        self._hri = HriVoices(self, str(self.p("hri_voices")), int(self.p("max_voices")),
+                              self.audio_class if self.variant == TYPED else self._raw_voice_class(), qos,
+                              self._voice_stream, self._on_voice_audio, self._forget_voices)
         self._active = True
         self._ensure_worker()
         if self._intake is not None:
@@ -313,6 +325,9 @@ class SerNode(LifecycleNode):
     def _stop_listening(self) -> None:
         """Unsubscribes from audio and stops the inference worker (deactivate and shutdown)."""
         self._active = False
+        if self._hri is not None:
+            self._hri.close()
+            self._hri = None
         if self._intake is not None:
             self._intake.stop()
             self._intake = None
@@ -340,7 +355,7 @@ class SerNode(LifecycleNode):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
                 setattr(self, name, None)
-        for name in ("reload_srv", "reset_adaptation_srv"):
+        for name in ("reload_srv", "reset_adaptation_srv", "forget_voices_srv"):
             srv = getattr(self, name, None)
             if srv is not None:
                 self.destroy_service(srv)
@@ -373,8 +388,10 @@ class SerNode(LifecycleNode):
             self.get_logger().info(f"audio format from audio_info: {fmt}")
             self.raw_format = fmt
 
-    def _feed(self, make_chunk: Any, frame_id: str) -> None:
-        stream = self.stream
+    def _feed(self, make_chunk: Any, frame_id: str, stream: StreamProcessor | None = None, voice_id: str = "") -> None:
+        """Decodes one audio message into `stream` (the node's own, or an upstream voice's) and queues what it
+        closes."""
+        stream = stream or self.stream
         if not self._active or stream is None:
             return
         taken_at = time.monotonic()
@@ -392,7 +409,7 @@ class SerNode(LifecycleNode):
                 self._warn_bad_chunk(error)
                 return
         for utterance in utterances:
-            self._enqueue(utterance, frame_id, taken_at)
+            self._enqueue(utterance, frame_id, taken_at, voice_id)
 
     def _warn_bad_chunk(self, error: ChunkError) -> None:
         """Logs at most every 5 s; every drop is counted in diagnostics."""
@@ -406,14 +423,14 @@ class SerNode(LifecycleNode):
         if pub is not None:
             pub.publish(Bool(data=speaking))
 
-    def _enqueue(self, utterance: Utterance, frame_id: str, taken_at: float = 0.0) -> None:
+    def _enqueue(self, utterance: Utterance, frame_id: str, taken_at: float = 0.0, voice_id: str = "") -> None:
         with self._lock:
             limit = int(self.p("queue_size"))
             while len(self._queue) >= limit:
                 self._queue.popleft()
                 self.counts["utterances_dropped"] += 1
             now = time.monotonic()
-            self._queue.append(Pending(utterance, frame_id, now, taken_at or now))
+            self._queue.append(Pending(utterance, frame_id, now, taken_at or now, voice_id))
             self._lock.notify()
 
     # ------------------------------------------------------------ inference
@@ -457,7 +474,7 @@ class SerNode(LifecycleNode):
                                  else self._adapt(item, result.probabilities))
                 messages = self._result_messages(item, probabilities, classifier.classes)
                 built = time.monotonic()
-                self._send(messages)
+                self._send(messages, item.voice_id or item.heard_as)
             except Exception as error:  # scores it cannot interpret, a publisher torn down, ...
                 self._count_error("result_errors", error, 1)
                 continue
@@ -484,19 +501,28 @@ class SerNode(LifecycleNode):
         """Voice models: the probabilities to publish under the node's speaker normalisation: per tracked voice
         (voice_tracking), one state reset after silence, or none (speaker_adaptation off)."""
         if not self.p("speaker_adaptation"):
+            item.heard_as = item.voice_id
             return classifier.infer([frames])[0]
         with self._adapter_lock:
-            if self.p("voice_tracking"):
+            if item.voice_id:
+                result, voice = self._voice_normaliser().judge_named(classifier, frames, item.voice_id,
+                                                                     item.utterance.end)
+            elif self.p("voice_tracking"):
                 result, voice = self._voice_normaliser().judge(classifier, frames, item.utterance.start,
                                                                item.utterance.end)
-                self._last_voice = voice.id
-                return result
-            return classifier.infer_adapted(frames, self._current_adapter(item))
+            else:
+                return classifier.infer_adapted(frames, self._current_adapter(item))
+            item.heard_as = self._last_voice = voice.id
+            held = list(self._voices.tracker.voices) if self._voices is not None else []
+        if self._hri is not None and not item.voice_id:
+            self._hri.own_voices_changed(held, self.get_clock().now().to_msg())
+        return result
 
     def _voice_settings(self) -> VoiceSettings:
         return VoiceSettings(threshold=float(self.p("voice_threshold")),
                              same_turn_threshold=min(float(self.p("voice_same_turn_threshold")),
                                                      float(self.p("voice_threshold"))),
+                             confident_similarity=float(self.p("voice_confident_similarity")),
                              max_voices=int(self.p("max_voices")), warmup=int(self.p("adaptation_warmup")),
                              **(self.classifier.adapter_settings if self.classifier else {}))
 
@@ -513,6 +539,10 @@ class SerNode(LifecycleNode):
         if not self.p("speaker_adaptation"):
             return probabilities
         with self._adapter_lock:
+            if item.voice_id:  # an upstream voice: its own state
+                item.heard_as = item.voice_id
+                voice = self._voice_normaliser().tracker.named(item.voice_id, item.utterance.end)
+                return adapt_log_probabilities(voice.adapter, probabilities)
             return adapt_log_probabilities(self._current_adapter(item), probabilities)
 
     def _reset_adaptation(self, _request: Any, response: Any) -> Any:
@@ -522,10 +552,64 @@ class SerNode(LifecycleNode):
             voices = len(self._voices.tracker.voices) if self._voices else 0
             self._adapter = self._new_adapter()
             self._voices = None
+        if self._hri is not None:
+            self._hri.own_voices_changed([], self.get_clock().now().to_msg())
         response.success = True
         response.message = (f"forgot {heard} utterance(s) of the previous speaker"
                             + (f" ({voices} voice(s))" if voices else ""))
         return response
+
+    def _create_forget_service(self) -> Any:
+        """~/forget_voices (ser_node_interfaces/ForgetVoices), if that package is installed (see interfaces/)."""
+        try:
+            from ser_node_interfaces.srv import ForgetVoices
+        except ImportError:
+            self.get_logger().warning("ser_node_interfaces is not installed: no ~/forget_voices service "
+                                      "(~/reset_adaptation still forgets every voice)")
+            return None
+        return self.create_service(ForgetVoices, "~/forget_voices", self._forget_voices_service)
+
+    def _forget_voices(self, voice_ids: list[str] | None) -> list[str]:
+        """Drops voices' embeddings and statistics (None: all); returns the ids that were held."""
+        with self._adapter_lock:
+            gone = self._voices.tracker.forget(voice_ids) if self._voices is not None else []
+            if voice_ids is None:
+                self._adapter = self._new_adapter()
+            held = list(self._voices.tracker.voices) if self._voices is not None else []
+        if self._hri is not None and gone:
+            self._hri.own_voices_changed(held, self.get_clock().now().to_msg())
+        return gone
+
+    def _forget_voices_service(self, request: Any, response: Any) -> Any:
+        wanted = None if request.all_voices else list(request.voice_ids)
+        response.forgotten = self._forget_voices(wanted)
+        missing = [] if wanted is None else [v for v in wanted if v not in response.forgotten]
+        response.success = not missing
+        response.message = (f"forgot {len(response.forgotten)} voice(s)"
+                            + (f"; not held: {', '.join(missing[:10])}" if missing else ""))
+        return response
+
+    def _voice_stream(self) -> StreamProcessor:
+        """A fresh segmenter and VAD for one upstream voice, with the node's current settings."""
+        vad = make_vad(self.p("vad_backend"), webrtc_aggressiveness=self.p("webrtc_aggressiveness"))
+        return StreamProcessor(Segmenter(vad, self._segmenter_config()),
+                               StreamConfig(self.p("channel"), self.p("max_chunk_s"), self.p("gap_tolerance_s")))
+
+    def _raw_voice_class(self) -> Any:
+        from audio_common_msgs.msg import AudioData  # raw variant: REP 155's per-voice audio type
+
+        return AudioData
+
+    def _on_voice_audio(self, voice_id: str, msg: Any) -> None:
+        """One upstream voice's audio message (executor thread, as are opening and releasing voices)."""
+        hri = self._hri
+        stream = hri.stream(voice_id) if hri is not None else None
+        if stream is None:
+            return
+        frame_id = msg.header.frame_id if hasattr(msg, "header") else ""
+        make_chunk = ((lambda now: typed_to_chunk(msg, now)) if self.variant == TYPED
+                      else (lambda now: raw_to_chunk(msg, self.raw_format, now)))
+        self._feed(make_chunk, frame_id, stream, voice_id)
 
     def _count_error(self, counter: str, error: Exception, utterances: int) -> None:
         self.counts[counter] += utterances
@@ -558,11 +642,14 @@ class SerNode(LifecycleNode):
                  if self.utterance_pub is not None else None)
         return classification, expression, audio
 
-    def _send(self, messages: tuple[Any, ...]) -> None:
+    def _send(self, messages: tuple[Any, ...], voice_id: str = "") -> None:
         classification, expression, audio = messages
         if self.expression_pub is not None:
             self.classification_pub.publish(classification)  # scores first: a listener of both can join them
             self.expression_pub.publish(expression)
+        hri = self._hri
+        if hri is not None and voice_id:
+            hri.publish_expression(voice_id, expression)
         if audio is not None and self.utterance_pub is not None:
             self.utterance_pub.publish(audio)
 

@@ -97,8 +97,20 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "voice_same_turn_threshold": (0.6, describe("the same for the voice just heard, when the utterance follows it "
                                                 "within 1 s (a turn continues); at most voice_threshold",
                                                 low=-1.0, high=1.0), True),
-    "max_voices": (8, describe("voices kept; the least recently heard is forgotten beyond this", low=1, high=64,
-                               integer=True), True),
+    "voice_confident_similarity": (-1.0, describe("below this cosine to its voice's centroid, an utterance still "
+                                                  "joins the voice but is judged by the plain head (a doubtful "
+                                                  "assignment must not judge somebody by another person's mean)",
+                                                  low=-1.0, high=1.0), True),
+    "max_voices": (8, describe("voices kept (the node's own and upstream ROS4HRI voices together); the least "
+                               "recently heard is forgotten beyond this, and upstream ids beyond it are not "
+                               "subscribed to (counted in diagnostics)", low=1, high=64, integer=True), True),
+    "hri_voices": ("follow", describe(
+        "ROS4HRI voices (REP 155). follow: subscribe to /humans/voices/tracked and to each tracked voice's "
+        "/humans/voices/<id>/audio, normalise by that id, publish /humans/voices/<id>/expression (nothing happens "
+        "without an upstream voice module). publish: no upstream module; publish the node's own voice ids there "
+        "(off by default because they are estimates: a voice can split or two people merge, see "
+        "bench/results/conversations.md, and another node may own /humans/voices). off: neither. Takes effect "
+        "at the next activation", choices="follow|publish|off"), False),
     "adaptation_reset_s": (30.0, describe("no utterance for this long: assume a new speaker, forget the estimate "
                                           "(also ~/reset_adaptation)", low=1.0, high=3600.0), True),
 }
