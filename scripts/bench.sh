@@ -9,12 +9,15 @@
 #   scripts/bench.sh accuracy --methods compare_svm,default
 #   scripts/bench.sh performance --quick
 #   scripts/bench.sh soak --minutes 10
+#   scripts/bench.sh hri_churn --minutes 10                # hostile ROS4HRI upstream (bench/hri_churn.py)
+#   scripts/bench.sh conversations                         # normalisation by voice (bench/conversations.py)
 #   scripts/bench.sh robustness --parts offline,node     # noise, rooms, false alarms (bench/robustness.py)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 "$root/.venv/bin/python" -m pip install -q -r "$root/requirements/bench.txt"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST OPENBLAS_NUM_THREADS=1
+export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$((150 + $$ % 50))}"  # a domain of its own unless the caller chose one
 unset _ROS_WHEELS_BOOTSTRAP_COMPLETE
 what="${1:-all}"; [ $# -gt 0 ] && shift
 case "$what" in
@@ -22,9 +25,11 @@ case "$what" in
   accuracy) exec "$root/.venv/bin/python" "$root/bench/accuracy.py" "$@" ;;
   performance) exec "$root/.venv/bin/python" "$root/bench/performance.py" "$@" ;;
   soak) exec "$root/.venv/bin/python" "$root/bench/soak.py" "$@" ;;
+  hri_churn) exec "$root/.venv/bin/python" "$root/bench/hri_churn.py" "$@" ;;
+  conversations) exec "$root/.venv/bin/python" "$root/bench/conversations.py" "$@" ;;
   robustness) exec "$root/.venv/bin/python" "$root/bench/robustness.py" "$@" ;;
   all) "$root/.venv/bin/python" "$root/bench/voice.py"
        "$root/.venv/bin/python" "$root/bench/accuracy.py" --methods egemaps_svm,compare_svm,ds_svc,ds_fc,default,default_tta
        exec "$root/.venv/bin/python" "$root/bench/performance.py" ;;
-  *) echo "usage: scripts/bench.sh [voice|accuracy|performance|soak|robustness|all] [options]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [voice|accuracy|performance|soak|hri_churn|conversations|robustness|all] [options]" >&2; exit 2 ;;
 esac
