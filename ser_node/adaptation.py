@@ -36,6 +36,10 @@ class SpeakerAdapter:
     def reset(self) -> None:
         self._past.clear()
 
+    def history(self) -> list[np.ndarray]:
+        """The vectors the estimate rests on, oldest first."""
+        return list(self._past)
+
     def offset(self) -> np.ndarray | None:
         """What is subtracted now: the shrunk mean of the earlier utterances (None during warm-up)."""
         if not self.active:

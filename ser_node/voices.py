@@ -10,17 +10,21 @@ the lower `same_turn_threshold`. The set is bounded (`max_voices`; the least rec
 A doubtful assignment must not judge somebody by another person's mean: an utterance whose cosine to its voice's
 centroid is below `confident_similarity` still joins the voice, but the plain head answers for it.
 
-Everything lives in memory: embeddings and statistics are never written anywhere.
+Everything lives in memory: embeddings and statistics are written nowhere unless the node's voices_file parameter
+names a file (save_voices / load_voices, for a robot that should remember its people across restarts).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import count
+from pathlib import Path
 
 import numpy as np
 
 from .adaptation import SpeakerAdapter
+
+EMBEDDING_SIZE = 256  # GE2E speaker embeddings
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ class VoiceTracker:
             self.forgotten += 1
         s = self.settings
         voice = Voice(voice_id or f"voice{next(self._ids)}", SpeakerAdapter(s.warmup, s.history, s.shrinkage),
-                      np.zeros(256))
+                      np.zeros(EMBEDDING_SIZE))
         self.voices[voice.id] = voice
         return voice
 
@@ -153,3 +157,40 @@ class VoiceNormaliser:
     def utterances(self) -> int:
         """Utterances the voices' current estimates rest on."""
         return sum(v.adapter.count for v in self.tracker.voices.values())
+
+
+def save_voices(tracker: VoiceTracker, path: Path, model_id: str) -> None:
+    """Writes the voices (ids, embedding sums, normalisation histories) to `path` atomically; only where the
+    voices_file parameter names a file. The statistics belong to one model's feature space, so its id goes too."""
+    voices = list(tracker.voices.values())
+    histories = [np.array(v.adapter.history(), dtype=np.float64) for v in voices]
+    filled = [h for h in histories if len(h)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, model_id=np.array(model_id), ids=np.array([v.id for v in voices], dtype=str),
+             embedding_sums=np.array([v.embedding_sum for v in voices]).reshape(len(voices), EMBEDDING_SIZE),
+             utterances=np.array([v.utterances for v in voices]), last_heard=np.array([v.last_heard for v in voices]),
+             lengths=np.array([len(h) for h in histories], dtype=np.int64),
+             histories=np.concatenate(filled) if filled else np.zeros((0, 0)))
+    partial.replace(path)
+
+
+def load_voices(tracker: VoiceTracker, path: Path, model_id: str) -> int:
+    """Voices saved by save_voices for the same model, added to `tracker` (within max_voices); returns how many.
+    Raises ValueError for a file of another model or one that is not a voices file."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            saved = {key: saved[key] for key in ("model_id", "ids", "embedding_sums", "utterances", "last_heard",
+                                                 "lengths", "histories")}
+        rows = np.split(saved["histories"], np.cumsum(saved["lengths"])[:-1]) if len(saved["lengths"]) else []
+    except Exception as error:  # truncated, corrupt, or another kind of file: numpy's errors vary by damage
+        raise ValueError(f"{path}: not a voices file ({type(error).__name__}: {error})") from error
+    if str(saved["model_id"]) != model_id:
+        raise ValueError(f"{path}: voices of model {saved['model_id']}, not of {model_id}")
+    for k, voice_id in enumerate(saved["ids"]):
+        voice = tracker._open(str(voice_id))
+        voice.embedding_sum = saved["embedding_sums"][k].astype(np.float64)
+        voice.utterances, voice.last_heard = int(saved["utterances"][k]), float(saved["last_heard"][k])
+        for vector in rows[k]:
+            voice.adapter.remember(vector)
+    return len(saved["ids"])

@@ -281,3 +281,53 @@ def test_publish_mode_names_the_nodes_own_voices(voice_model, real_waveforms):
         assert wait_until(lambda: harness.tester.count_publishers(f"{VOICES}/{voice_id}/expression") == 0)
     finally:
         harness.close()
+
+
+def test_voices_file_only_when_named_remembered_and_forgotten(voice_model, real_waveforms, tmp_path):
+    """Privacy: with voices_file empty nothing is written; with a path, the voices heard are saved at deactivate
+    and come back at the next configure; forgetting them empties the file too; a corrupt file is reported in
+    diagnostics and the node still classifies."""
+    from ros_harness import speech_stream, typed_chunks
+
+    from ser_node.voices import VoiceTracker, load_voices
+    from ser_node_interfaces.srv import ForgetVoices
+
+    path = tmp_path / "voices.npz"
+    messages = typed_chunks(speech_stream(real_waveforms[:3], 1.0)[0], 16000, 1, "int16", 0.05, 10.0)
+    harness = follow_harness(voice_model, hri_voices="off")
+    try:
+        harness.publish(messages)
+        harness.wait_for("expression", 3)
+        harness.node.trigger_deactivate()
+        assert not list(tmp_path.iterdir())  # no file named: nothing written anywhere we can see
+    finally:
+        harness.close()
+
+    harness = follow_harness(voice_model, hri_voices="off", voices_file=str(path))
+    try:
+        harness.publish(messages)
+        harness.wait_for("expression", 3)
+        heard = dict(harness.node._voices.tracker.voices)
+        harness.node.trigger_deactivate()
+        saved = VoiceTracker()
+        assert load_voices(saved, path, harness.node.classifier.model_id) == len(heard) >= 1
+        assert sum(v.utterances for v in saved.voices.values()) == 3
+        harness.node.trigger_cleanup()
+        assert harness.configure_and_activate()  # remembered at configure
+        assert list(harness.node._voices.tracker.voices) == list(heard)
+        client = harness.tester.create_client(ForgetVoices, f"{harness.namespace}/ser_node/forget_voices")
+        assert client.wait_for_service(timeout_sec=5.0)
+        assert client.call(ForgetVoices.Request(all_voices=True), timeout_sec=10.0).success
+        assert load_voices(VoiceTracker(), path, harness.node.classifier.model_id) == 0
+    finally:
+        harness.close()
+
+    path.write_bytes(b"not a voices file")
+    harness = follow_harness(voice_model, hri_voices="off", voices_file=str(path))
+    try:
+        level, message, values = harness.node.diagnostic_values()
+        assert "not a voices file" in values["voices_file_error"] and "voices_file" in message
+        harness.publish(messages)
+        assert len(harness.wait_for("expression", 3)) == 3
+    finally:
+        harness.close()

@@ -73,3 +73,30 @@ def test_tells_two_real_speakers_apart(voice_model, corpus_dir):
     kept = sum(v.count(majority[s]) for s, v in assigned.items()) / (2 * len(names))
     print(f"voices {len(tracker.voices)}, share in their speaker's voice {kept:.2f}")
     assert kept >= 0.85
+
+
+def test_voices_file_round_trip_and_refusals(tmp_path):
+    """save_voices / load_voices: the same ids, centroids and normalisation offsets come back; a file of another
+    model and a corrupt file are refused with the reason."""
+    from ser_node.voices import load_voices, save_voices
+
+    tracker = VoiceTracker(VoiceSettings(warmup=2))
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        voice = tracker.assign(unit(1, 0) if k % 2 else unit(0, 1), 10.0 * k, 10.0 * k + 1)
+        voice.adapter.remember(rng.normal(size=12))
+    path = tmp_path / "voices.npz"
+    save_voices(tracker, path, "model-a")
+    again = VoiceTracker(VoiceSettings(warmup=2))
+    assert load_voices(again, path, "model-a") == 2
+    for a, b in zip(tracker.voices.values(), again.voices.values()):
+        assert a.id == b.id and a.utterances == b.utterances
+        np.testing.assert_allclose(a.centroid, b.centroid)
+        np.testing.assert_allclose(a.adapter.offset(), b.adapter.offset(), rtol=1e-6)
+    with pytest.raises(ValueError, match="not of model-b"):
+        load_voices(VoiceTracker(), path, "model-b")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a voices file"):
+        load_voices(VoiceTracker(), path, "model-a")
+    save_voices(VoiceTracker(), tmp_path / "empty.npz", "model-a")  # no voice at all: still a valid file
+    assert load_voices(VoiceTracker(), tmp_path / "empty.npz", "model-a") == 0

@@ -76,6 +76,10 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
         values["speaking"] = str(node.stream.segmenter.speaking)
         if level == DiagnosticStatus.OK and (stats.dropped or node.counts["utterances_dropped"]):
             level, message = DiagnosticStatus.WARN, "audio chunks or utterances dropped (see values)"
+    if node.voices_file_error:
+        values["voices_file_error"] = node.voices_file_error
+        if level == DiagnosticStatus.OK:
+            level, message = DiagnosticStatus.WARN, f"voices_file: {node.voices_file_error}"
     hri = node._hri
     if hri is not None:
         values.update(hri.values())

@@ -17,6 +17,7 @@ import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: BLAS threads would fight ONNX Runtime's
 import threading
+from pathlib import Path
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from ..model_file import ModelFileError, default_model_path
 from ..segmenter import Segmenter, SegmenterConfig, Utterance
 from ..stream import ChunkError, StreamConfig, StreamProcessor
 from ..vad import VadError, make_vad
-from ..voices import VoiceNormaliser, VoiceSettings
+from ..voices import VoiceNormaliser, VoiceSettings, VoiceTracker, load_voices, save_voices
 from . import diagnostics, intake
 from .hri_voices import MODES as HRI_MODES, HriVoices
 from .messages import detect_audio_variant, interpret
@@ -143,6 +144,7 @@ class SerNode(LifecycleNode):
         self._adapter_lock = threading.Lock()  # the worker adapts, a service call resets
         self._voices: VoiceNormaliser | None = None  # the voices heard (memory only)
         self._hri: HriVoices | None = None  # ROS4HRI voices (hri_voices.py), while active
+        self.voices_file_error = ""
         self._last_voice = ""
         self._last_utterance_end = -float("inf")
         self.latency = LatencyWindow()
@@ -244,6 +246,7 @@ class SerNode(LifecycleNode):
             self._publish_diagnostics()
             return TransitionCallbackReturn.FAILURE
         self.model_error = ""
+        self._load_voices()
         segmenter = Segmenter(vad, self._segmenter_config(), on_speaking=self._on_speaking)
         self.stream = StreamProcessor(segmenter, StreamConfig(self.p("channel"), self.p("max_chunk_s"),
                                                               self.p("gap_tolerance_s")))
@@ -320,7 +323,10 @@ class SerNode(LifecycleNode):
     def stop_threads(self) -> None:
         """Stops and joins the intake and worker threads (before the node and rclpy are torn down)."""
         if self._active or self._intake is not None or self._worker is not None:
+            was_active = self._active
             self._stop_listening()
+            if was_active:  # a signal ends the process without the lifecycle's deactivate
+                self._save_voices()
 
     def _stop_listening(self) -> None:
         """Unsubscribes from audio and stops the inference worker (deactivate and shutdown)."""
@@ -338,6 +344,7 @@ class SerNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_listening()
+        self._save_voices()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -345,7 +352,10 @@ class SerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        was_active = self._active
         self._stop_listening()
+        if was_active:
+            self._save_voices()
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
@@ -554,6 +564,7 @@ class SerNode(LifecycleNode):
             self._voices = None
         if self._hri is not None:
             self._hri.own_voices_changed([], self.get_clock().now().to_msg())
+        self._save_voices()
         response.success = True
         response.message = (f"forgot {heard} utterance(s) of the previous speaker"
                             + (f" ({voices} voice(s))" if voices else ""))
@@ -578,6 +589,8 @@ class SerNode(LifecycleNode):
             held = list(self._voices.tracker.voices) if self._voices is not None else []
         if self._hri is not None and gone:
             self._hri.own_voices_changed(held, self.get_clock().now().to_msg())
+        if gone or voice_ids is None:
+            self._save_voices()  # forgotten means forgotten on disk too
         return gone
 
     def _forget_voices_service(self, request: Any, response: Any) -> Any:
@@ -588,6 +601,34 @@ class SerNode(LifecycleNode):
         response.message = (f"forgot {len(response.forgotten)} voice(s)"
                             + (f"; not held: {', '.join(missing[:10])}" if missing else ""))
         return response
+
+    def _load_voices(self) -> None:
+        """The voices saved in voices_file for this model (configure); none, with a warning, if it cannot be read."""
+        path, self.voices_file_error = str(self.p("voices_file")), ""
+        if not path or self.classifier is None or not os.path.exists(path):
+            return
+        try:
+            with self._adapter_lock:
+                count = load_voices(self._voice_normaliser().tracker, Path(path), self.classifier.model_id)
+            self.get_logger().info(f"remembered {count} voice(s) from {path}")
+        except ValueError as error:
+            self.voices_file_error = str(error)
+            self._voices = None
+            self.get_logger().warning(f"voices_file: {error}; starting with no voice")
+
+    def _save_voices(self) -> None:
+        """Writes the voices to voices_file, if one is named (deactivate, shutdown, and every forget)."""
+        path = str(self.p("voices_file"))
+        if not path or self.classifier is None:
+            return
+        try:
+            with self._adapter_lock:
+                save_voices(self._voices.tracker if self._voices is not None else VoiceTracker(), Path(path),
+                            self.classifier.model_id)
+            self.voices_file_error = ""
+        except OSError as error:
+            self.voices_file_error = f"{path}: cannot write ({error})"
+            self.get_logger().error(f"voices_file: {self.voices_file_error}")
 
     def _voice_stream(self) -> StreamProcessor:
         """A fresh segmenter and VAD for one upstream voice, with the node's current settings."""

@@ -104,6 +104,11 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "max_voices": (8, describe("voices kept (the node's own and upstream ROS4HRI voices together); the least "
                                "recently heard is forgotten beyond this, and upstream ids beyond it are not "
                                "subscribed to (counted in diagnostics)", low=1, high=64, integer=True), True),
+    "voices_file": ("", describe("empty (default): voices (speaker embeddings, normalisation statistics) live in "
+                                 "memory only. A path: they are loaded from it at configure (for the same model) and "
+                                 "written to it at deactivate, shutdown and after every forget, so a robot remembers "
+                                 "its people across restarts; ~/forget_voices removes them from the file too"),
+                    False),
     "hri_voices": ("follow", describe(
         "ROS4HRI voices (REP 155). follow: subscribe to /humans/voices/tracked and to each tracked voice's "
         "/humans/voices/<id>/audio, normalise by that id, publish /humans/voices/<id>/expression (nothing happens "
