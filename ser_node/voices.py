@@ -32,8 +32,8 @@ class VoiceSettings:
     """Decision settings; the defaults are calibrated on uem-es conversations (bench/conversations.py)."""
 
     threshold: float = 0.75  # cosine to a voice's centroid to join it
-    same_turn_threshold: float = 0.70  # for the voice just heard, within turn_gap_s
-    confident_similarity: float = -1.0  # below this cosine to its voice, an utterance is judged by the plain head
+    same_turn_threshold: float = 0.65  # for the voice just heard, within turn_gap_s
+    confident_similarity: float = 0.75  # below this cosine to its voice, an utterance is judged by the plain head
     turn_gap_s: float = 1.0
     max_voices: int = 8
     warmup: int = 5

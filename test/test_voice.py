@@ -241,7 +241,9 @@ def test_node_keeps_a_state_per_voice(voice_model, real_waveforms):
         assert int(values["voices_tracked"]) >= 1 and values["last_voice"].startswith("voice")
         assert values["adaptation_utterances"] == str(len(bounds))
         normalisation = read_metadata(voice_model["path"]).model["normalisation"]
-        settings = VoiceSettings(threshold=0.65, same_turn_threshold=0.6, warmup=2,
+        settings = VoiceSettings(threshold=harness.node.p("voice_threshold"),
+                                 same_turn_threshold=harness.node.p("voice_same_turn_threshold"),
+                                 confident_similarity=harness.node.p("voice_confident_similarity"), warmup=2,
                                  history=normalisation["history"], shrinkage=normalisation["shrinkage"])
         offline = classify_in_order(Classifier(voice_model["path"]),
                                     [(start, start + audio.size / 16000, audio) for start, audio in utterances],

@@ -92,12 +92,12 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                       "the model's speaker embedding (ser_node/voices.py; bench/conversations.py), "
                                       "instead of one state reset after adaptation_reset_s of silence. Embeddings "
                                       "stay in memory; ~/reset_adaptation forgets every voice"), True),
-    "voice_threshold": (0.65, describe("cosine similarity to a voice's centroid that joins it (calibrated on "
-                                       "emovo, emodb and ased)", low=-1.0, high=1.0), True),
-    "voice_same_turn_threshold": (0.6, describe("the same for the voice just heard, when the utterance follows it "
-                                                "within 1 s (a turn continues); at most voice_threshold",
-                                                low=-1.0, high=1.0), True),
-    "voice_confident_similarity": (-1.0, describe("below this cosine to its voice's centroid, an utterance still "
+    "voice_threshold": (0.75, describe("cosine similarity to a voice's centroid that joins it (calibrated on uem-es "
+                                       "conversations, bench/conversations.py)", low=-1.0, high=1.0), True),
+    "voice_same_turn_threshold": (0.65, describe("the same for the voice just heard, when the utterance follows it "
+                                                 "within 1 s (a turn continues); at most voice_threshold",
+                                                 low=-1.0, high=1.0), True),
+    "voice_confident_similarity": (0.75, describe("below this cosine to its voice's centroid, an utterance still "
                                                   "joins the voice but is judged by the plain head (a doubtful "
                                                   "assignment must not judge somebody by another person's mean)",
                                                   low=-1.0, high=1.0), True),
