@@ -94,6 +94,7 @@ class HriVoices:
         self._make_stream, self._on_audio, self._forget = make_stream, on_audio, forget
         self.held: dict[str, HeldVoice] = {}
         self.own_publishers: dict[str, Any] = {}  # publish mode: the node's own voices
+        self._published_ids: list[str] | None = None  # the tracked list last published (publish mode)
         self.stats = HriStats()
         self._lock = threading.Lock()  # the executor opens and releases, the worker publishes
         self._ids_list = IdsList
@@ -195,14 +196,16 @@ class HriVoices:
 
     def own_voices_changed(self, voice_ids: list[str], stamp: Any) -> None:
         """publish mode: the tracked list (on every change) and no publisher for a voice that was forgotten."""
-        if self.mode != "publish" or self.tracked_pub is None:
+        voice_ids = sorted(voice_ids)  # the tracker keeps them in order of last use: compare as a set
+        if self.mode != "publish" or self.tracked_pub is None or voice_ids == self._published_ids:
             return
+        self._published_ids = voice_ids
         with self._lock:
             gone = [v for v in self.own_publishers if v not in voice_ids]
             publishers = [self.own_publishers.pop(v) for v in gone]
         for publisher in publishers:
             self.node.destroy_publisher(publisher)
-        msg = self._ids_list(ids=list(voice_ids))
+        msg = self._ids_list(ids=voice_ids)
         msg.header.stamp = stamp
         self.tracked_pub.publish(msg)
 

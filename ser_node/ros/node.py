@@ -17,10 +17,10 @@ import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: BLAS threads would fight ONNX Runtime's
 import threading
-from pathlib import Path
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -323,14 +323,12 @@ class SerNode(LifecycleNode):
     def stop_threads(self) -> None:
         """Stops and joins the intake and worker threads (before the node and rclpy are torn down)."""
         if self._active or self._intake is not None or self._worker is not None:
-            was_active = self._active
             self._stop_listening()
-            if was_active:  # a signal ends the process without the lifecycle's deactivate
-                self._save_voices()
 
     def _stop_listening(self) -> None:
-        """Unsubscribes from audio and stops the inference worker (deactivate and shutdown)."""
-        self._active = False
+        """Unsubscribes from audio, stops the inference worker and, if it was listening, saves the voices to
+        voices_file (deactivate, shutdown, and a signal, which ends the process without the lifecycle)."""
+        was_active, self._active = self._active, False
         if self._hri is not None:
             self._hri.close()
             self._hri = None
@@ -341,10 +339,11 @@ class SerNode(LifecycleNode):
             self.destroy_subscription(sub)
         self._audio_subscriptions.clear()
         self._stop_worker()
+        if was_active:
+            self._save_voices()
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_listening()
-        self._save_voices()
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -352,10 +351,7 @@ class SerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        was_active = self._active
         self._stop_listening()
-        if was_active:
-            self._save_voices()
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
