@@ -241,6 +241,7 @@ def test_hostile_upstream_stays_bounded_and_keeps_classifying(voice_model, real_
         assert int(values["hri_voices_opened"]) == int(values["hri_voices_released"]) + 1
         assert values["utterances_classified"] == "1"
         assert len(harness.node._voices.tracker.voices) <= 4
+        assert len(harness.node._hri._spare_vads) <= 4  # released voices' VADs are reused, never piled up
         assert threading.active_count() == threads_before
     finally:
         harness.close()

@@ -626,9 +626,10 @@ class SerNode(LifecycleNode):
             self.voices_file_error = f"{path}: cannot write ({error})"
             self.get_logger().error(f"voices_file: {self.voices_file_error}")
 
-    def _voice_stream(self) -> StreamProcessor:
-        """A fresh segmenter and VAD for one upstream voice, with the node's current settings."""
-        vad = make_vad(self.p("vad_backend"), webrtc_aggressiveness=self.p("webrtc_aggressiveness"))
+    def _voice_stream(self, vad: Any = None) -> StreamProcessor:
+        """A fresh segmenter for one upstream voice, with the node's current settings, around `vad` (a released
+        voice's, reset) or a new VAD."""
+        vad = vad or make_vad(self.p("vad_backend"), webrtc_aggressiveness=self.p("webrtc_aggressiveness"))
         return StreamProcessor(Segmenter(vad, self._segmenter_config()),
                                StreamConfig(self.p("channel"), self.p("max_chunk_s"), self.p("gap_tolerance_s")))
 
