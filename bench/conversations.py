@@ -13,8 +13,8 @@ among its speaker's utterances (1-5, 6-20, 21+).
 
 The conversations come from uem-es, each judged by heads trained without its speakers (the other uem-es speakers
 plus the three other corpora: the shipped recipe). The tracker's settings (join threshold, same-turn threshold,
-confident similarity) are calibrated nested: each session is judged with the grid point that did best on the
-conversations of the other speakers only. The point that does best on all conversations is the node's default.
+confident similarity, merge threshold) are calibrated nested: each session is judged with the grid point that did
+best on the conversations of the other speakers only. The point that does best on all conversations is the node's default.
 
   scripts/bench.sh conversations      # ~20 min on 2 cores once the encoder features are cached (bench/voice.py)
 """
@@ -113,9 +113,9 @@ def track(data: VoiceData, utterances: list[Utterance], settings: VoiceSettings)
     return [tracker.assign(data.speaker_embeddings[u.row], u.start, u.end).id for u in utterances]
 
 
-GRID = [VoiceSettings(threshold=t, same_turn_threshold=s, confident_similarity=c)
+GRID = [VoiceSettings(threshold=t, same_turn_threshold=s, confident_similarity=c, merge_threshold=m)
         for t in (0.65, 0.7, 0.75, 0.8, 0.85) for s in (0.6, 0.65, 0.7, 0.75, 0.8) if s <= t
-        for c in (-1.0, 0.75, 0.8, 0.85)]
+        for c in (-1.0, 0.75, 0.8, 0.85) for m in (1.0, 0.9)]
 
 
 @dataclass
@@ -258,8 +258,9 @@ def write_report(path: Path, result: dict) -> None:
             f"utterances at most 1 UA point below no normalisation; then UA). Calibrated on every conversation (the "
             f"node's defaults): threshold {shipped['threshold']}, same-turn threshold "
             f"{shipped['same_turn_threshold']} (turn gap {shipped['turn_gap_s']} s), confident similarity "
-            f"{shipped['confident_similarity']}.\n\nVoice identity: purity {ident['purity']:.3f}, fragmentation "
-            f"{ident['fragmentation']:.2f} voices per speaker, pairwise F1 {ident['pairwise_f1']:.3f}.\n\n"
+            f"{shipped['confident_similarity']}, merge threshold {shipped['merge_threshold']}.\n\n"
+            f"Voice identity: purity {ident['purity']:.3f}, fragmentation {ident['fragmentation']:.2f} voices per "
+            f"speaker, pairwise F1 {ident['pairwise_f1']:.3f}.\n\n"
             + format_table(table, list(table[0])) + "\n\n"
             f"Goals: estimated identity within 2 UA points of oracle identity: {estimated['ua'] - oracle['ua']:+.3f} "
             f"({'met' if estimated['ua'] >= oracle['ua'] - 0.02 else 'not met'}); a new voice's first utterances "

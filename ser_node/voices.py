@@ -8,7 +8,9 @@ voices heard so far: above `threshold` it joins the most similar voice, else it 
 utterance that follows the last one within `turn_gap_s` is likelier the same person, so the last voice is kept at
 the lower `same_turn_threshold`. The set is bounded (`max_voices`; the least recently heard voice is forgotten).
 A doubtful assignment must not judge somebody by another person's mean: an utterance whose cosine to its voice's
-centroid is below `confident_similarity` still joins the voice, but the plain head answers for it.
+centroid is below `confident_similarity` still joins the voice, but the plain head answers for it. Calibrated this
+way the tracker would rather split a person in two than mix two people; two voices whose centroids (each over at
+least MERGE_MIN utterances) come closer than `merge_threshold` are joined again.
 
 Everything lives in memory: embeddings and statistics are written nowhere unless the node's voices_file parameter
 names a file (save_voices / load_voices, for a robot that should remember its people across restarts).
@@ -25,6 +27,7 @@ import numpy as np
 from .adaptation import SpeakerAdapter
 
 EMBEDDING_SIZE = 256  # GE2E speaker embeddings
+MERGE_MIN = 3  # utterances each voice needs before two may be merged (a centroid over fewer is too noisy)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class VoiceSettings:
     threshold: float = 0.75  # cosine to a voice's centroid to join it
     same_turn_threshold: float = 0.65  # for the voice just heard, within turn_gap_s
     confident_similarity: float = 0.75  # below this cosine to its voice, an utterance is judged by the plain head
+    merge_threshold: float = 1.0  # two voices' centroids this similar are one voice (1.0: never)
     turn_gap_s: float = 1.0
     max_voices: int = 8
     warmup: int = 5
@@ -41,8 +45,10 @@ class VoiceSettings:
     shrinkage: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (-1 <= self.same_turn_threshold <= self.threshold <= 1) or self.max_voices < 1 or self.turn_gap_s < 0:
-            raise ValueError(f"need -1 <= same_turn_threshold <= threshold <= 1, max_voices >= 1, turn_gap_s >= 0: "
+        if (not (-1 <= self.same_turn_threshold <= self.threshold <= 1) or not -1 <= self.merge_threshold <= 1
+                or self.max_voices < 1 or self.turn_gap_s < 0):
+            raise ValueError(f"need -1 <= same_turn_threshold <= threshold <= 1, -1 <= merge_threshold <= 1, "
+                             f"max_voices >= 1, turn_gap_s >= 0: "
                              f"{self}")
 
 
@@ -69,6 +75,7 @@ class VoiceTracker:
     settings: VoiceSettings = field(default_factory=VoiceSettings)
     voices: OrderedDict[str, Voice] = field(default_factory=OrderedDict)
     forgotten: int = 0  # voices dropped to stay within max_voices
+    merged: int = 0  # voices joined to another (merge_threshold)
     _last: str | None = None
     _last_end: float = -np.inf
     _ids: count = field(default_factory=lambda: count(1))
@@ -92,9 +99,29 @@ class VoiceTracker:
         chosen.embedding_sum = chosen.embedding_sum + embedding
         chosen.utterances += 1
         chosen.last_heard = end
+        chosen = self._merge_into(chosen)
         self.voices.move_to_end(chosen.id)
         self._last, self._last_end = chosen.id, end
         return chosen
+
+    def _merge_into(self, voice: Voice) -> Voice:
+        """`voice` and the first other voice whose centroid is within merge_threshold, as one (the one heard more
+        keeps its id); `voice` itself if there is none."""
+        if voice.utterances < MERGE_MIN or self.settings.merge_threshold >= 1.0:
+            return voice
+        for other in list(self.voices.values()):
+            if (other is not voice and other.utterances >= MERGE_MIN
+                    and float(other.centroid @ voice.centroid) >= self.settings.merge_threshold):
+                keep, gone = (voice, other) if voice.utterances >= other.utterances else (other, voice)
+                keep.similarity = voice.similarity  # the utterance's, whichever voice keeps it
+                keep.embedding_sum = keep.embedding_sum + gone.embedding_sum
+                keep.utterances += gone.utterances
+                for vector in gone.adapter.history():
+                    keep.adapter.remember(vector)
+                del self.voices[gone.id]
+                self.merged += 1
+                return keep
+        return voice
 
     def confident(self, voice: Voice) -> bool:
         """Whether the utterance just assigned to `voice` may be judged by the voice's normalisation state."""

@@ -43,6 +43,23 @@ def test_named_voices_share_the_bound_and_keep_their_ids():
     assert list(tracker.voices)[0] == "upstream_b" and tracker.forgotten == 1
 
 
+def test_two_voices_of_one_person_are_merged_once_their_centroids_agree():
+    """A person first heard far from their usual voice opens a second voice; once both centroids rest on
+    MERGE_MIN utterances and agree within merge_threshold they become one, with both histories."""
+    from ser_node.voices import MERGE_MIN
+
+    tracker = VoiceTracker(VoiceSettings(threshold=0.95, same_turn_threshold=0.95, confident_similarity=-1,
+                                         merge_threshold=0.9))
+    t = 0.0
+    a = [tracker.assign(unit(1, 0.0, 0.05 * k), t := t + 10, t + 1) for k in range(MERGE_MIN)]
+    b = [tracker.assign(unit(1, 0.4), t := t + 10, t + 1) for k in range(MERGE_MIN)]  # cosine 0.93 to a
+    for voice, vector in zip(a + b, range(2 * MERGE_MIN)):
+        voice.adapter.remember(np.full(4, float(vector)))
+    assert len(tracker.voices) == 1 and tracker.merged == 1
+    (voice,) = tracker.voices.values()
+    assert voice.utterances == 2 * MERGE_MIN and voice.adapter.count >= MERGE_MIN
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError):
         VoiceSettings(threshold=0.5, same_turn_threshold=0.7)
@@ -77,3 +94,30 @@ def test_tells_two_real_speakers_apart(voice_model, corpus_dir):
     purity = sum(max(assigned["s06"].count(v), assigned["s10"].count(v)) for v in voices) / (2 * len(names))
     print(f"voices {len(voices)}, purity {purity:.2f}")
     assert purity >= 0.9 and len(voices) <= 8
+
+
+def test_voices_file_round_trip_and_refusals(tmp_path):
+    """save_voices / load_voices: the same ids, centroids and normalisation offsets come back; a file of another
+    model and a corrupt file are refused with the reason."""
+    from ser_node.voices import load_voices, save_voices
+
+    tracker = VoiceTracker(VoiceSettings(warmup=2))
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        voice = tracker.assign(unit(1, 0) if k % 2 else unit(0, 1), 10.0 * k, 10.0 * k + 1)
+        voice.adapter.remember(rng.normal(size=12))
+    path = tmp_path / "voices.npz"
+    save_voices(tracker, path, "model-a")
+    again = VoiceTracker(VoiceSettings(warmup=2))
+    assert load_voices(again, path, "model-a") == 2
+    for a, b in zip(tracker.voices.values(), again.voices.values()):
+        assert a.id == b.id and a.utterances == b.utterances
+        np.testing.assert_allclose(a.centroid, b.centroid)
+        np.testing.assert_allclose(a.adapter.offset(), b.adapter.offset(), rtol=1e-6)
+    with pytest.raises(ValueError, match="not of model-b"):
+        load_voices(VoiceTracker(), path, "model-b")
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a voices file"):
+        load_voices(VoiceTracker(), path, "model-a")
+    save_voices(VoiceTracker(), tmp_path / "empty.npz", "model-a")  # no voice at all: still a valid file
+    assert load_voices(VoiceTracker(), tmp_path / "empty.npz", "model-a") == 0

@@ -41,6 +41,7 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
             values["adaptation_utterances"] = str(voices.utterances)
             values["voices_tracked"] = str(len(voices.tracker.voices))
             values["voices_forgotten"] = str(voices.tracker.forgotten)
+            values["voices_merged"] = str(voices.tracker.merged)
             values["last_voice"] = node._last_voice
         else:
             values["adaptation_utterances"] = str(node._adapter.count)

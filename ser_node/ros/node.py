@@ -529,6 +529,7 @@ class SerNode(LifecycleNode):
                              same_turn_threshold=min(float(self.p("voice_same_turn_threshold")),
                                                      float(self.p("voice_threshold"))),
                              confident_similarity=float(self.p("voice_confident_similarity")),
+                             merge_threshold=float(self.p("voice_merge_threshold")),
                              max_voices=int(self.p("max_voices")), warmup=int(self.p("adaptation_warmup")),
                              **(self.classifier.adapter_settings if self.classifier else {}))
 

@@ -101,6 +101,8 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                                   "joins the voice but is judged by the plain head (a doubtful "
                                                   "assignment must not judge somebody by another person's mean)",
                                                   low=-1.0, high=1.0), True),
+    "voice_merge_threshold": (1.0, describe("two voices whose centroids (each over 3 utterances or more) are this "
+                                            "similar become one (1.0: never)", low=-1.0, high=1.0), True),
     "max_voices": (8, describe("voices kept (the node's own and upstream ROS4HRI voices together); the least "
                                "recently heard is forgotten beyond this, and upstream ids beyond it are not "
                                "subscribed to (counted in diagnostics)", low=1, high=64, integer=True), True),
