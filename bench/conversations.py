@@ -113,9 +113,11 @@ def track(data: VoiceData, utterances: list[Utterance], settings: VoiceSettings)
     return [tracker.assign(data.speaker_embeddings[u.row], u.start, u.end).id for u in utterances]
 
 
-GRID = [VoiceSettings(threshold=t, same_turn_threshold=s, confident_similarity=c, merge_threshold=m)
-        for t in (0.65, 0.7, 0.75, 0.8, 0.85) for s in (0.6, 0.65, 0.7, 0.75, 0.8) if s <= t
-        for c in (-1.0, 0.75, 0.8, 0.85) for m in (1.0, 0.9)]
+def settings_grid(merge_thresholds: list[float], adapter: dict) -> list[VoiceSettings]:
+    """The tracker settings calibration chooses from (with the recipe's warm-up, history and shrinkage)."""
+    return [VoiceSettings(threshold=t, same_turn_threshold=s, confident_similarity=c, merge_threshold=m, **adapter)
+            for t in (0.65, 0.7, 0.75, 0.8, 0.85) for s in (0.6, 0.65, 0.7, 0.75, 0.8) if s <= t
+            for c in (-1.0, 0.75, 0.8, 0.85) for m in merge_thresholds]
 
 
 @dataclass
@@ -173,10 +175,11 @@ def ua(records: list[tuple]) -> float:
 
 
 def calibrate(chosen: list[int], tracked: dict[int, list[list[tuple]]], none: dict[int, list[tuple]]) -> int:
-    """Index into GRID of the settings with the best objective over the sessions `chosen`."""
+    """Index into the grid of the settings with the best objective over the sessions `chosen`."""
     pooled_none = [r for i in chosen for r in none[i]]
-    scores = [objective([r for i in chosen for r in tracked[i][g]], pooled_none) for g in range(len(GRID))]
-    return max(range(len(GRID)), key=lambda g: scores[g])
+    points = range(len(next(iter(tracked.values()))))
+    scores = [objective([r for i in chosen for r in tracked[i][g]], pooled_none) for g in points]
+    return max(points, key=lambda g: scores[g])
 
 
 def build_sessions(data: VoiceData, recipe, repeats: int, rng: np.random.Generator) -> list[Session]:
@@ -202,6 +205,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--repeats", type=int, default=2, help="partitions of the 12 speakers per group size")
+    parser.add_argument("--merge-thresholds", type=float, nargs="+", default=[1.0],
+                        help="merge_threshold values in the grid (1.0: never merge; '1.0 0.9' also tries merging)")
     args = parser.parse_args()
     began = time.perf_counter()
     recipe = shipped_recipe()
@@ -209,7 +214,7 @@ def main() -> int:
     sessions = build_sessions(data, recipe, args.repeats, np.random.default_rng(1))
     adapter = {"warmup": recipe.warmup, "history": recipe.history, "shrinkage": recipe.shrinkage}
     base = VoiceSettings(**{**VoiceSettings().__dict__, **adapter})
-    grid = [VoiceSettings(**{**g.__dict__, **adapter}) for g in GRID]
+    grid = settings_grid(args.merge_thresholds, adapter)
     fixed = {system: {i: s.records(data, judge(data, s, system, base)) for i, s in enumerate(sessions)}
              for system in ("none", "reset on silence", "oracle identity")}
     tracked = {i: [s.records(data, judge(data, s, "estimated identity", g)) for g in grid]
@@ -232,6 +237,7 @@ def main() -> int:
                 for i in multi]
     shipped_records = [r for i in multi for r in tracked[i][grid.index(shipped)]]
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
+              "command": " ".join([".venv/bin/python bench/conversations.py", *sys.argv[1:]]),
               "sessions": len(sessions), "conversations": len(multi), "shipped_settings": shipped.__dict__,
               "nested_settings": [grid[chosen[i]].__dict__ for i in multi],
               "shipped_in_sample": {"ua": ua(shipped_records), "ua_by_rank": ua_by_rank(shipped_records)},
@@ -250,7 +256,7 @@ def write_report(path: Path, result: dict) -> None:
               **{f"UA at {k}": f"{v:.3f}" for k, v in r["ua_by_rank"].items()}} for s, r in rows.items()]
     estimated, oracle, none = (rows[s] for s in ("estimated identity", "oracle identity", "none"))
     first = RANK_FIRST
-    text = (f"# Conversations: normalisation by voice ({result['date']})\n\n`.venv/bin/python bench/conversations.py`:"
+    text = (f"# Conversations: normalisation by voice ({result['date']})\n\n`{result['command']}`:"
             f" {result['sessions']} sessions of uem-es speakers (~40 % neutral): {result['conversations']} conversations"
             f" of 2-4 speakers (the first rows) and each speaker alone (the last rows), each judged by heads trained "
             f"without its speakers.\n\nTracker settings by nested calibration: each session is judged with the "
