@@ -33,6 +33,10 @@ MAX_ID_CHARS = 64
 # also serves that (and gives a late subscriber the current list).
 TRACKED_SUB_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.VOLATILE)
+# A consumer learns a voice's id from the tracked list and only then subscribes to its expressions: transient-local
+# keeps the voice's last results for it (their stamps say how old they are); volatile subscribers are served too.
+EXPRESSION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 TRACKED_PUB_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -152,7 +156,7 @@ class HriVoices:
                                                      lambda msg, v=voice_id: self._on_audio(v, msg), self._audio_qos)
         from hri_msgs.msg import Expression
 
-        publisher = self.node.create_publisher(Expression, f"{topic}/expression", 10)
+        publisher = self.node.create_publisher(Expression, f"{topic}/expression", EXPRESSION_QOS)
         with self._lock:
             vad = self._spare_vads.pop() if self._spare_vads else None
             self.held[voice_id] = HeldVoice(voice_id, self._make_stream(vad), subscription, publisher)
@@ -198,7 +202,7 @@ class HriVoices:
         with self._lock:
             publisher = self.own_publishers.get(voice_id)
         if publisher is None:
-            publisher = self.node.create_publisher(Expression, f"{VOICES_NS}/{voice_id}/expression", 10)
+            publisher = self.node.create_publisher(Expression, f"{VOICES_NS}/{voice_id}/expression", EXPRESSION_QOS)
             with self._lock:
                 self.own_publishers[voice_id] = publisher
         publisher.publish(expression)
