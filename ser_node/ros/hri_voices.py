@@ -130,7 +130,10 @@ class HriVoices:
         wanted, malformed = [], []
         for voice_id in dict.fromkeys(msg.ids):  # unique, in list order
             problem = id_problem(voice_id)
-            (malformed.append((voice_id, problem)) if problem else wanted.append(voice_id))
+            if problem:
+                malformed.append((voice_id, problem))
+            else:
+                wanted.append(voice_id)
         keep = [v for v in wanted if v in self.held][: self.max_voices]
         new = [v for v in wanted if v not in self.held]
         room = max(self.max_voices - len(keep), 0)
@@ -151,11 +154,11 @@ class HriVoices:
             self._open(voice_id)
 
     def _open(self, voice_id: str) -> None:
+        from hri_msgs.msg import Expression
+
         topic = f"{VOICES_NS}/{voice_id}"
         subscription = self.node.create_subscription(self._audio_class, f"{topic}/audio",
                                                      lambda msg, v=voice_id: self._on_audio(v, msg), self._audio_qos)
-        from hri_msgs.msg import Expression
-
         publisher = self.node.create_publisher(Expression, f"{topic}/expression", EXPRESSION_QOS)
         with self._lock:
             vad = self._spare_vads.pop() if self._spare_vads else None
