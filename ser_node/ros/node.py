@@ -717,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="ser_node",
         description="Speech emotion recognition node: subscribes to `audio` (audio_common_msgs), publishes "
                     "~/expression (hri_msgs/Expression), ~/classification (vision_msgs), ~/is_speaking and "
-                    "/diagnostics. ROS arguments follow --ros-args (e.g. --ros-args --params-file config/ser_node.yaml "
+                    "/diagnostics; follows ROS4HRI voices (/humans/voices/tracked, per-voice audio in and "
+                    "expression out; hri_voices parameter). ROS arguments follow --ros-args (e.g. --ros-args --params-file config/ser_node.yaml "
                     "-r audio:=/robot/mic).")
     parser.add_argument("--no-autostart", action="store_true",
                         help="stay unconfigured; drive the lifecycle with the usual lifecycle services")
