@@ -202,9 +202,9 @@ def test_a_voice_that_leaves_is_released_and_forget_service(voice_model, real_wa
 
 
 def test_hostile_upstream_stays_bounded_and_keeps_classifying(voice_model, real_waveforms):
-    """Hundreds of ids, malformed ids, ids that churn on every list, audio on a topic nobody tracks: the node holds
-    at most max_voices, says what it dropped, keeps the voice it holds through the churn and still classifies it;
-    subscriptions and threads end where they started."""
+    """Hundreds of ids, malformed ids, ids that churn on every list, audio on a topic nobody tracks, a NaN chunk on
+    a held voice's topic: the node holds at most max_voices, says what it dropped, keeps the voice it holds through
+    the churn and still classifies it; subscriptions and threads end where they started."""
     from ros_harness import speech_stream, typed_chunks
 
     harness = follow_harness(voice_model, max_voices=4)
@@ -233,8 +233,10 @@ def test_hostile_upstream_stays_bounded_and_keeps_classifying(voice_model, real_
         ghost = upstream.audio_pub("ghost")  # nobody tracks it: never subscribed
         clip = typed_chunks(speech_stream([real_waveforms[2]], 1.0)[0], 16000, 1, "int16", 0.05, 300.0)
         upstream.speak("ghost", clip)
-        upstream.speak("alice", clip)
+        broken = typed_chunks(np.full(1600, np.nan, np.float32), 16000, 1, "float32", 0.1, 299.0)
+        upstream.speak("alice", broken + clip)  # a NaN chunk on a voice's topic first: dropped, counted, no harm
         assert wait_until(lambda: len(upstream.expressions["alice"]) == 1, 20.0)
+        assert harness.node.diagnostic_values()[2]["hri_chunks_dropped"] == "1"
         assert ghost.get_subscription_count() == 0 and not upstream.expressions["ghost"]
         values = harness.node.diagnostic_values()[2]
         assert values["hri_voices_held"] == "1" and int(values["hri_voices_released"]) >= 3
