@@ -17,9 +17,10 @@ names a file (save_voices / load_voices, for a robot that should remember its pe
 """
 from __future__ import annotations
 
+import random
+import string
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from itertools import count
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ class VoiceTracker:
     merged: int = 0  # voices joined to another (merge_threshold)
     _last: str | None = None
     _last_end: float = -np.inf
-    _ids: count = field(default_factory=lambda: count(1))
+    _random: random.Random = field(default_factory=random.Random)
 
     def assign(self, embedding: np.ndarray, start: float, end: float) -> Voice:
         """The voice of an utterance (speaker embedding, L2-normalised by the encoder), updated with it."""
@@ -140,10 +141,18 @@ class VoiceTracker:
             self.voices.popitem(last=False)
             self.forgotten += 1
         s = self.settings
-        voice = Voice(voice_id or f"voice{next(self._ids)}", SpeakerAdapter(s.warmup, s.history, s.shrinkage),
+        voice = Voice(voice_id or self._new_id(), SpeakerAdapter(s.warmup, s.history, s.shrinkage),
                       np.zeros(EMBEDDING_SIZE))
         self.voices[voice.id] = voice
         return voice
+
+    def _new_id(self) -> str:
+        """A fresh id, ROS4HRI style (random letters, a valid topic name token): never one held now, and, unlike a
+        counter, not the id some other person had before a restart or in a loaded voices file."""
+        while True:
+            voice_id = "voice_" + "".join(self._random.choices(string.ascii_lowercase, k=5))
+            if voice_id not in self.voices:
+                return voice_id
 
     def forget(self, voice_ids: list[str] | None = None) -> list[str]:
         """Forgets these voices (every voice with None): embeddings and statistics; returns the ids forgotten."""

@@ -114,6 +114,8 @@ def test_voices_file_round_trip_and_refusals(tmp_path):
         assert a.id == b.id and a.utterances == b.utterances
         np.testing.assert_allclose(a.centroid, b.centroid)
         np.testing.assert_allclose(a.adapter.offset(), b.adapter.offset(), rtol=1e-6)
+    fresh = again.assign(unit(0, 0, 1), 100.0, 101.0)  # somebody new: a new id, the loaded voices untouched
+    assert fresh.id not in tracker.voices and len(again.voices) == 3
     with pytest.raises(ValueError, match="not of model-b"):
         load_voices(VoiceTracker(), path, "model-b")
     path.write_bytes(path.read_bytes()[:100])
