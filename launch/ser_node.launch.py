@@ -1,6 +1,7 @@
 """Launches ser_node with a parameters file and the usual overrides, and drives its lifecycle the launch way.
 
   ros2 launch ser_node ser_node.launch.py audio_topic:=/robot/mic/audio namespace:=head device:=cuda
+  ros2 launch ser_node ser_node.launch.py hri_voices:=publish     # no upstream voice module: name voices itself
 
 The node starts unconfigured (--no-autostart); this file asks for `configure` and, once the node reports
 `inactive`, for `activate` (launch_ros lifecycle events), unless autostart:=false, which leaves the transitions to
@@ -29,6 +30,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("audio_topic", default_value="audio", description="audio topic to listen to"),
         DeclareLaunchArgument("model_path", default_value="", description="ONNX model ('' = shipped default)"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda | tensorrt"),
+        DeclareLaunchArgument("hri_voices", default_value="follow",
+                              description="ROS4HRI voices: follow (an upstream voice module) | publish (own ids) | off"),
         DeclareLaunchArgument("autostart", default_value="true",
                               description="configure and activate from this launch file (false: a lifecycle manager does)"),
     ]
@@ -39,7 +42,8 @@ def generate_launch_description() -> LaunchDescription:
         namespace=LaunchConfiguration("namespace"),
         output="screen",
         parameters=[LaunchConfiguration("params_file"),
-                    {"model_path": LaunchConfiguration("model_path"), "device": LaunchConfiguration("device")}],
+                    {"model_path": LaunchConfiguration("model_path"), "device": LaunchConfiguration("device"),
+                     "hri_voices": LaunchConfiguration("hri_voices")}],
         remappings=[("audio", LaunchConfiguration("audio_topic"))],
         arguments=["--no-autostart"],
     )
