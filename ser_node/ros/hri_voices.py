@@ -188,8 +188,6 @@ class HriVoices:
     # ------------------------------------------------------------ results
     def publish_expression(self, voice_id: str, expression: Any) -> None:
         """The expression of one voice's utterance on its own topic (if the voice is still held)."""
-        if not voice_id:
-            return
         with self._lock:
             if self.mode == "follow":
                 voice = self.held.get(voice_id)
@@ -210,10 +208,12 @@ class HriVoices:
                 self.own_publishers[voice_id] = publisher
         publisher.publish(expression)
 
-    def own_voices_changed(self, voice_ids: list[str], stamp: Any) -> None:
+    def own_voices_changed(self, voice_ids: list[str]) -> None:
         """publish mode: the tracked list (on every change) and no publisher for a voice that was forgotten."""
+        if self.mode != "publish" or self.tracked_pub is None:
+            return
         voice_ids = sorted(voice_ids)  # the tracker keeps them in order of last use: compare as a set
-        if self.mode != "publish" or self.tracked_pub is None or voice_ids == self._published_ids:
+        if voice_ids == self._published_ids:
             return
         self._published_ids = voice_ids
         with self._lock:
@@ -222,21 +222,17 @@ class HriVoices:
         for publisher in publishers:
             self.node.destroy_publisher(publisher)
         msg = self._ids_list(ids=voice_ids)
-        msg.header.stamp = stamp
+        msg.header.stamp = self.node.get_clock().now().to_msg()
         self.tracked_pub.publish(msg)
 
     # ------------------------------------------------------------ teardown and health
     def close(self) -> None:
+        """Releases every upstream voice; in publish mode, an empty tracked list and no own publisher left."""
         self.release(list(self.held))
-        with self._lock:
-            publishers = list(self.own_publishers.values())
-            self.own_publishers.clear()
-        for publisher in publishers:
-            self.node.destroy_publisher(publisher)
         if self.tracked_sub is not None:
             self.node.destroy_subscription(self.tracked_sub)
         if self.tracked_pub is not None:
-            self.own_voices_changed([], self.node.get_clock().now().to_msg())
+            self.own_voices_changed([])  # destroys the own voices' publishers (they are all listed ones)
             self.node.destroy_publisher(self.tracked_pub)
         self.tracked_sub = self.tracked_pub = None
 
@@ -249,8 +245,8 @@ class HriVoices:
             out.update(hri_voices_held=str(len(self.held)), hri_held_ids=",".join(list(self.held)[:16]),
                        hri_tracked_lists=str(s.tracked_lists), hri_ids_malformed=str(s.ids_malformed),
                        hri_ids_over_limit=str(s.ids_over_limit), hri_voices_opened=str(s.voices_opened),
-                       hri_voices_released=str(s.voices_released), hri_errors=str(s.errors), hri_chunks_dropped=str(dropped_chunks),
-                       hri_last_dropped="; ".join(s.last_dropped) or "none")
+                       hri_voices_released=str(s.voices_released), hri_errors=str(s.errors),
+                       hri_chunks_dropped=str(dropped_chunks), hri_last_dropped="; ".join(s.last_dropped) or "none")
         elif self.mode == "publish":
             out["hri_voices_published"] = str(len(self.own_publishers))
         return out

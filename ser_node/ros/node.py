@@ -380,13 +380,13 @@ class SerNode(LifecycleNode):
             self._worker = None
 
     # ------------------------------------------------------------ audio intake
-    def _on_typed(self, msg: Any) -> None:
+    def _on_typed(self, msg: Any, stream: StreamProcessor | None = None, voice_id: str = "") -> None:
         self._last_frame_id = msg.header.frame_id
-        self._feed(lambda now: typed_to_chunk(msg, now), msg.header.frame_id)
+        self._feed(lambda now: typed_to_chunk(msg, now), msg.header.frame_id, stream, voice_id)
 
-    def _on_raw(self, msg: Any) -> None:
+    def _on_raw(self, msg: Any, stream: StreamProcessor | None = None, voice_id: str = "") -> None:
         frame_id = msg.header.frame_id if hasattr(msg, "header") else ""
-        self._feed(lambda now: raw_to_chunk(msg, self.raw_format, now), frame_id)
+        self._feed(lambda now: raw_to_chunk(msg, self.raw_format, now), frame_id, stream, voice_id)
 
     def _on_info(self, msg: Any) -> None:
         fmt = RawFormat.from_info(msg)
@@ -521,7 +521,7 @@ class SerNode(LifecycleNode):
             item.heard_as = self._last_voice = voice.id
             held = list(self._voices.tracker.voices) if self._voices is not None else []
         if self._hri is not None and not item.voice_id:
-            self._hri.own_voices_changed(held, self.get_clock().now().to_msg())
+            self._hri.own_voices_changed(held)
         return result
 
     def _voice_settings(self) -> VoiceSettings:
@@ -557,11 +557,7 @@ class SerNode(LifecycleNode):
         with self._adapter_lock:
             heard = self._adapter.count + (self._voices.utterances if self._voices else 0)
             voices = len(self._voices.tracker.voices) if self._voices else 0
-            self._adapter = self._new_adapter()
-            self._voices = None
-        if self._hri is not None:
-            self._hri.own_voices_changed([], self.get_clock().now().to_msg())
-        self._save_voices()
+        self._forget_voices(None)
         response.success = True
         response.message = (f"forgot {heard} utterance(s) of the previous speaker"
                             + (f" ({voices} voice(s))" if voices else ""))
@@ -578,15 +574,17 @@ class SerNode(LifecycleNode):
         return self.create_service(ForgetVoices, "~/forget_voices", self._forget_voices_service)
 
     def _forget_voices(self, voice_ids: list[str] | None) -> list[str]:
-        """Drops voices' embeddings and statistics (None: all); returns the ids that were held."""
+        """Drops voices' embeddings and statistics; None: every voice and the single adapter too (a fresh start,
+        ~/reset_adaptation). Returns the ids that were held."""
         with self._adapter_lock:
             gone = self._voices.tracker.forget(voice_ids) if self._voices is not None else []
             if voice_ids is None:
                 self._adapter = self._new_adapter()
+                self._voices = None
             held = list(self._voices.tracker.voices) if self._voices is not None else []
-        if self._hri is not None and gone:
-            self._hri.own_voices_changed(held, self.get_clock().now().to_msg())
         if gone or voice_ids is None:
+            if self._hri is not None:
+                self._hri.own_voices_changed(held)
             self._save_voices()  # forgotten means forgotten on disk too
         return gone
 
@@ -643,12 +641,8 @@ class SerNode(LifecycleNode):
         """One upstream voice's audio message (executor thread, as are opening and releasing voices)."""
         hri = self._hri
         stream = hri.stream(voice_id) if hri is not None else None
-        if stream is None:
-            return
-        frame_id = msg.header.frame_id if hasattr(msg, "header") else ""
-        make_chunk = ((lambda now: typed_to_chunk(msg, now)) if self.variant == TYPED
-                      else (lambda now: raw_to_chunk(msg, self.raw_format, now)))
-        self._feed(make_chunk, frame_id, stream, voice_id)
+        if stream is not None:
+            (self._on_typed if self.variant == TYPED else self._on_raw)(msg, stream, voice_id)
 
     def _count_error(self, counter: str, error: Exception, utterances: int) -> None:
         self.counts[counter] += utterances
@@ -718,8 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Speech emotion recognition node: subscribes to `audio` (audio_common_msgs), publishes "
                     "~/expression (hri_msgs/Expression), ~/classification (vision_msgs), ~/is_speaking and "
                     "/diagnostics; follows ROS4HRI voices (/humans/voices/tracked, per-voice audio in and "
-                    "expression out; hri_voices parameter). ROS arguments follow --ros-args (e.g. --ros-args --params-file config/ser_node.yaml "
-                    "-r audio:=/robot/mic).")
+                    "expression out; hri_voices parameter). ROS arguments follow --ros-args (e.g. --ros-args "
+                    "--params-file config/ser_node.yaml -r audio:=/robot/mic).")
     parser.add_argument("--no-autostart", action="store_true",
                         help="stay unconfigured; drive the lifecycle with the usual lifecycle services")
     parser.add_argument("--wait-for-model", action="store_true",
