@@ -135,12 +135,15 @@ class Harness:
             time.sleep(0.02)
         time.sleep(0.2)  # let the reverse discovery settle
 
-    def publish(self, messages: list[Any], speed: float = 10.0, chunk_s: float | None = None) -> None:
-        """Publishes at `speed` x real time (paced by each message's audio duration)."""
+    def publish(self, messages: list[Any], speed: float = 10.0, chunk_s: float | None = None,
+                publisher: Any = None) -> None:
+        """Publishes at `speed` x real time (paced by each message's audio duration), on the node's audio topic
+        or on `publisher`."""
+        publisher = publisher or self.audio_pub
         began = time.monotonic()
         audio_time = 0.0
         for msg in messages:
-            self.audio_pub.publish(msg)
+            publisher.publish(msg)
             info = getattr(getattr(msg, "audio", None), "info", None)
             if info is not None and info.rate > 0 and info.channels > 0:
                 audio_time += info.chunk / info.rate if info.chunk else (chunk_s or 0.0)

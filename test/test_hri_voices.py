@@ -89,14 +89,7 @@ class Upstream:
             self.expressions[voice_id].append(msg)
 
     def speak(self, voice_id: str, messages: list, speed: float = 8.0) -> None:
-        pub = self.audio_pub(voice_id)
-        began, audio_time = time.monotonic(), 0.0
-        for msg in messages:
-            pub.publish(msg)
-            audio_time += msg.audio.info.chunk / msg.audio.info.rate
-            ahead = audio_time / speed - (time.monotonic() - began)
-            if ahead > 0:
-                time.sleep(ahead)
+        self.harness.publish(messages, speed, publisher=self.audio_pub(voice_id))
 
 
 def follow_harness(voice_model, **parameters):
