@@ -5,12 +5,13 @@ from setuptools import find_packages, setup
 
 PACKAGE = "ser_node"
 
-# Ranges, not pins: on a robot this package shares numpy & co. with the ROS distro's Python packages. The exact
-# versions that CI and scripts/setup.sh install are pinned in requirements/*.txt.
-RUNTIME = ["numpy>=1.21", "onnxruntime>=1.16", "soundfile>=0.10", "soxr>=0.3", "webrtcvad-wheels>=2.0.10",
-           "pyyaml>=5.4"]
-TRAIN = ["torch>=2.1", "onnx>=1.15", "onnxscript>=0.1", "scikit-learn>=1.3", "matplotlib>=3.5", "tqdm>=4.60",
-         "rosbags>=0.10", "mcap>=1.1", "audiomentations>=0.40", "pyroomacoustics>=0.7.4"]
+# Ranges, not pins: on a robot this package shares numpy & co. with the ROS distro's Python packages. The lower
+# bounds are the oldest set tested (requirements/runtime-lowest.txt, scripts/compat_check.sh); the exact versions
+# that CI and scripts/setup.sh install are pinned in requirements/*.txt. The run time never imports PyYAML (ROS
+# parameter files are read by rcl), torch, tqdm or sklearn: test_runtime_install.py holds it to that.
+RUNTIME = ["numpy>=1.21.6", "onnxruntime>=1.18.1", "soundfile>=0.12.1", "soxr>=0.3.7", "webrtcvad-wheels>=2.0.10"]
+TRAIN = ["pyyaml>=5.4", "torch>=2.1", "onnx>=1.15", "onnxscript>=0.1", "scikit-learn>=1.3", "matplotlib>=3.5",
+         "tqdm>=4.60", "rosbags>=0.10", "mcap>=1.1", "audiomentations>=0.40", "pyroomacoustics>=0.7.4"]
 TEST = ["pytest>=7", "librosa>=0.10"]
 # The openSMILE teacher (training only; non-commercial licence, so it is an extra of its own).
 TEACHER = ["opensmile>=2.5"]

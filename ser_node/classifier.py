@@ -127,7 +127,7 @@ class Classifier:
                 raise ModelFileError(f"{self.path}: the model's normalised outputs on a probe input are unusable")
 
     def _check_voice_graph(self) -> None:
-        from .voice_features import FRONTEND_VERSION
+        from .voice_frontend import FRONTEND_VERSION
 
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}

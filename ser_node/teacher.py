@@ -6,7 +6,6 @@ teach. Targets are z-scored on the training clips; ComParE_2016 (6373 values) is
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -14,12 +13,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .files import file_digest, save_npz_atomic
+
 FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
-
-
-def file_digest(path: str | Path) -> str:
-    """Content hash of a clip: the cache key survives moving or renaming a corpus."""
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 def opensmile_functionals(paths: Sequence[str | Path], feature_set: str, cache_dir: str | Path) -> np.ndarray:
@@ -42,13 +38,6 @@ def opensmile_functionals(paths: Sequence[str | Path], feature_set: str, cache_d
             if (number + 1) % 500 == 0 or number + 1 == len(missing):  # finished work survives a crash
                 save_npz_atomic(stored, store_path)
     return np.stack([stored[k] for k in keys])
-
-
-def save_npz_atomic(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """A per-clip cache written whole or not at all: a crash mid-write leaves the previous file."""
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
 
 
 @dataclass

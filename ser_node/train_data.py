@@ -78,7 +78,7 @@ class ImageCache:
         self._digests: dict[Path, str] = {}
 
     def path(self, clip: Clip) -> Path:
-        from .teacher import file_digest
+        from .files import file_digest
 
         if clip.path not in self._digests:
             self._digests[clip.path] = file_digest(clip.path)

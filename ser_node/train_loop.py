@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .corpora import Clip
+from .files import save_npz_atomic
 from .labels import EMOTIONS
 from .models import build_model, load_backbone_weights
 from .train_config import TrainConfig
@@ -232,9 +233,7 @@ def _cached_embeddings(cache: Path, backbone_model: nn.Module, images: ImageMake
     if missing:
         for clip, row in zip(missing, backbone_embeddings(backbone_model, images, missing, layer)):
             stored[str(clip.path)] = row
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, **stored)
-        tmp.replace(path)
+        save_npz_atomic(stored, path)
     return np.stack([stored[str(c.path)] for c in clips])
 
 

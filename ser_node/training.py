@@ -31,7 +31,7 @@ from .reports import (compute_metrics, format_table, per_speaker_accuracy, plot_
 from .train_config import TrainConfig  # also the settings' public home for `run_experiment(TrainConfig(...))`
 from .train_data import (AudioBank, CorpusMix, ImageCache, ImageMaker, RunData, prepare_clips)
 from .train_loop import predict_network, predict_svc, train_network, train_svc
-from .voice_frontend import sha256_of
+from .files import sha256_of
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .audio import load_audio
-from .teacher import file_digest, save_npz_atomic
-from .voice_frontend import ENCODER_SHA256, encoder_input, partial_frames, preprocess
+from .files import file_digest, save_npz_atomic
+from .voice_frontend import ENCODER_SHA256, FRONTEND_VERSION, encoder_input, partial_frames, preprocess
 
-FRONTEND_VERSION = 1  # bump when voice_frontend changes what reaches the encoder
 ALL_LAYERS = (0, 1, 2)
 
 

@@ -9,13 +9,13 @@ wheel without importing it (its package imports torch and librosa).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from .features import FeatureConfig, stft_mel_power
+from .files import sha256_of
 
 SAMPLE_RATE = 16000
 MEL_CONFIG = FeatureConfig(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=40)  # 25 ms / 10 ms
@@ -30,6 +30,8 @@ INT16_MAX = 2**15 - 1
 ENCODER_PACKAGE = "resemblyzer"
 ENCODER_VERSION = "0.1.4"
 ENCODER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
+# Bump when this module changes what reaches the encoder: models record it, the classifier refuses a mismatch.
+FRONTEND_VERSION = 1
 
 
 class EncoderWeightsError(RuntimeError):
@@ -127,14 +129,6 @@ def partial_frames(wav: np.ndarray) -> np.ndarray:
         wav = np.pad(wav, (0, needed - len(wav)))
     frames = mel_frames(wav)
     return np.stack([frames[s] for s in slices])
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def encoder_weights_path(check: bool = True) -> Path:

@@ -251,7 +251,7 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
 
     from .export import _atomic_save
     from .model_file import ModelMetadata, write_metadata
-    from .voice_features import FRONTEND_VERSION
+    from .voice_frontend import FRONTEND_VERSION
 
     model = build_torch_model(heads)
     path = Path(path)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .adaptation import SpeakerAdapter
+from .files import save_npz_atomic
 
 EMBEDDING_SIZE = 256  # GE2E speaker embeddings
 MERGE_MIN = 3  # utterances each voice needs before two may be merged (a centroid over fewer is too noisy)
@@ -202,13 +203,12 @@ def save_voices(tracker: VoiceTracker, path: Path, model_id: str) -> None:
     histories = [np.array(v.adapter.history(), dtype=np.float64) for v in voices]
     filled = [h for h in histories if len(h)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, model_id=np.array(model_id), ids=np.array([v.id for v in voices], dtype=str),
-             embedding_sums=np.array([v.embedding_sum for v in voices]).reshape(len(voices), EMBEDDING_SIZE),
-             utterances=np.array([v.utterances for v in voices]), last_heard=np.array([v.last_heard for v in voices]),
-             lengths=np.array([len(h) for h in histories], dtype=np.int64),
-             histories=np.concatenate(filled) if filled else np.zeros((0, 0)))
-    partial.replace(path)
+    save_npz_atomic(dict(
+        model_id=np.array(model_id), ids=np.array([v.id for v in voices], dtype=str),
+        embedding_sums=np.array([v.embedding_sum for v in voices]).reshape(len(voices), EMBEDDING_SIZE),
+        utterances=np.array([v.utterances for v in voices]), last_heard=np.array([v.last_heard for v in voices]),
+        lengths=np.array([len(h) for h in histories], dtype=np.int64),
+        histories=np.concatenate(filled) if filled else np.zeros((0, 0))), path)
 
 
 def load_voices(tracker: VoiceTracker, path: Path, model_id: str) -> int:

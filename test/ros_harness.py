@@ -209,6 +209,39 @@ class SideNode:
         rclpy.shutdown(context=self.context)
 
 
+def expressions_from_process(command: list[str], env: dict[str, str], mic: str, expressions: str,
+                             waveforms: list[np.ndarray], timeout: float = 20.0,
+                             expected: int | None = None) -> tuple[list[Any], int, str]:
+    """Starts a node process, streams `waveforms` (separated by silence, int16 in 50 ms messages, reliable) to
+    `mic` once it subscribes, and collects `expressions` until `expected` (default one per clip) arrived or
+    `timeout` passed. Returns (expressions, clips sent, the process's output)."""
+    import subprocess
+
+    from audio_common_msgs.msg import AudioStamped
+    from hri_msgs.msg import Expression
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    side = SideNode("process_tester")
+    received: list[Any] = []
+    try:
+        side.node.create_subscription(Expression, expressions, received.append, 10)
+        publisher = side.node.create_publisher(AudioStamped, mic,
+                                               QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
+        assert side.wait_for_subscriber(publisher), f"the node process never subscribed to {mic}"
+        stream, bounds = speech_stream(waveforms)
+        for msg in typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0):
+            publisher.publish(msg)
+            side.executor.spin_once(timeout_sec=0.005)
+        deadline = time.monotonic() + timeout
+        while len(received) < (expected or len(bounds)) and time.monotonic() < deadline:
+            side.executor.spin_once(timeout_sec=0.1)
+    finally:
+        side.close()
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    return received, len(bounds), output
+
+
 def assert_same_classifications(expected: list[Any], got: list[Any], count: int) -> None:
     """The same utterances (stamps) with the same scores: what a disturbed run must give against a clean one."""
     assert len(got) == len(expected) == count, (len(got), len(expected), count)

@@ -81,40 +81,19 @@ def test_console_script_with_params_file_in_a_namespace(exported_models, real_wa
     script = BIN / "ser_node"
     if not script.exists():
         pytest.skip(f"{script} not installed: run scripts/setup.sh")
-    from audio_common_msgs.msg import AudioStamped
-    from hri_msgs.msg import Expression
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from ros_harness import SideNode, speech_stream, typed_chunks
+    from ros_harness import expressions_from_process, speech_stream
 
     params = tmp_path / "params.yaml"
     values = yaml.safe_load((ROOT / "config" / "ser_node.yaml").read_text())
     values["/**"]["ros__parameters"].update(model_path=str(exported_models["fp32"]), reliability="reliable",
                                             vad_backend="webrtc")
     params.write_text(yaml.safe_dump(values))
-    process = subprocess.Popen([str(script), "--ros-args", "--params-file", str(params), "-r", "__ns:=/robot",
-                                "-r", "audio:=/robot/mic"], env=child_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    side = SideNode("spawn_tester")
-    node, executor = side.node, side.executor
-    try:
-        received = []
-        node.create_subscription(Expression, "/robot/ser_node/expression", received.append, 10)
-        publisher = node.create_publisher(AudioStamped, "/robot/mic", QoSProfile(depth=200,
-                                                                                  reliability=ReliabilityPolicy.RELIABLE))
-        assert side.wait_for_subscriber(publisher), "spawned node never subscribed to /robot/mic"
-        stream, bounds = speech_stream(real_waveforms[:2])
-        for msg in typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0):
-            publisher.publish(msg)
-            executor.spin_once(timeout_sec=0.005)
-        deadline = time.monotonic() + 20
-        while len(received) < len(bounds) and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.1)
-        assert len(received) == len(bounds)
-        assert abs((received[0].header.stamp.sec + received[0].header.stamp.nanosec * 1e-9) - 1000.0 - bounds[0][0]) < 0.6
-    finally:
-        side.close()
-        process.terminate()
-        output = process.communicate(timeout=20)[0]
+    received, sent, output = expressions_from_process(
+        [str(script), "--ros-args", "--params-file", str(params), "-r", "__ns:=/robot", "-r", "audio:=/robot/mic"],
+        child_env(), "/robot/mic", "/robot/ser_node/expression", real_waveforms[:2])
+    assert len(received) == sent, output[-2000:]
+    _stream, bounds = speech_stream(real_waveforms[:2])
+    assert abs((received[0].header.stamp.sec + received[0].header.stamp.nanosec * 1e-9) - 1000.0 - bounds[0][0]) < 0.6
     assert "variant: typed" in output and "active: listening on /robot/mic" in output, output
 
 
@@ -180,10 +159,7 @@ def test_colcon_build_installs_a_package_that_runs(real_waveforms, tmp_path):
         pytest.skip(f"{colcon} not installed: run scripts/setup.sh (requirements/test.txt)")
     import shutil
 
-    from audio_common_msgs.msg import AudioStamped
-    from hri_msgs.msg import Expression
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from ros_harness import SideNode, speech_stream, typed_chunks
+    from ros_harness import expressions_from_process
 
     source = tmp_path / "ws" / "src" / "ser_node"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", "build", ".git", "bench", "runs", "results",
@@ -206,25 +182,7 @@ def test_colcon_build_installs_a_package_that_runs(real_waveforms, tmp_path):
     command = (f"source {tmp_path / 'ws' / 'install' / 'setup.bash'} && exec "
                f"{prefix / 'lib' / 'ser_node' / 'ser_node'} --ros-args --params-file {share / 'config' / 'ser_node.yaml'}"
                " -p vad_backend:=webrtc -p reliability:=reliable -r audio:=/colcon_mic")
-    process = subprocess.Popen(["bash", "-c", command], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    side = SideNode("colcon_tester")
-    try:
-        received: list = []
-        side.node.create_subscription(Expression, "/ser_node/expression", received.append, 10)
-        publisher = side.node.create_publisher(AudioStamped, "/colcon_mic",
-                                               QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
-        assert side.wait_for_subscriber(publisher), "the installed ser_node never subscribed"
-        stream, bounds = speech_stream(real_waveforms[:2])
-        for msg in typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0):
-            publisher.publish(msg)
-            side.executor.spin_once(timeout_sec=0.005)
-        deadline = time.monotonic() + 20
-        while len(received) < len(bounds) and time.monotonic() < deadline:
-            side.executor.spin_once(timeout_sec=0.1)
-        assert len(received) == len(bounds)
-    finally:
-        side.close()
-        process.terminate()
-        output = process.communicate(timeout=20)[0]
+    received, sent, output = expressions_from_process(["bash", "-c", command], env, "/colcon_mic",
+                                                      "/ser_node/expression", real_waveforms[:2])
+    assert len(received) == sent, output[-2000:]
     assert str(share / "models" / "ser_default.onnx") in output, output[-2000:]  # the installed default model

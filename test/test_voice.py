@@ -62,7 +62,8 @@ def test_the_front_end_copes_with_silence_noise_and_overload():
 
 
 def test_weights_are_the_pinned_file():
-    from ser_node.voice_frontend import ENCODER_SHA256, EncoderWeightsError, encoder_weights_path, sha256_of
+    from ser_node.files import sha256_of
+    from ser_node.voice_frontend import ENCODER_SHA256, EncoderWeightsError, encoder_weights_path
 
     path = encoder_weights_path()
     assert sha256_of(path) == ENCODER_SHA256 and path.name == "pretrained.pt"
