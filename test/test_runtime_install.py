@@ -69,3 +69,21 @@ def test_a_runtime_only_venv_runs_the_installed_node_on_the_demo_audio(tmp_path)
     assert "ser_default.onnx" in output and "Traceback" not in output, output[-3000:]
     assert str(ROBOT_VENV) in output, output[-3000:]  # the model found in the robot venv's share/ser_node
     assert sent == 1 and len(received) >= 4, output[-3000:]  # the demo holds four sentences
+
+
+def test_compat_check_on_python_310_312_313(tmp_path):
+    """scripts/compat_check.sh: runtime-only venvs on 3.10 (lowest supported versions), 3.12 and 3.13 (newest)
+    classify the demo audio with every shipped model like the reference run. Needs the three interpreters."""
+    missing = [v for v in ("3.10", "3.12", "3.13")
+               if not subprocess.run(["bash", "-c", f"source <(sed -n '/^find_python()/,/^}}/p' "
+                                                     f"{ROOT / 'scripts' / 'compat_check.sh'}); find_python {v}"],
+                                     capture_output=True, text=True).stdout.strip()]
+    if missing:
+        pytest.skip(f"Python {', '.join(missing)} not installed here (pyenv or PATH); the check needs all three")
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "compat_check.sh")], capture_output=True, text=True,
+                            timeout=900, env={**child_env(), "COMPAT_OUT": str(tmp_path), "PY311": sys.executable})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = json.loads((tmp_path / "compat.json").read_text())["runs"]
+    assert [r["platform"]["python"][:4] for r in runs] == ["3.10", "3.12", "3.13"]
+    assert all(r["comparison"]["same"] for r in runs)
+    assert runs[0]["platform"]["packages"]["onnxruntime"] == "1.18.1"  # the lowest supported set really ran
