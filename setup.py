@@ -42,11 +42,11 @@ setup(
         "console_scripts": [
             "ser_node = ser_node.ros.node:main",
             "ser_demo = ser_node.ros.demo:main",
-            "ser_train = ser_node.train_cli:main",
-            "ser_train_voice = ser_node.voice_training:main",
-            "ser_export = ser_node.export_cli:main",
+            "ser_train = ser_node.cli.train:main",
+            "ser_train_voice = ser_node.cli.train_voice:main",
+            "ser_export = ser_node.cli.export:main",
             "ser_trainer = ser_node.ros.trainer_node:main",
-            "ser_bag = ser_node.bag_cli:main",
+            "ser_bag = ser_node.cli.bag:main",
         ],
     },
 )

@@ -40,12 +40,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ser_node.audio import load_audio  # noqa: E402
-from ser_node.corpora import load_corpus_entry, load_emomatch  # noqa: E402
+from ser_node.audio.decode import load_audio  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
-from ser_node.reports import (compute_metrics, format_table, plot_confusion, summarise_folds,  # noqa: E402
-                              write_json)
-from ser_node.voice_training import speaker_orders  # noqa: E402
+from ser_node.train.corpora import load_corpus_entry, load_emomatch  # noqa: E402
+from ser_node.train.reports import compute_metrics, format_table, plot_confusion, summarise_folds, write_json  # noqa: E402
+from ser_node.train.voice_recipe import speaker_orders  # noqa: E402
 
 OPENSMILE_SETS = {"egemaps_svm": "eGeMAPSv02", "compare_svm": "ComParE_2016"}
 DS_RECIPES = {
@@ -57,7 +56,7 @@ DS_RECIPES = {
 
 def opensmile_features(clips, feature_set: str, cache: Path) -> np.ndarray:
     """Functionals per clip, cached on disk by clip content (the trainer's teacher shares the cache)."""
-    from ser_node.teacher import opensmile_functionals
+    from ser_node.train.teacher import opensmile_functionals
 
     return opensmile_functionals([c.path for c in clips], feature_set, cache)
 
@@ -112,7 +111,7 @@ def pretrained_backbone(work: Path, data: Path, teacher: bool, threads: int) -> 
     """The backbone of config/pretrain_other_corpora.yaml (trained once, resumable), with or without teacher."""
     import yaml
 
-    from ser_node.training import TrainConfig, run_experiment
+    from ser_node.train.experiment import TrainConfig, run_experiment
 
     values = yaml.safe_load((ROOT / "config" / "pretrain_other_corpora.yaml").read_text())
     values["corpora"] = [{**e, "role": "pretrain"} for e in all_corpora(data) if e["name"] != "uem-es"]
@@ -192,7 +191,7 @@ def run_adaptation(work: Path, corpus_dir: Path, warmup: int = 5) -> dict:
 
     Before `warmup` clips of a speaker are in, every system answers unadapted (as the node does).
     """
-    from ser_node.adaptation import SpeakerAdapter, adapt_log_probabilities
+    from ser_node.inference.adaptation import SpeakerAdapter, adapt_log_probabilities
 
     clips = load_emomatch(corpus_dir).clips
     x = opensmile_features(clips, "ComParE_2016", work / "cache" / "opensmile").astype(np.float64)
@@ -248,8 +247,8 @@ def run_adaptation(work: Path, corpus_dir: Path, warmup: int = 5) -> dict:
 def run_loco(work: Path, data: Path, threads: int) -> dict:
     """Leave-one-corpus-out: the default recipe (fewer epochs: 3,000+ clips per epoch) and ComParE + SVM, each
     trained on three corpora and scored on the fourth, restricted to the labels that corpus has."""
-    from ser_node.protocols import leave_one_corpus_out
-    from ser_node.training import TrainConfig, run_experiment
+    from ser_node.train.experiment import TrainConfig, run_experiment
+    from ser_node.train.protocols import leave_one_corpus_out
 
     recipe = {**default_recipe(), "epochs": 4, "patience": 3, "balance": "sampler"}  # ~25 min on 1 core
     config = TrainConfig.from_mapping({**TrainConfig().to_mapping(), **recipe, "corpora": all_corpora(data),
@@ -283,7 +282,7 @@ def run_loco(work: Path, data: Path, threads: int) -> dict:
 
 
 def run_ds(method: str, recipe: dict, runs: Path, corpus: Path, threads: int) -> dict:
-    from ser_node.training import TrainConfig, run_experiment
+    from ser_node.train.experiment import TrainConfig, run_experiment
 
     config = TrainConfig.from_mapping({**TrainConfig().to_mapping(), "corpus": {"kind": "emomatch",
                                                                                 "path": str(corpus)},
@@ -304,10 +303,10 @@ def run_tta(run_dir: Path, corpus: Path, speeds: tuple[float, ...] = (0.85, 0.92
     import torch
     import yaml
 
-    from ser_node.features import FeatureExtractor
-    from ser_node.train_config import TrainConfig
-    from ser_node.train_data import AudioBank, speed_perturb
-    from ser_node.train_loop import load_trained_network
+    from ser_node.inference.features import FeatureExtractor
+    from ser_node.train.config import TrainConfig
+    from ser_node.train.data import AudioBank, speed_perturb
+    from ser_node.train.loop import load_trained_network
 
     if not (run_dir / "report.json").exists():
         raise SystemExit(f"{run_dir} has no finished LOSO run: run the `default` method first")
@@ -338,11 +337,10 @@ def run_int8(run_dir: Path, corpus: Path, work: Path) -> dict:
     speakers, never the test speaker): what the node's precision choice costs in UA, and how often they agree."""
     import yaml
 
-    from ser_node.classifier import Classifier
-    from ser_node.export_cli import export_run
-    from ser_node.export import quantize_int8
-    from ser_node.features import FeatureExtractor
-    from ser_node.train_config import TrainConfig
+    from ser_node.inference.classifier import Classifier
+    from ser_node.inference.features import FeatureExtractor
+    from ser_node.train.config import TrainConfig
+    from ser_node.train.export import export_run, quantize_int8
 
     config = TrainConfig.from_mapping(yaml.safe_load((run_dir / "config.yaml").read_text()))
     clips = load_emomatch(corpus).clips

@@ -35,12 +35,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from accuracy import RANK_NAMES, ua_by_rank  # noqa: E402
 from voice import shipped_recipe  # noqa: E402
-from ser_node.adaptation import SpeakerAdapter  # noqa: E402
+
+from ser_node.inference.adaptation import SpeakerAdapter  # noqa: E402
+from ser_node.inference.voices import VoiceSettings, VoiceTracker  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
-from ser_node.reports import compute_metrics, format_table, write_json  # noqa: E402
-from ser_node.voice_training import (VoiceData, augmented_copies, fit_heads, load_voice_data,  # noqa: E402
-                                     with_augmentation)
-from ser_node.voices import VoiceSettings, VoiceTracker  # noqa: E402
+from ser_node.train.reports import compute_metrics, format_table, write_json  # noqa: E402
+from ser_node.train.voice_recipe import VoiceData, augmented_copies, fit_heads, load_voice_data, with_augmentation  # noqa: E402
 
 RANK_FIRST = RANK_NAMES[0]
 SYSTEMS = ("none", "reset on silence", "estimated identity", "oracle identity")

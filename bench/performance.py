@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ser_node.audio import load_audio  # noqa: E402
-from ser_node.corpora import load_emomatch  # noqa: E402
+from ser_node.audio.decode import load_audio  # noqa: E402
+from ser_node.train.corpora import load_emomatch  # noqa: E402
 
 THREADS = 2
 
@@ -151,11 +151,11 @@ def build_models(work: Path, calibration: np.ndarray, full: bool) -> dict[str, d
     latency does not depend on the values). Returns name -> {path, torch model, flops, image size}."""
     import torch
 
-    from ser_node.export import export_onnx, quantize_int8
-    from ser_node.features import FeatureConfig, FeatureExtractor
+    from ser_node.inference.features import FeatureConfig, FeatureExtractor
+    from ser_node.inference.model_file import ModelMetadata, read_metadata
     from ser_node.labels import EMOTIONS
-    from ser_node.model_file import ModelMetadata, read_metadata
-    from ser_node.models import ModelConfig, build_model, count_flops
+    from ser_node.train.export import export_onnx, quantize_int8
+    from ser_node.train.networks import ModelConfig, build_model, count_flops
 
     models: dict[str, dict] = {}
     default_meta = read_metadata(ROOT / "models" / "ser_ds_am.onnx")
@@ -196,8 +196,8 @@ def inference_latency(models: dict[str, dict], waveforms: list[np.ndarray], peak
     """Per-utterance inference (features excluded) for torch fp32, ORT fp32 and ORT int8, batch 1."""
     import torch
 
-    from ser_node.classifier import Classifier
-    from ser_node.features import FeatureExtractor
+    from ser_node.inference.classifier import Classifier
+    from ser_node.inference.features import FeatureExtractor
 
     torch.set_num_threads(THREADS)
     rows = []
@@ -233,12 +233,12 @@ def inference_latency(models: dict[str, dict], waveforms: list[np.ndarray], peak
 
 def stage_costs(waveforms: list[np.ndarray], models: dict) -> dict[str, float]:
     """Cost of each pipeline stage in ms per second of audio (48 kHz stereo int16 input, 20 ms chunks)."""
-    from ser_node.audio import resample
-    from ser_node.classifier import Classifier
-    from ser_node.features import FeatureExtractor
-    from ser_node.audio_messages import typed_to_chunk
+    from ser_node.audio.decode import resample
+    from ser_node.audio.vad import SileroVad
+    from ser_node.audio.wire import typed_to_chunk
+    from ser_node.inference.classifier import Classifier
+    from ser_node.inference.features import FeatureExtractor
     from ser_node.ros.messages import interpret
-    from ser_node.vad import SileroVad
 
     sys.path.insert(0, str(ROOT / "test"))
     from ros_harness import typed_chunks
@@ -300,8 +300,9 @@ def publish_results(probabilities: np.ndarray, classes: list[str], interpret) ->
 
 
 def offline_throughput(waveforms: list[np.ndarray], work: Path) -> dict[str, float]:
-    from ser_node.bags import concatenate_clips, evaluate_bag, write_audio_bag
-    from ser_node.classifier import Classifier
+    from ser_node.bags.evaluate import evaluate_bag
+    from ser_node.bags.io import concatenate_clips, write_audio_bag
+    from ser_node.inference.classifier import Classifier
 
     stream, segments = concatenate_clips(waveforms, ["neutral"] * len(waveforms), 1.0)
     bag = work / "throughput_bag"
@@ -337,9 +338,9 @@ def _proc_rss_mb(pid: int) -> float:
 def decision_messages(stream: np.ndarray) -> dict[float, int]:
     """For each utterance (by start offset), the index of the 20 ms message whose arrival lets the segmenter close
     it: found by running the node's own StreamProcessor (same defaults) over the same messages."""
-    from ser_node.segmenter import Segmenter
-    from ser_node.stream import AudioChunk, StreamProcessor
-    from ser_node.vad import make_vad
+    from ser_node.audio.segmenter import Segmenter
+    from ser_node.audio.stream import AudioChunk, StreamProcessor
+    from ser_node.audio.vad import make_vad
 
     processor = StreamProcessor(Segmenter(make_vad("silero")))
     found: dict[float, int] = {}
@@ -575,9 +576,9 @@ def voice_inference(waveforms: list[np.ndarray]) -> dict:
     encoder in torch (the reference run in the same process), per second of audio."""
     import torch
 
-    from ser_node.classifier import Classifier
-    from ser_node.voice_encoder import GE2EEncoder, pool
-    from ser_node.voice_frontend import encoder_input
+    from ser_node.inference.classifier import Classifier
+    from ser_node.inference.voice_frontend import encoder_input
+    from ser_node.train.voice_encoder import GE2EEncoder, pool
 
     audio_s = sum(w.size for w in waveforms) / 16000
     began = time.perf_counter()
@@ -607,7 +608,7 @@ def voice_inference(waveforms: list[np.ndarray]) -> dict:
 
 
 def run_voice(args: argparse.Namespace, waveforms: list[np.ndarray], results: dict) -> int:
-    from ser_node.reports import format_table
+    from ser_node.train.reports import format_table
 
     print("voice model inference (in process)", flush=True)
     results["inference"] = voice_inference(waveforms)
@@ -746,7 +747,7 @@ def torch_estimates(results: dict) -> list[str]:
 
 def e2e_tables(results: dict) -> list[str]:
     """The end-to-end table (with bootstrap intervals and the goal) and the per-stage breakdown."""
-    from ser_node.reports import format_table
+    from ser_node.train.reports import format_table
 
     goal = results["goal"]["decision_to_arrival_p95_ms"]
     rows, stage_rows = [], []
@@ -796,7 +797,7 @@ def write_report(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ser_node.reports import format_table
+    from ser_node.train.reports import format_table
 
     peak = results["cpu_peak"]
     lines = [f"# Performance ({results['date']}, {results['machine']['cpu']}, {results['machine']['cores']} cores, "

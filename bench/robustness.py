@@ -44,11 +44,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "test"))
 
-from ser_node.acoustics import NOISE_KINDS, AcousticSimulator, Condition, stable_seed, talker  # noqa: E402
-from ser_node.audio import load_audio  # noqa: E402
-from ser_node.corpora import load_corpus_entry, load_emomatch  # noqa: E402
+from ser_node.audio.decode import load_audio  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
-from ser_node.reports import compute_metrics, summarise_folds, write_json  # noqa: E402
+from ser_node.train.acoustics import NOISE_KINDS, AcousticSimulator, Condition, stable_seed, talker  # noqa: E402
+from ser_node.train.corpora import load_corpus_entry, load_emomatch  # noqa: E402
+from ser_node.train.reports import compute_metrics, summarise_folds, write_json  # noqa: E402
 
 SNRS = (20.0, 10.0, 5.0, 0.0)
 RT60 = 0.6
@@ -136,10 +136,10 @@ def fold_networks(runs: Path, corpus: Path, only_folds: tuple[str, ...] = ()):
     """(config, {speaker: model}) of the default recipe's LOSO run; trains it first if it is not there."""
     import torch
     import yaml
-
     from accuracy import default_recipe, run_ds
-    from ser_node.train_config import TrainConfig
-    from ser_node.train_loop import load_trained_network
+
+    from ser_node.train.config import TrainConfig
+    from ser_node.train.loop import load_trained_network
 
     run_dir = runs / NETWORK_RUN
     print("the default recipe's LOSO fold models (trained if missing; resumable) ...", flush=True)
@@ -156,7 +156,7 @@ def fold_networks(runs: Path, corpus: Path, only_folds: tuple[str, ...] = ()):
 def network_predictions(config, models: dict, degrader: Degrader, condition: Condition) -> list[str]:
     import torch
 
-    from ser_node.features import FeatureExtractor
+    from ser_node.inference.features import FeatureExtractor
 
     extractor = FeatureExtractor(config.feature_config())
     predicted = [""] * len(degrader.clips)
@@ -322,8 +322,8 @@ def stream_clips(clips, speaker: str) -> list[int]:
 def degraded_stream(degrader: Degrader, indices: list[int], condition: Condition, seed: int):
     """A robot's hour in miniature: the clips with 1-2 s pauses, the whole stream (pauses included) put through
     the room and the noise; the SNR is set against the speech parts. Returns (stream, reference segments)."""
-    from ser_node.acoustics import microphone, mix_at_snr, reverberate, room_response
-    from ser_node.bags import Segment
+    from ser_node.bags.io import Segment
+    from ser_node.train.acoustics import microphone, mix_at_snr, reverberate, room_response
 
     rng = np.random.default_rng(seed)
     parts, segments, t = [np.zeros(32000, np.float32)], [], 2.0
@@ -374,9 +374,9 @@ def segment_offline(blocks, vad_backend: str, settings: dict | None = None) -> d
     """The node's own StreamProcessor + Segmenter over 16 kHz blocks, once per setting (default parameters but
     those named; default: the SNR gates). The VAD runs once; its probabilities are replayed for the other settings.
     Returns {setting key: [(start, end), ...]}."""
-    from ser_node.segmenter import Segmenter, SegmenterConfig
-    from ser_node.stream import AudioChunk, StreamProcessor
-    from ser_node.vad import make_vad
+    from ser_node.audio.segmenter import Segmenter, SegmenterConfig
+    from ser_node.audio.stream import AudioChunk, StreamProcessor
+    from ser_node.audio.vad import make_vad
 
     settings = settings or {gate: {"min_snr_db": gate} for gate in SNR_GATES}
     recording = RecordingVad(make_vad(vad_backend))
@@ -397,7 +397,7 @@ def segment_offline(blocks, vad_backend: str, settings: dict | None = None) -> d
 
 def run_segmentation(degrader: Degrader) -> dict:
     """Offline through the node's segmenter: precision/recall per condition, VAD and SNR gate."""
-    from ser_node.bags import DetectedUtterance, score_against_reference
+    from ser_node.bags.evaluate import DetectedUtterance, score_against_reference
 
     speakers = sorted({c.speaker for c in degrader.clips})
     rows = []
@@ -467,7 +467,7 @@ def run_false_alarms(clips, hours: float) -> dict:
 def run_babble_thresholds(degrader: Degrader, hours: float) -> dict:
     """Babble is speech, so no VAD rejects it; what a higher Silero threshold buys against it (false alarms per
     hour of babble alone) and costs (recall of the target speech in clean and babble streams)."""
-    from ser_node.bags import DetectedUtterance, score_against_reference
+    from ser_node.bags.evaluate import DetectedUtterance, score_against_reference
 
     thresholds = {t: {"threshold": t, "negative_threshold": min(0.35, t)} for t in (0.5, 0.7, 0.9)}
     speech_rms = float(np.median([np.sqrt(np.mean(a ** 2)) for a in degrader.clean[::7]]))
@@ -519,9 +519,9 @@ def run_node(degrader: Degrader, args) -> dict:
     from ros_harness import typed_chunks
     from soak import Soak
 
-    from ser_node.bags import DetectedUtterance, match_segments
-    from ser_node.export_cli import export_run
+    from ser_node.bags.evaluate import DetectedUtterance, match_segments
     from ser_node.labels import canonical_label
+    from ser_node.train.export import export_run
 
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ.setdefault("ROS_DOMAIN_ID", str(40 + os.getpid() % 50))

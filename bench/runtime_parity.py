@@ -56,12 +56,12 @@ def run(audio_path: Path, models_dir: Path) -> dict:
     """Boundaries and probabilities per VAD backend and model."""
     import numpy as np
 
-    from ser_node.audio import load_audio
-    from ser_node.classifier import Classifier, classify_in_order
-    from ser_node.segmenter import Segmenter
-    from ser_node.stream import AudioChunk, StreamProcessor
-    from ser_node.vad import make_vad
-    from ser_node.voices import VoiceSettings
+    from ser_node.audio.decode import load_audio
+    from ser_node.audio.segmenter import Segmenter
+    from ser_node.audio.stream import AudioChunk, StreamProcessor
+    from ser_node.audio.vad import make_vad
+    from ser_node.inference.classifier import Classifier, classify_in_order
+    from ser_node.inference.voices import VoiceSettings
 
     # Three plays, a second apart: enough utterances for per-voice normalisation to start (its warm-up is 5).
     clip = load_audio(audio_path)

@@ -33,7 +33,7 @@ from performance import _child_env, _proc_cpu_seconds, _proc_rss_mb  # noqa: E40
 
 
 def clips(corpus: Path, count: int) -> list[np.ndarray]:
-    from ser_node.audio import load_audio
+    from ser_node.audio.decode import load_audio
 
     paths = sorted(corpus.glob("s*/*.flac"))
     rng = np.random.default_rng(0)
@@ -43,9 +43,9 @@ def clips(corpus: Path, count: int) -> list[np.ndarray]:
 def expected_utterances(stream: np.ndarray) -> int:
     """How many utterances the node's own pipeline (same defaults) cuts from this stream: the number to expect
     (a clip with a long inner pause gives two)."""
-    from ser_node.segmenter import Segmenter
-    from ser_node.stream import AudioChunk, StreamProcessor
-    from ser_node.vad import make_vad
+    from ser_node.audio.segmenter import Segmenter
+    from ser_node.audio.stream import AudioChunk, StreamProcessor
+    from ser_node.audio.vad import make_vad
 
     processor = StreamProcessor(Segmenter(make_vad("silero")))
     found = sum(len(processor.feed(AudioChunk(stream[i : i + 320, None], 16000, i / 16000)))

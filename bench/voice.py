@@ -42,13 +42,24 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from accuracy import RANK_NAMES, fit_svm, ua_by_rank, ua_per_speaker  # noqa: E402
-from ser_node.teacher import opensmile_functionals  # noqa: E402
-from ser_node.adaptation import SpeakerAdapter, adapt_log_probabilities  # noqa: E402
+
+from ser_node.inference.adaptation import SpeakerAdapter, adapt_log_probabilities  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
-from ser_node.reports import compute_metrics, format_table, write_json  # noqa: E402
-from ser_node.voice_training import (VoiceData, VoiceHeads, VoiceRecipe, augmented_copies,  # noqa: E402
-                                     causal_offsets, centre_by_speaker, fit_heads, load_voice_data,
-                                     predict_in_order, speaker_orders, with_augmentation)
+from ser_node.train.reports import compute_metrics, format_table, write_json  # noqa: E402
+from ser_node.train.teacher import opensmile_functionals  # noqa: E402
+from ser_node.train.voice_recipe import (  # noqa: E402
+    VoiceData,
+    VoiceHeads,
+    VoiceRecipe,
+    augmented_copies,
+    causal_offsets,
+    centre_by_speaker,
+    fit_heads,
+    load_voice_data,
+    predict_in_order,
+    speaker_orders,
+    with_augmentation,
+)
 
 DATA = ROOT.parent / "shared" / "data"
 SKEWS = {"balanced": None, "50 % neutral": 0.5, "70 % neutral": 0.7}
@@ -319,8 +330,8 @@ def run_loco(work: Path) -> dict:
 def run_robustness(work: Path) -> dict:
     from robustness import Condition, Degrader, compare_features
 
-    from ser_node.corpora import load_emomatch
-    from ser_node.voice_features import clip_features
+    from ser_node.train.corpora import load_emomatch
+    from ser_node.train.voice_features import clip_features
 
     recipe = shipped_recipe()
     data = load_voice_data(recipe)
@@ -372,9 +383,9 @@ def encoder_states(paths: list[str], cache: Path) -> list[np.ndarray]:
 
     import torch
 
-    from ser_node.audio import load_audio
-    from ser_node.voice_encoder import GE2EEncoder
-    from ser_node.voice_frontend import encoder_input
+    from ser_node.audio.decode import load_audio
+    from ser_node.inference.voice_frontend import encoder_input
+    from ser_node.train.voice_encoder import GE2EEncoder
 
     path = cache / "uem-es-states.pkl"
     if path.exists():
@@ -400,7 +411,7 @@ def run_attention(work: Path, epochs: int = 8, heads: int = 4, finetune: bool = 
     import torch
     from torch import nn
 
-    from ser_node.voice_encoder import HIDDEN
+    from ser_node.train.voice_encoder import HIDDEN
 
     recipe = shipped_recipe()
     recipe.corpora = recipe.corpora[:1]
@@ -433,7 +444,7 @@ def run_attention(work: Path, epochs: int = 8, heads: int = 4, finetune: bool = 
         train, test = np.where(data.speakers != t)[0], np.where(data.speakers == t)[0]
         layer3 = None
         if finetune:
-            from ser_node.voice_encoder import GE2EEncoder
+            from ser_node.train.voice_encoder import GE2EEncoder
 
             layer3 = GE2EEncoder.pretrained().layers[2]
             layer3.requires_grad_(True)

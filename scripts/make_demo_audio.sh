@@ -11,7 +11,7 @@ PYTHONPATH="$root" "$root/.venv/bin/python" - "$tmp" "$root/demo/demo_es.wav" <<
 import sys
 import numpy as np
 import soundfile as sf
-from ser_node.audio import load_audio
+from ser_node.audio.decode import load_audio
 parts = [np.zeros(8000, np.float32)]
 for i in range(1, 5):
     x = load_audio(f"{sys.argv[1]}/{i}.wav")

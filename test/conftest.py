@@ -42,7 +42,7 @@ def corpus_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def real_waveforms(corpus_dir: Path) -> list[np.ndarray]:
-    from ser_node.audio import load_audio
+    from ser_node.audio.decode import load_audio
 
     names = ["Ira_01", "Tristeza_02", "Alegria_03", "Neutro_04", "Miedo_05", "Sorpresa_06", "Asco_07"]
     return [load_audio(corpus_dir / speaker / f"{n}.flac") for speaker in ("s04", "s05") for n in names]
@@ -52,7 +52,7 @@ def real_waveforms(corpus_dir: Path) -> list[np.ndarray]:
 def trained_run(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A small DS-AM trained for a few epochs on four real speakers (about 20 s on 2 cores)."""
     pytest.importorskip("torch", reason="training needs the train extra (torch)")
-    from ser_node.training import TrainConfig, run_experiment
+    from ser_node.train.experiment import TrainConfig, run_experiment
 
     config = TrainConfig(corpus={"kind": "emomatch", "path": str(corpus_dir)}, speakers=["s00", "s01", "s02", "s03"],
                          variant="ds_am", protocol="all", image_size=64, width=0.125, epochs=4, batch_size=16,
@@ -65,7 +65,7 @@ def trained_run(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def exported_models(trained_run, real_waveforms, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """fp32 and int8 ONNX exports of the trained model (int8 calibrated on real clips of other speakers)."""
-    from ser_node.export_cli import export_run
+    from ser_node.train.export import export_run
 
     config, run_dir = trained_run
     out = tmp_path_factory.mktemp("models")
@@ -78,7 +78,7 @@ def voice_model(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     """A voice-encoder model (the default recipe's kind) fitted on 4 real speakers, 3 clips per emotion each, and
     exported to ONNX; about 15 s. Returns the model path, its heads, recipe and the feature cache folder."""
     pytest.importorskip("torch", reason="exporting needs the train extra (torch)")
-    from ser_node.voice_training import VoiceRecipe, export_voice_model, fit_heads, load_voice_data
+    from ser_node.train.voice_recipe import VoiceRecipe, export_voice_model, fit_heads, load_voice_data
 
     pytest.importorskip("resemblyzer", reason="the encoder's weights come from the resemblyzer wheel "
                                               "(pip install --no-deps resemblyzer==0.1.4)")

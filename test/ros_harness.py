@@ -7,13 +7,12 @@ import traceback
 from typing import Any, Callable
 
 import numpy as np
-
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from ser_node.audio import resample
+from ser_node.audio.decode import resample
 
 FORMAT_CODES = {"float32": 1, "int32": 2, "int16": 8, "int8": 16, "uint8": 32}
 

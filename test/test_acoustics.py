@@ -10,10 +10,19 @@ import pytest
 pytest.importorskip("audiomentations", reason="acoustic simulation needs the train extra (audiomentations)")
 pytest.importorskip("pyroomacoustics", reason="acoustic simulation needs the train extra (pyroomacoustics)")
 
-from ser_node.acoustics import (NOISE_KINDS, AcousticSimulator, AugmentRanges, Augmenter,  # noqa: E402
-                                BabbleSource, Condition, _measure_rt60, room_response, talker)
-from ser_node.audio import load_audio  # noqa: E402
-from ser_node.corpora import load_emomatch  # noqa: E402
+from ser_node.audio.decode import load_audio  # noqa: E402
+from ser_node.train.acoustics import (  # noqa: E402
+    NOISE_KINDS,
+    AcousticSimulator,
+    Augmenter,
+    AugmentRanges,
+    BabbleSource,
+    Condition,
+    _measure_rt60,
+    room_response,
+    talker,
+)
+from ser_node.train.corpora import load_emomatch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +44,7 @@ def snr_of(clean: np.ndarray, mixed: np.ndarray) -> float:
 def test_snr_is_what_was_asked_on_real_clips(kind, clips, simulator):
     """The mixing stage delivers the requested SNR; the full chain adds only the ADC's rail on top (loud events
     at low SNR can overload it, as a door slam overloads a robot's microphone)."""
-    from ser_node.acoustics import microphone, mix_at_snr
+    from ser_node.train.acoustics import microphone, mix_at_snr
 
     for clip in clips[::97]:  # a dozen clips of several speakers and emotions
         clean = load_audio(clip.path)
@@ -106,7 +115,7 @@ def test_babble_never_contains_the_speaker_under_test(clips):
 
 
 def test_noises_have_their_character():
-    from ser_node.acoustics import event_noise, robot_noise
+    from ser_node.train.acoustics import event_noise, robot_noise
 
     n = 16000 * 10
     robot = robot_noise(n, seed=0)
@@ -161,9 +170,9 @@ def test_training_augmentation_through_config(corpus_dir: Path, tmp_path: Path):
     pytest.importorskip("torch", reason="training needs the train extra (torch)")
     import yaml
 
-    from ser_node.features import FeatureExtractor
-    from ser_node.train_data import AudioBank, ImageMaker
-    from ser_node.training import TrainConfig, run_experiment
+    from ser_node.inference.features import FeatureExtractor
+    from ser_node.train.data import AudioBank, ImageMaker
+    from ser_node.train.experiment import TrainConfig, run_experiment
 
     with pytest.raises(ValueError, match="probability"):
         TrainConfig(acoustic_augment=1.5).validate()

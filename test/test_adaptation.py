@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ser_node.adaptation import SpeakerAdapter, adapt_log_probabilities
+from ser_node.inference.adaptation import SpeakerAdapter, adapt_log_probabilities
 
 
 def test_only_earlier_utterances_count_and_warm_up_changes_nothing():

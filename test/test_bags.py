@@ -3,24 +3,22 @@ and survive truncated, corrupt and foreign bags."""
 from __future__ import annotations
 
 import csv
-
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("rosbags", reason="the bag tools need the train extra (rosbags, mcap)")
 
-from ser_node.audio import load_audio  # noqa: E402
-from ser_node.bags import (BagError, Segment, concatenate_clips, evaluate_bag, read_bag,  # noqa: E402
-                           read_reference_csv, write_audio_bag, write_evaluation, write_reference_csv)
-from ser_node.classifier import Classifier  # noqa: E402
-from ser_node.labels import EMOTIONS  # noqa: E402
-
 from conftest import ROOT  # noqa: E402
+
+from ser_node.audio.decode import load_audio  # noqa: E402
+from ser_node.bags.evaluate import evaluate_bag, write_evaluation  # noqa: E402
+from ser_node.bags.io import (BagError, Segment, concatenate_clips, read_bag, read_reference_csv,  # noqa: E402
+                              write_audio_bag, write_reference_csv)
+from ser_node.inference.classifier import Classifier  # noqa: E402
+from ser_node.labels import EMOTIONS  # noqa: E402
 
 T0 = 1_700_000_000.0
 NAMES = ["Ira_01", "Tristeza_02", "Alegria_03", "Neutro_04", "Miedo_05", "Sorpresa_06", "Asco_07"]
@@ -101,7 +99,7 @@ def test_corrupt_empty_and_foreign_bags_give_clear_errors(labelled_stream, defau
 
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from ser_node.bags import audio_typestore
+    from ser_node.bags.io import audio_typestore
 
     store = audio_typestore("typed")
     only_labels = tmp_path / "labels_only"
@@ -164,7 +162,7 @@ def test_offline_and_live_replay_agree(labelled_stream, tmp_path, storage):
 
 
 def test_cli_make_and_evaluate(corpus_dir, tmp_path):
-    env_python = [sys.executable, "-m", "ser_node.bag_cli"]
+    env_python = [sys.executable, "-m", "ser_node.cli.bag"]
     help_text = subprocess.run(env_python + ["--help"], capture_output=True, text=True, cwd=ROOT)
     assert help_text.returncode == 0 and "evaluate" in help_text.stdout and "record" in help_text.stdout
     made = subprocess.run(env_python + ["make", "--corpus", str(corpus_dir), "--speakers", "s02", "--max-clips", "4",
@@ -190,12 +188,12 @@ def test_cli_make_and_evaluate(corpus_dir, tmp_path):
 
 
 def test_cli_refuses_unknown_speakers_and_empty_bags(corpus_dir, tmp_path):
-    env_python = [sys.executable, "-m", "ser_node.bag_cli"]
+    env_python = [sys.executable, "-m", "ser_node.cli.bag"]
     typo = subprocess.run(env_python + ["make", "--corpus", str(corpus_dir), "--speakers", "s99",
                                         "--out", str(tmp_path / "typo")], capture_output=True, text=True, cwd=ROOT)
     assert typo.returncode == 2 and "['s99'] not in" in typo.stderr and "'s00'" in typo.stderr
     assert not (tmp_path / "typo").exists()
-    from ser_node.bags import write_audio_bag
+    from ser_node.bags.io import write_audio_bag
 
     write_audio_bag(tmp_path / "silent", np.zeros(0, np.float32), topic="/audio")  # a bag with no audio at all
     empty = subprocess.run(env_python + ["evaluate", str(tmp_path / "silent")], capture_output=True, text=True,
@@ -208,14 +206,13 @@ def test_record_an_audio_topic(labelled_stream, default_classifier, tmp_path):
     import time
 
     from audio_common_msgs.msg import AudioStamped
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-
     from conftest import child_env
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from ros_harness import SideNode, typed_chunks
 
     stream, _ = labelled_stream
     out = tmp_path / "recorded"
-    recorder = subprocess.Popen([sys.executable, "-m", "ser_node.bag_cli", "record", "/mic", "--out", str(out),
+    recorder = subprocess.Popen([sys.executable, "-m", "ser_node.cli.bag", "record", "/mic", "--out", str(out),
                                  "--duration", "8"], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
     side = SideNode("record_source")

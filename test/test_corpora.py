@@ -9,14 +9,19 @@ import numpy as np
 import pytest
 import soundfile
 
-from ser_node.corpora import (load_class_folders, load_corpus, load_elra, load_emomatch, load_manifest,
-                              only_normal_neutral)
-from ser_node.protocols import make_folds, read_folds, write_folds
+from ser_node.train.corpora import (
+    load_corpus,
+    load_elra,
+    load_emomatch,
+    load_manifest,
+    only_normal_neutral,
+)
+from ser_node.train.protocols import make_folds, read_folds, write_folds
 
 
 def copy_as_wav(source: Path, target: Path, rate: int = 48000) -> None:
     """Writes a real clip as the original campaign did: WAV, here upsampled to 48 kHz."""
-    from ser_node.audio import load_audio
+    from ser_node.audio.decode import load_audio
 
     target.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(str(target), load_audio(source, rate), rate, subtype="PCM_16", format="WAV")

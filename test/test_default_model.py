@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from ser_node.audio import load_audio
-from ser_node.classifier import Classifier
-from ser_node.corpora import load_emomatch
-from ser_node.features import FeatureConfig
-from ser_node.labels import EMOTIONS
-from ser_node.model_file import read_metadata
-from ser_node.voice_frontend import ENCODER_SHA256, MEL_CONFIG
-
 from conftest import ROOT
+
+from ser_node.audio.decode import load_audio
+from ser_node.inference.classifier import Classifier
+from ser_node.inference.features import FeatureConfig
+from ser_node.inference.model_file import read_metadata
+from ser_node.inference.voice_frontend import ENCODER_SHA256, MEL_CONFIG
+from ser_node.labels import EMOTIONS
+from ser_node.train.corpora import load_emomatch
 
 DEFAULT = ROOT / "models" / "ser_default.onnx"
 DS_AM = ROOT / "models" / "ser_ds_am.onnx"

@@ -7,11 +7,11 @@ import pytest
 torch = pytest.importorskip("torch", reason="export needs the train extra (torch)")
 onnx = pytest.importorskip("onnx", reason="export needs the train extra (onnx)")
 
-from ser_node.classifier import Classifier, resolve_providers  # noqa: E402
-from ser_node.features import FeatureExtractor  # noqa: E402
+from ser_node.inference.classifier import Classifier, resolve_providers  # noqa: E402
+from ser_node.inference.features import FeatureExtractor  # noqa: E402
+from ser_node.inference.model_file import METADATA_KEY, ModelFileError, read_metadata  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
-from ser_node.model_file import METADATA_KEY, ModelFileError, read_metadata  # noqa: E402
-from ser_node.train_loop import load_trained_network  # noqa: E402
+from ser_node.train.loop import load_trained_network  # noqa: E402
 
 
 def test_onnx_matches_torch_on_real_audio(trained_run, exported_models, real_waveforms):

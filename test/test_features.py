@@ -1,11 +1,16 @@
 """DeepSpectrum features against librosa and matplotlib, on real speech."""
 import numpy as np
 import pytest
-
-from ser_node.audio import load_audio
-from ser_node.features import FeatureConfig, FeatureExtractor, mel_filterbank, mel_power_spectrogram, viridis_lut
-
 from conftest import corpus_clip
+
+from ser_node.audio.decode import load_audio
+from ser_node.inference.features import (
+    FeatureConfig,
+    FeatureExtractor,
+    mel_filterbank,
+    mel_power_spectrogram,
+    viridis_lut,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,7 @@ def test_mel_matches_librosa_on_real_speech(speech):
 
 def test_db_scaling_matches_librosa_power_to_db(speech):
     librosa = pytest.importorskip("librosa", reason="librosa is the reference implementation (test extra)")
-    from ser_node.features import power_to_unit
+    from ser_node.inference.features import power_to_unit
 
     mel = mel_power_spectrogram(speech, FeatureConfig())
     db = librosa.power_to_db(mel, ref=np.max, top_db=80.0)

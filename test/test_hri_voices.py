@@ -108,7 +108,7 @@ def test_two_upstream_voices_get_separate_states_and_outputs(voice_model, real_w
     each is normalised by its own two earlier ones only)."""
     from ros_harness import speech_stream, stamp_seconds, typed_chunks
 
-    from ser_node.classifier import Classifier
+    from ser_node.inference.classifier import Classifier
 
     harness = follow_harness(voice_model)
     try:
@@ -158,7 +158,6 @@ def test_a_voice_that_leaves_is_released_and_forget_service(voice_model, real_wa
     """bob leaves the tracked list: his subscription and expression publisher go, his state is forgotten; alice's
     stays. ~/forget_voices forgets one voice by id, says when an id is not held, and forgets all."""
     from ros_harness import speech_stream, typed_chunks
-
     from ser_node_interfaces.srv import ForgetVoices
 
     harness = follow_harness(voice_model)
@@ -248,7 +247,6 @@ def test_publish_mode_names_the_nodes_own_voices(voice_model, real_waveforms):
     from hri_msgs.msg import Expression, IdsList
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from ros_harness import speech_stream, typed_chunks
-
     from ser_node_interfaces.srv import ForgetVoices
 
     harness = follow_harness(voice_model, hri_voices="publish")
@@ -283,9 +281,9 @@ def test_voices_file_only_when_named_remembered_and_forgotten(voice_model, real_
     and come back at the next configure; forgetting them empties the file too; a corrupt file is reported in
     diagnostics and the node still classifies."""
     from ros_harness import speech_stream, typed_chunks
-
-    from ser_node.voices import VoiceTracker, load_voices
     from ser_node_interfaces.srv import ForgetVoices
+
+    from ser_node.inference.voices import VoiceTracker, load_voices
 
     path = tmp_path / "voices.npz"
     messages = typed_chunks(speech_stream(real_waveforms[:3], 1.0)[0], 16000, 1, "int16", 0.05, 10.0)

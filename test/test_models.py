@@ -3,8 +3,15 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the models need the train extra (torch)")
 
-from ser_node.models import (DSAM, DSFC, ModelConfig, WeightsError, build_model, count_flops,  # noqa: E402
-                             load_imagenet_backbone)
+from ser_node.train.networks import (  # noqa: E402
+    DSAM,
+    DSFC,
+    ModelConfig,
+    WeightsError,
+    build_model,
+    count_flops,
+    load_imagenet_backbone,
+)
 
 TORCHVISION_VGG16_CONVS = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
 
@@ -117,10 +124,10 @@ def test_batch_norm_model_exports_to_onnx_with_the_same_outputs(tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="needs onnxruntime")
     import numpy as np
 
-    from ser_node.export import export_onnx
-    from ser_node.features import FeatureConfig
+    from ser_node.inference.features import FeatureConfig
+    from ser_node.inference.model_file import ModelMetadata
     from ser_node.labels import EMOTIONS
-    from ser_node.model_file import ModelMetadata
+    from ser_node.train.export import export_onnx
 
     config = ModelConfig(variant="ds_am", width=0.125, image_height=64, image_width=64, batch_norm=True)
     torch.manual_seed(0)

@@ -11,15 +11,15 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
 
-from ser_node.classifier import Classifier  # noqa: E402
-from ser_node.corpora import load_corpus_entry  # noqa: E402
-from ser_node.export_cli import export_run  # noqa: E402
+from ser_node.inference.classifier import Classifier  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
-from ser_node.models import ModelConfig, build_model  # noqa: E402
-from ser_node.protocols import leave_one_corpus_out  # noqa: E402
-from ser_node.train_data import CorpusMix, prepare_clips  # noqa: E402
-from ser_node.train_loop import masked_logits  # noqa: E402
-from ser_node.training import TrainConfig, run_experiment  # noqa: E402
+from ser_node.train.corpora import load_corpus_entry  # noqa: E402
+from ser_node.train.data import CorpusMix, prepare_clips  # noqa: E402
+from ser_node.train.experiment import TrainConfig, run_experiment  # noqa: E402
+from ser_node.train.export import export_run  # noqa: E402
+from ser_node.train.loop import masked_logits  # noqa: E402
+from ser_node.train.networks import ModelConfig, build_model  # noqa: E402
+from ser_node.train.protocols import leave_one_corpus_out  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = dict(image_size=64, width=0.125, epochs=1, batch_size=16, threads=1, seed=3)
@@ -194,8 +194,8 @@ def test_a_test_speaker_seen_in_pretraining_is_refused(pretrained, data_dir, tmp
 
 
 def test_clean_images_are_cached_on_disk_by_content_and_settings(data_dir, tmp_path):
-    from ser_node.features import FeatureConfig, FeatureExtractor
-    from ser_node.train_data import AudioBank, ImageCache, ImageMaker
+    from ser_node.inference.features import FeatureConfig, FeatureExtractor
+    from ser_node.train.data import AudioBank, ImageCache, ImageMaker
 
     clips = load_corpus_entry({"name": "emovo", "kind": "manifest", "path": str(data_dir / "emovo")}).corpus.clips[:3]
     bank = AudioBank()

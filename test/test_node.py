@@ -7,8 +7,7 @@ import pytest
 pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (scripts/setup.sh installs them)")
 pytest.importorskip("hri_msgs", reason="needs the interface packages built by scripts/setup.sh")
 
-from ros_harness import (Harness, assert_same_classifications, speech_stream, stamp_seconds,  # noqa: E402
-                         typed_chunks)
+from ros_harness import Harness, assert_same_classifications, speech_stream, stamp_seconds, typed_chunks  # noqa: E402
 
 T0 = 1_700_000_000.0  # a robot-like epoch time in the headers: stamps must come from them, not from arrival
 
@@ -84,7 +83,7 @@ def test_batched_intake_and_executor_callbacks_give_the_same_results(exported_mo
 
 
 def test_intake_pause_is_zero_while_speaking_and_fits_the_history(exported_models, real_waveforms):
-    from ser_node.stream import AudioChunk
+    from ser_node.audio.stream import AudioChunk
 
     harness = Harness(node_params(exported_models, idle_batch_s=0.5, qos_depth=40))
     try:
@@ -228,7 +227,7 @@ def test_burst_at_ten_times_real_time_is_absorbed_or_counted(exported_models, re
 
 
 def test_drop_oldest_policy_when_the_worker_falls_behind(exported_models, real_waveforms):
-    from ser_node.segmenter import Utterance
+    from ser_node.audio.segmenter import Utterance
 
     harness = Harness(node_params(exported_models, queue_size=2), autostart=False)
     try:

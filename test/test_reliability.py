@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ser_node.features import FeatureConfig, FeatureExtractor
-from ser_node.model_file import ModelFileError
-from ser_node.stream import AudioChunk, ChunkError, StreamProcessor
+from ser_node.audio.stream import AudioChunk, ChunkError, StreamProcessor
+from ser_node.inference.features import FeatureConfig, FeatureExtractor
+from ser_node.inference.model_file import ModelFileError
 
 onnx = pytest.importorskip("onnx", reason="building test models needs onnx (train extra)")
 
@@ -44,7 +44,7 @@ def wrong_width_model(good: str, path, width: int = 5) -> str:
 
 
 def test_a_model_answering_in_the_wrong_shape_is_refused_at_load(exported_models, tmp_path):
-    from ser_node.classifier import Classifier
+    from ser_node.inference.classifier import Classifier
 
     bad = wrong_width_model(str(exported_models["fp32"]), tmp_path / "bad.onnx")
     with pytest.raises(ModelFileError, match=r"probe batch of 1 with shape \(1, 5\), expected \(1, 7\)"):
@@ -53,8 +53,8 @@ def test_a_model_answering_in_the_wrong_shape_is_refused_at_load(exported_models
 
 
 def test_huge_finite_float_samples_are_clipped_or_refused_and_features_stay_finite(real_waveforms):
-    from ser_node.segmenter import Segmenter, SegmenterConfig
-    from ser_node.vad import make_vad
+    from ser_node.audio.segmenter import Segmenter, SegmenterConfig
+    from ser_node.audio.vad import make_vad
 
     stream = StreamProcessor(Segmenter(make_vad("webrtc"), SegmenterConfig()))
     speech = real_waveforms[0][:8000].reshape(-1, 1).astype(np.float32)
@@ -278,8 +278,8 @@ def test_fuzz_malformed_audio_between_real_utterances(exported_models, real_wave
 
 def test_failed_reload_warns_while_the_old_model_serves(exported_models, tmp_path):
     from diagnostic_msgs.msg import DiagnosticStatus
-    from ros_harness import Harness
     from rclpy.parameter import Parameter
+    from ros_harness import Harness
 
     harness = Harness({"model_path": str(exported_models["fp32"])})
     try:
@@ -306,7 +306,7 @@ def test_speaker_adaptation_in_the_node_is_what_the_benchmark_measures(exported_
     from ros_harness import Harness, speech_stream, typed_chunks
     from std_srvs.srv import Trigger
 
-    from ser_node.adaptation import SpeakerAdapter, adapt_log_probabilities
+    from ser_node.inference.adaptation import SpeakerAdapter, adapt_log_probabilities
 
     stream, bounds = speech_stream(real_waveforms[:5], silence_s=1.0)
     messages = typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0)

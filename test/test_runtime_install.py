@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, child_env
 
 PARITY = ROOT / "bench" / "runtime_parity.py"
@@ -49,7 +48,7 @@ def test_a_runtime_only_venv_runs_the_installed_node_on_the_demo_audio(tmp_path)
     pytest.importorskip("rclpy", reason="the test process publishes the audio over ROS 2 (needs the ROS wheels)")
     from ros_harness import expressions_from_process
 
-    from ser_node.audio import load_audio
+    from ser_node.audio.decode import load_audio
 
     built = subprocess.run(["bash", str(ROOT / "scripts" / "setup.sh"), "--runtime", "--venv", str(ROBOT_VENV)],
                            capture_output=True, text=True, timeout=900)

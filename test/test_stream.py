@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from ser_node.audio import load_audio, resample
-from ser_node.audio_messages import RAW_AUDIO_MSG_DEFINITIONS, RawFormat, raw_to_chunk, typed_to_chunk
-from ser_node.segmenter import Segmenter, SegmenterConfig
-from ser_node.stream import AudioChunk, ChunkError, StreamProcessor, decode_raw, decode_typed
-from ser_node.vad import SileroVad, WebRtcVad, make_vad
-
 from conftest import corpus_clip
 from ros_harness import encode, speech_stream
+
+from ser_node.audio.decode import load_audio, resample
+from ser_node.audio.segmenter import Segmenter, SegmenterConfig
+from ser_node.audio.stream import AudioChunk, ChunkError, StreamProcessor, decode_raw, decode_typed
+from ser_node.audio.vad import SileroVad, WebRtcVad, make_vad
+from ser_node.audio.wire import RAW_AUDIO_MSG_DEFINITIONS, RawFormat, raw_to_chunk, typed_to_chunk
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +87,7 @@ def test_bad_chunks_raise_with_a_reason():
 
 def test_raw_variant_messages_from_their_msg_definitions(clips):
     """The raw-bytes generation is not built here: its classes come from the .msg text via rosbags."""
-    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.LATEST)
     types = {}
@@ -191,8 +190,8 @@ def test_vad_backends_tell_speech_from_silence(clips):
 def test_utterance_snr_estimate_tracks_the_true_snr(clips):
     """SNR over the noise floor, on real speech in a robot's fan noise: within 1.5 dB of the true per-clip SNR
     for voiced clips; for a clip with long quiet stretches the estimate (voiced frames only) is higher."""
-    pytest.importorskip("audiomentations", reason="the noise comes from ser_node.acoustics (train extra)")
-    from ser_node.acoustics import mix_at_snr, robot_noise
+    pytest.importorskip("audiomentations", reason="the noise comes from ser_node.train.acoustics (train extra)")
+    from ser_node.train.acoustics import mix_at_snr, robot_noise
 
     stream, bounds = speech_stream(clips, silence_s=1.5)
     speech_rms = float(np.sqrt(np.mean(np.concatenate(clips) ** 2)))

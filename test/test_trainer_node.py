@@ -9,9 +9,9 @@ pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
 pytest.importorskip("torch", reason="training needs the train extra (torch)")
 
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_harness import Harness  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from ros_harness import Harness  # noqa: E402
 from ser_node.ros.trainer_node import make_trainer_class  # noqa: E402
 
 

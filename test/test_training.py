@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("torch", reason="training needs the train extra (torch)")
 
-from ser_node.classifier import Classifier  # noqa: E402
-from ser_node.export_cli import export_run  # noqa: E402
-from ser_node.training import TrainConfig, run_experiment  # noqa: E402
+from ser_node.inference.classifier import Classifier  # noqa: E402
+from ser_node.train.experiment import TrainConfig, run_experiment  # noqa: E402
+from ser_node.train.export import export_run  # noqa: E402
 
 SPEAKERS = ["s00", "s01", "s03", "s04", "s05", "s06"]
 
@@ -93,7 +93,7 @@ def test_corpus_with_broken_files_still_trains(corpus_dir, tmp_path):
 
 def test_resume_after_an_interrupted_run(corpus_dir, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "ser_node.train_cli", "--out", str(out),
+    command = [sys.executable, "-m", "ser_node.cli.train", "--out", str(out),
                "--set", f"corpus.path={corpus_dir}", "--set", "speakers=[s04, s05, s06, s08, s09, s10]",
                "--set", "variant=ds_am", "--set", "protocol=speaker_kfold", "--set", "folds=2",
                "--set", "image_size=64", "--set", "width=0.125", "--set", "epochs=4", "--set", "threads=1"]
@@ -123,9 +123,9 @@ def test_resume_after_an_interrupted_run(corpus_dir, tmp_path):
 
 
 def test_cli_help_and_config_resolution(tmp_path):
-    from ser_node.train_cli import build_config
+    from ser_node.train.config import build_config
 
-    help_text = subprocess.run([sys.executable, "-m", "ser_node.train_cli", "--help"], capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "ser_node.cli.train", "--help"], capture_output=True,
                                text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert help_text.returncode == 0 and "--resume" in help_text.stdout
     config_file = tmp_path / "c.yaml"

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from ser_node.audio import load_audio
+from ser_node.audio.decode import load_audio
 
 torch = pytest.importorskip("torch", reason="the encoder's torch side needs the train extra (torch)")
 pytest.importorskip("resemblyzer", reason="the encoder's weights come from the resemblyzer wheel "
@@ -30,8 +30,8 @@ def test_front_end_and_embedding_match_the_wheel(clips_of_every_speaker):
     from resemblyzer import VoiceEncoder, preprocess_wav
     from resemblyzer.audio import wav_to_mel_spectrogram
 
-    from ser_node.voice_encoder import GE2EEncoder, embed_utterance
-    from ser_node.voice_frontend import mel_frames, partial_frames, preprocess
+    from ser_node.inference.voice_frontend import mel_frames, partial_frames, preprocess
+    from ser_node.train.voice_encoder import GE2EEncoder, embed_utterance
 
     ours, theirs = GE2EEncoder.pretrained(), VoiceEncoder(device="cpu", verbose=False)
     trimmed_any = False
@@ -51,7 +51,7 @@ def test_front_end_and_embedding_match_the_wheel(clips_of_every_speaker):
 
 def test_the_front_end_copes_with_silence_noise_and_overload():
     """Inputs the node can meet: all zeros, pure noise the VAD rejects, a clipped loud tone; finite frames."""
-    from ser_node.voice_frontend import encoder_input
+    from ser_node.inference.voice_frontend import encoder_input
 
     rng = np.random.default_rng(0)
     for wav in (np.zeros(8000, np.float32), 0.01 * rng.standard_normal(16000).astype(np.float32),
@@ -63,11 +63,11 @@ def test_the_front_end_copes_with_silence_noise_and_overload():
 
 def test_weights_are_the_pinned_file():
     from ser_node.files import sha256_of
-    from ser_node.voice_frontend import ENCODER_SHA256, EncoderWeightsError, encoder_weights_path
+    from ser_node.inference.voice_frontend import ENCODER_SHA256, EncoderWeightsError, encoder_weights_path
 
     path = encoder_weights_path()
     assert sha256_of(path) == ENCODER_SHA256 and path.name == "pretrained.pt"
-    from ser_node.voice_encoder import GE2EEncoder
+    from ser_node.train.voice_encoder import GE2EEncoder
 
     with pytest.raises(Exception):
         GE2EEncoder.pretrained(path.with_name("no_such_weights.pt"))
@@ -78,8 +78,8 @@ def test_export_matches_torch_on_real_clips(voice_model, clips_of_every_speaker)
     """ONNX Runtime against the torch model on 12 real clips of different lengths, with and without an offset."""
     import onnxruntime as ort
 
-    from ser_node.voice_frontend import encoder_input
-    from ser_node.voice_training import build_torch_model
+    from ser_node.inference.voice_frontend import encoder_input
+    from ser_node.train.voice_recipe import build_torch_model
 
     model = build_torch_model(voice_model["heads"])
     session = ort.InferenceSession(str(voice_model["path"]), providers=["CPUExecutionProvider"])
@@ -101,8 +101,8 @@ def test_export_matches_torch_on_real_clips(voice_model, clips_of_every_speaker)
 
 
 def test_metadata_names_the_encoder_source(voice_model):
-    from ser_node.model_file import read_metadata
-    from ser_node.voice_frontend import ENCODER_SHA256
+    from ser_node.inference.model_file import read_metadata
+    from ser_node.inference.voice_frontend import ENCODER_SHA256
 
     metadata = read_metadata(voice_model["path"])
     encoder = metadata.model["encoder"]
@@ -115,8 +115,8 @@ def test_metadata_names_the_encoder_source(voice_model):
 def test_classifier_runs_it_and_refuses_a_foreign_front_end(voice_model, clips_of_every_speaker, tmp_path):
     import onnx
 
-    from ser_node.classifier import Classifier
-    from ser_node.model_file import ModelFileError, read_metadata, write_metadata
+    from ser_node.inference.classifier import Classifier
+    from ser_node.inference.model_file import ModelFileError, read_metadata, write_metadata
 
     classifier = Classifier(voice_model["path"])
     assert classifier.is_voice_model and classifier.feature_size == 1536
@@ -139,8 +139,8 @@ def test_classifier_runs_it_and_refuses_a_foreign_front_end(voice_model, clips_o
 def test_the_benchmark_evaluation_is_the_adapter(voice_model, clips_of_every_speaker):
     """predict_in_order (what bench/voice.py scores) equals running the exported graph with SpeakerAdapter's
     offsets by hand: plain head during warm-up, normalised after."""
-    from ser_node.classifier import Classifier
-    from ser_node.voice_training import predict_in_order
+    from ser_node.inference.classifier import Classifier
+    from ser_node.train.voice_recipe import predict_in_order
 
     recipe, heads = voice_model["recipe"], voice_model["heads"]
     classifier = Classifier(voice_model["path"])
@@ -164,7 +164,7 @@ def test_node_normalises_per_speaker_and_resets(voice_model, real_waveforms):
     from ros_harness import Harness, speech_stream, typed_chunks
     from std_srvs.srv import Trigger
 
-    from ser_node.classifier import Classifier
+    from ser_node.inference.classifier import Classifier
 
     waveforms = real_waveforms[:5]
     stream, bounds = speech_stream(waveforms, silence_s=1.0)
@@ -225,9 +225,9 @@ def test_node_keeps_a_state_per_voice(voice_model, real_waveforms):
     from ros_harness import Harness, speech_stream, typed_chunks
     from std_srvs.srv import Trigger
 
-    from ser_node.classifier import Classifier, classify_in_order
-    from ser_node.model_file import read_metadata
-    from ser_node.voices import VoiceSettings
+    from ser_node.inference.classifier import Classifier, classify_in_order
+    from ser_node.inference.model_file import read_metadata
+    from ser_node.inference.voices import VoiceSettings
 
     turns = [real_waveforms[i] for i in (0, 1, 7, 8, 2, 9, 3, 4, 10, 11)]  # s04 and s05 in turns
     stream, bounds = speech_stream(turns, silence_s=1.5)
@@ -262,8 +262,8 @@ def test_node_keeps_a_state_per_voice(voice_model, real_waveforms):
 def node_adapter(voice_model: dict, warmup: int):
     """The adapter the node builds for a voice model: warm-up from its parameter, history and shrinkage from the
     model file's metadata."""
-    from ser_node.adaptation import SpeakerAdapter
-    from ser_node.model_file import read_metadata
+    from ser_node.inference.adaptation import SpeakerAdapter
+    from ser_node.inference.model_file import read_metadata
 
     normalisation = read_metadata(voice_model["path"]).model["normalisation"]
     return SpeakerAdapter(warmup=warmup, history=normalisation["history"], shrinkage=normalisation["shrinkage"])
@@ -273,8 +273,8 @@ def test_trainer_cli_writes_a_loadable_model(voice_model, tmp_path):
     """ser_train_voice on a small recipe file: model.onnx the classifier loads, heads, report with provenance."""
     import yaml
 
-    from ser_node.classifier import Classifier
-    from ser_node.voice_training import main
+    from ser_node.cli.train_voice import main
+    from ser_node.inference.classifier import Classifier
 
     recipe = voice_model["recipe"].to_mapping()
     config = tmp_path / "recipe.yaml"
@@ -290,7 +290,7 @@ def test_trainer_cli_writes_a_loadable_model(voice_model, tmp_path):
 def test_drawn_histories_have_the_neutral_share_and_never_the_clip():
     """Training histories for skewed normalisation: the requested neutral share, drawn from the same speaker's
     other clips only (a vector per clip that is its own index makes both visible)."""
-    from ser_node.voice_training import VoiceRecipe, centre_by_drawn_histories
+    from ser_node.train.voice_recipe import VoiceRecipe, centre_by_drawn_histories
 
     speakers = np.repeat(["a", "b"], 14)
     labels = np.array((["neutral"] * 4 + ["joy"] * 10) * 2)
@@ -310,7 +310,7 @@ def test_augmentation_copies_follow_their_clips(corpus_dir, tmp_path):
     """Acoustic augmentation of the target clips: one degraded copy per clip, different from the clean features,
     the same on a second computation (cached, deterministic), babble only from the other corpus; in a fold only
     the training speakers' copies join, labelled as the augmented corpus."""
-    from ser_node.voice_training import AUGMENTED, VoiceRecipe, augmented_copies, load_voice_data, with_augmentation
+    from ser_node.train.voice_recipe import AUGMENTED, VoiceRecipe, augmented_copies, load_voice_data, with_augmentation
 
     def manifest(name: str, speakers: tuple[str, ...], stems: tuple[str, ...]) -> dict:
         path = tmp_path / f"{name}.csv"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ser_node.voices import VoiceSettings, VoiceTracker
+from ser_node.inference.voices import VoiceSettings, VoiceTracker
 
 
 def unit(*values: float) -> np.ndarray:
@@ -46,7 +46,7 @@ def test_named_voices_share_the_bound_and_keep_their_ids():
 def test_two_voices_of_one_person_are_merged_once_their_centroids_agree():
     """A person first heard far from their usual voice opens a second voice; once both centroids rest on
     MERGE_MIN utterances and agree within merge_threshold they become one, with both histories."""
-    from ser_node.voices import MERGE_MIN
+    from ser_node.inference.voices import MERGE_MIN
 
     tracker = VoiceTracker(VoiceSettings(threshold=0.95, same_turn_threshold=0.95, confident_similarity=-1,
                                          merge_threshold=0.9))
@@ -71,8 +71,8 @@ def test_tells_two_real_speakers_apart(voice_model, corpus_dir):
     """Real speaker embeddings from the model's graph: two speakers alternating, 10 clips each, separated by
     pauses (no turn continues): their majority voices differ and at least 90 % of the clips share their voice
     with their own speaker only."""
-    from ser_node.audio import load_audio
-    from ser_node.classifier import Classifier
+    from ser_node.audio.decode import load_audio
+    from ser_node.inference.classifier import Classifier
 
     classifier = Classifier(voice_model["path"])
     names = ["Ira_04", "Asco_04", "Miedo_04", "Alegria_04", "Neutro_04", "Tristeza_04", "Sorpresa_04",
@@ -99,7 +99,7 @@ def test_tells_two_real_speakers_apart(voice_model, corpus_dir):
 def test_voices_file_round_trip_and_refusals(tmp_path):
     """save_voices / load_voices: the same ids, centroids and normalisation offsets come back; a file of another
     model and a corrupt file are refused with the reason."""
-    from ser_node.voices import load_voices, save_voices
+    from ser_node.inference.voices import load_voices, save_voices
 
     tracker = VoiceTracker(VoiceSettings(warmup=2))
     rng = np.random.default_rng(0)

@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from vision_msgs.msg import Classification
 
-    from ..audio import AudioError, load_audio
-    from ..model_file import default_model_path
+    from ..audio.decode import AudioError, load_audio
+    from ..inference.model_file import default_model_path
     from .node import SerNode
 
     files = args.audio or [demo_audio_path()]

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from ..stream import StreamProcessor
+from ..audio.stream import StreamProcessor
 
 VOICES_NS = "/humans/voices"
 MODES = ("follow", "publish", "off")

@@ -1,5 +1,5 @@
 """ROS-side message facts: which audio_common_msgs generation is installed, and what the node publishes for an
-utterance. The wire formats themselves (both generations, without ROS) live in ser_node.audio_messages."""
+utterance. The wire formats themselves (both generations, without ROS) live in ser_node.audio.wire."""
 from __future__ import annotations
 
 import importlib
@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..audio_messages import RAW, TYPED
+from ..audio.wire import RAW, TYPED
 from ..labels import ROS4HRI_EXPRESSION, valence_arousal
 
 

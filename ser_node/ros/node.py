@@ -31,24 +31,25 @@ from hri_msgs.msg import Expression
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import InvalidParameterValueException, ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.lifecycle import LifecycleState, Node as LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 from vision_msgs.msg import Classification, LabelInfo, ObjectHypothesis, VisionClass
 
-from ..adaptation import SpeakerAdapter, adapt_log_probabilities, starts_new_speaker
-from ..audio_messages import (TYPED, RawFormat, raw_to_chunk, seconds_to_stamp, typed_audio_message,
-                              typed_to_chunk)
-from ..classifier import Classifier, Inference
-from ..model_file import ModelFileError, default_model_path
-from ..segmenter import Segmenter, SegmenterConfig, Utterance
-from ..stream import ChunkError, StreamConfig, StreamProcessor
-from ..vad import VadError, make_vad
-from ..voices import VoiceNormaliser, VoiceSettings, VoiceTracker, load_voices, save_voices
+from ..audio.segmenter import Segmenter, SegmenterConfig, Utterance
+from ..audio.stream import ChunkError, StreamConfig, StreamProcessor
+from ..audio.vad import VadError, make_vad
+from ..audio.wire import TYPED, RawFormat, raw_to_chunk, seconds_to_stamp, typed_audio_message, typed_to_chunk
+from ..inference.adaptation import SpeakerAdapter, adapt_log_probabilities, starts_new_speaker
+from ..inference.classifier import Classifier, Inference
+from ..inference.model_file import ModelFileError, default_model_path
+from ..inference.voices import VoiceNormaliser, VoiceSettings, VoiceTracker, load_voices, save_voices
 from . import diagnostics, intake
-from .hri_voices import MODES as HRI_MODES, HriVoices
+from .hri_voices import MODES as HRI_MODES
+from .hri_voices import HriVoices
 from .messages import detect_audio_variant, interpret
 from .parameters import PARAMETERS, SNR_GATE_OFF
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..bags import (BagError, DetectedUtterance, Segment, audio_variant_of, find_audio_topic, read_bag,
-                    reference_from_bag, score_against_reference)
-from ..audio_messages import stamp_to_seconds
+from ..audio.wire import stamp_to_seconds
+from ..bags.evaluate import DetectedUtterance, score_against_reference
+from ..bags.io import BagError, Segment, audio_variant_of, find_audio_topic, read_bag, reference_from_bag
 from .messages import detect_audio_variant
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 
 def make_trainer_class():
-    from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
     from rclpy.node import Node
     from std_msgs.msg import String
@@ -41,9 +42,9 @@ def make_trainer_class():
             self.progress_pub.publish(String(data=json.dumps(payload, default=str)))
 
         def _train(self) -> None:
-            from ..export_cli import export_run
-            from ..train_cli import build_config
-            from ..training import run_experiment
+            from ..train.config import build_config
+            from ..train.experiment import run_experiment
+            from ..train.export import export_run
 
             try:
                 config_file = self.get_parameter("config_file").value

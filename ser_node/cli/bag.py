@@ -14,14 +14,14 @@ from pathlib import Path
 
 
 def _classifier(model: str):
-    from .classifier import Classifier
-    from .model_file import default_model_path
+    from ..inference.classifier import Classifier
+    from ..inference.model_file import default_model_path
 
     return Classifier(model or default_model_path())
 
 
 def _reference(args: argparse.Namespace, bag: Path):
-    from .bags import read_reference_csv
+    from ..bags.io import read_reference_csv
 
     if args.labels:
         return read_reference_csv(args.labels)
@@ -53,8 +53,8 @@ def _adaptation(args: argparse.Namespace) -> dict:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .bags import evaluate_bag, write_evaluation
-    from .audio_messages import RawFormat
+    from ..audio.wire import RawFormat
+    from ..bags.evaluate import evaluate_bag, write_evaluation
 
     classifier = _classifier(args.model)
     raw = RawFormat(args.raw_channels, args.raw_rate, args.raw_format) if args.raw_format else None
@@ -74,8 +74,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
 
-    from .bags import evaluate_bag
-    from .ros.replay import replay_bag
+    from ..bags.evaluate import evaluate_bag
+    from ..ros.replay import replay_bag
 
     classifier = _classifier(args.model)
     reference = _reference(args, args.bag)
@@ -97,7 +97,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "latency ms (utterance end -> arrival)": {k: round(v, 1) for k, v in live.latency_percentiles().items()},
         "agrees with offline evaluation": agree}, offline.start_time)
     if args.out:
-        from .reports import write_json
+        from ..train.reports import write_json
 
         Path(args.out).mkdir(parents=True, exist_ok=True)
         write_json(Path(args.out) / "live.json", {"latency_ms": live.latencies_ms, **live.latency_percentiles(),
@@ -110,11 +110,9 @@ def cmd_make(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .audio import AudioError, load_audio
-    from .bags import concatenate_clips, write_audio_bag, write_reference_csv
-    from .corpora import load_corpus
-
-    from .bags import BagError
+    from ..audio.decode import AudioError, load_audio
+    from ..bags.io import BagError, concatenate_clips, write_audio_bag, write_reference_csv
+    from ..train.corpora import load_corpus
 
     corpus = load_corpus({"kind": args.kind, "path": args.corpus})
     wanted = [s.strip() for s in args.speakers.split(",") if s.strip()] if args.speakers else []
@@ -151,9 +149,9 @@ def cmd_record(args: argparse.Namespace) -> int:
     import rclpy
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from .bags import audio_typestore
-    from .audio_messages import TYPED
-    from .ros.messages import detect_audio_variant
+    from ..audio.wire import TYPED
+    from ..bags.io import audio_typestore
+    from ..ros.messages import detect_audio_variant
 
     rclpy.init()
     node = rclpy.create_node("ser_bag_record")
@@ -172,7 +170,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         if msgtype not in store.types:
             print(f"ser_bag: cannot record {msgtype}: only audio and standard messages are known", file=sys.stderr)
             return 2
-        from .ros.replay import message_class
+        from ..ros.replay import message_class
 
         cls = message_class(msgtype)
         plugin = StoragePlugin.MCAP if args.storage == "mcap" else StoragePlugin.SQLITE3
@@ -261,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     record.set_defaults(run=cmd_record)
 
     args = parser.parse_args(argv)
-    from .bags import BagError
-    from .model_file import ModelFileError
+    from ..bags.io import BagError
+    from ..inference.model_file import ModelFileError
 
     try:
         return args.run(args)

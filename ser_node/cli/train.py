@@ -11,39 +11,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-
-def apply_override(values: dict[str, Any], assignment: str) -> None:
-    """`a.b=value` sets values['a']['b'] to the YAML reading of value (numbers, booleans, lists work)."""
-    if "=" not in assignment:
-        raise ValueError(f"override {assignment!r} must look like key=value")
-    key, raw = assignment.split("=", 1)
-    target = values
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        if not isinstance(target.get(part), dict):  # absent or None (e.g. test_corpus): start a mapping
-            target[part] = {}
-        target = target[part]
-    target[parts[-1]] = yaml.safe_load(raw)
-
-
-def build_config(config_path: Path | None, overrides: list[str]):
-    from .training import TrainConfig
-
-    values: dict[str, Any] = TrainConfig().to_mapping()
-    if config_path:
-        loaded = yaml.safe_load(config_path.read_text()) or {}
-        for key, value in loaded.items():
-            if isinstance(value, dict) and isinstance(values.get(key), dict) and key != "corpus":
-                values[key].update(value)
-            else:
-                values[key] = value
-    for assignment in overrides:
-        apply_override(values, assignment)
-    return TrainConfig.from_mapping(values)
+from ..train.config import build_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_config:
         print(yaml.safe_dump(config.to_mapping(), sort_keys=True))
         return 0
-    from .training import run_experiment
+    from ..train.experiment import run_experiment
 
     try:
         result = run_experiment(config, args.out, resume=args.resume)

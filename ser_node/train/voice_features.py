@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .audio import load_audio
-from .files import file_digest, save_npz_atomic
-from .voice_frontend import ENCODER_SHA256, FRONTEND_VERSION, encoder_input, partial_frames, preprocess
+from ..audio.decode import load_audio
+from ..files import file_digest, save_npz_atomic
+from ..inference.voice_frontend import ENCODER_SHA256, FRONTEND_VERSION, encoder_input, partial_frames, preprocess
 
 ALL_LAYERS = (0, 1, 2)
 

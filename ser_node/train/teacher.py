@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .files import file_digest, save_npz_atomic
+from ..files import file_digest, save_npz_atomic
 
 FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
 

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import soundfile
 
-from .labels import canonical_label
+from ..labels import canonical_label
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 

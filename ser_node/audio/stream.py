@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import soxr
 
-from .audio import MODEL_RATE
+from .decode import MODEL_RATE
 from .segmenter import Segmenter, Utterance
 
 # PortAudio sample format codes used by the typed audio_common_msgs (4.x) AudioInfo.format.

@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 from scipy import signal
 
-from ser_node.audio import load_audio
-from ser_node.corpora import Clip
+from ser_node.audio.decode import load_audio
+from ser_node.train.corpora import Clip
 
 RATE = 16000
 NOISE_KINDS = ("robot", "babble", "events")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import save_npz_atomic
 from .adaptation import SpeakerAdapter
-from .files import save_npz_atomic
 
 EMBEDDING_SIZE = 256  # GE2E speaker embeddings
 MERGE_MIN = 3  # utterances each voice needs before two may be merged (a centroid over fewer is too noisy)

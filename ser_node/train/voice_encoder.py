@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .voice_frontend import encoder_weights_path
+from ..inference.voice_frontend import encoder_weights_path
 
 HIDDEN = 256
 LAYERS = 3

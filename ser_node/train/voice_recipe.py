@@ -12,10 +12,8 @@ at run time each utterance is centred by the mean of the same voice's earlier ut
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,12 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from .adaptation import SpeakerAdapter
+from ..inference.adaptation import SpeakerAdapter
+from ..inference.voice_frontend import ENCODER_PACKAGE, ENCODER_SHA256, ENCODER_VERSION, MEL_CONFIG
+from ..labels import EMOTIONS
+from ..settings import check_known_fields
 from .corpora import load_corpus_entry
-from .labels import EMOTIONS
-from .settings import check_known_fields
 from .voice_features import ALL_LAYERS, clip_features, layer_columns
-from .voice_frontend import ENCODER_PACKAGE, ENCODER_SHA256, ENCODER_VERSION, MEL_CONFIG
 
 MODEL_KIND = "ge2e_heads"
 
@@ -249,9 +247,9 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
     import onnx
     import torch
 
+    from ..inference.model_file import ModelMetadata, write_metadata
+    from ..inference.voice_frontend import FRONTEND_VERSION
     from .export import _atomic_save
-    from .model_file import ModelMetadata, write_metadata
-    from .voice_frontend import FRONTEND_VERSION
 
     model = build_torch_model(heads)
     path = Path(path)
@@ -348,36 +346,3 @@ def train_and_export(recipe: VoiceRecipe, out: Path, base: Path | None = None) -
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_mapping(), sort_keys=True))
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="ser_train_voice",
-        description="Train the default model (linear heads on the pretrained GE2E voice encoder, speaker-"
-                    "normalised) on every clip of the recipe's corpora and export it as an ONNX model file. "
-                    "LOSO figures come from bench/voice.py.")
-    parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: config/train_voice.yaml's "
-                                                                  "settings)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for model.onnx, heads.npz, report.json")
-    parser.add_argument("--copy-to", type=Path, default=None, help="also copy model.onnx here "
-                                                                   "(e.g. models/ser_default.onnx)")
-    args = parser.parse_args(argv)
-    values = yaml.safe_load(args.config.read_text()) if args.config else {}
-    try:
-        recipe = VoiceRecipe.from_mapping(values or {})
-    except (TypeError, ValueError) as error:
-        print(f"ser_train_voice: {error}", file=sys.stderr)
-        return 2
-    base = args.config.resolve().parent.parent if args.config else Path.cwd()
-    report = train_and_export(recipe, args.out, base)
-    print(json.dumps({k: report[k] for k in ("clips", "speakers", "train_seconds", "model")}, indent=1))
-    if args.copy_to:
-        import shutil
-
-        shutil.copyfile(args.out / "model.onnx", args.copy_to)
-        print(f"copied to {args.copy_to}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -115,7 +115,7 @@ def default_model_path() -> str:
     except Exception:  # not installed through ament, or no AMENT_PREFIX_PATH: look beside the sources
         pass
     candidates.append(Path(sys.prefix) / "share" / PACKAGE / "models" / DEFAULT_MODEL)
-    candidates.append(Path(__file__).resolve().parents[1] / "models" / DEFAULT_MODEL)
+    candidates.append(Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL)
     for path in candidates:
         if path.is_file():
             return str(path)

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 
+from ..inference.features import FeatureConfig
+from ..settings import check_known_fields
 from .acoustics import NOISE_KINDS, AugmentRanges
-from .features import FeatureConfig
-from .models import ModelConfig
-from .settings import check_known_fields
-
+from .networks import ModelConfig
 
 VARIANTS = ("ds_svc", "ds_fc", "ds_am")
 
@@ -119,3 +120,31 @@ class TrainConfig:
     def to_mapping(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+def apply_override(values: dict[str, Any], assignment: str) -> None:
+    """`a.b=value` sets values['a']['b'] to the YAML reading of value (numbers, booleans, lists work)."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} must look like key=value")
+    key, raw = assignment.split("=", 1)
+    target = values
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if not isinstance(target.get(part), dict):  # absent or None (e.g. test_corpus): start a mapping
+            target[part] = {}
+        target = target[part]
+    target[parts[-1]] = yaml.safe_load(raw)
+
+
+def build_config(config_path: Path | None, overrides: list[str]) -> TrainConfig:
+    """TrainConfig from defaults, then a YAML file's settings, then `a.b=value` overrides (ser_train --set)."""
+    values: dict[str, Any] = TrainConfig().to_mapping()
+    if config_path:
+        loaded = yaml.safe_load(config_path.read_text()) or {}
+        for key, value in loaded.items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict) and key != "corpus":
+                values[key].update(value)
+            else:
+                values[key] = value
+    for assignment in overrides:
+        apply_override(values, assignment)
+    return TrainConfig.from_mapping(values)

@@ -13,12 +13,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..files import save_npz_atomic
+from ..labels import EMOTIONS
+from .config import TrainConfig
 from .corpora import Clip
-from .files import save_npz_atomic
-from .labels import EMOTIONS
-from .models import build_model, load_backbone_weights
-from .train_config import TrainConfig
-from .train_data import CorpusMix, ImageMaker, describe_mix, teacher_matrix
+from .data import CorpusMix, ImageMaker, describe_mix, teacher_matrix
+from .networks import build_model, load_backbone_weights
 
 log = logging.getLogger(__name__)
 

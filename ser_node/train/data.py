@@ -12,13 +12,12 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..audio.decode import AudioError, load_audio, resample
+from ..inference.features import FeatureConfig, FeatureExtractor
+from ..labels import EMOTIONS
 from .acoustics import Augmenter
-from .audio import AudioError, load_audio, resample
+from .config import TrainConfig
 from .corpora import Clip, Corpus, CorpusEntry, LoadProblem, load_corpus, load_corpus_entry
-from .features import FeatureConfig, FeatureExtractor
-from .labels import EMOTIONS
-from .train_config import TrainConfig
-
 
 # ---------------------------------------------------------------- data
 
@@ -78,7 +77,7 @@ class ImageCache:
         self._digests: dict[Path, str] = {}
 
     def path(self, clip: Clip) -> Path:
-        from .files import file_digest
+        from ..files import file_digest
 
         if clip.path not in self._digests:
             self._digests[clip.path] = file_digest(clip.path)

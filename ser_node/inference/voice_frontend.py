@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import sha256_of
 from .features import FeatureConfig, stft_mel_power
-from .files import sha256_of
 
 SAMPLE_RATE = 16000
 MEL_CONFIG = FeatureConfig(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=40)  # 25 ms / 10 ms

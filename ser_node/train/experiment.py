@@ -21,17 +21,25 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from ..files import sha256_of
+from ..inference.features import FeatureExtractor
+from ..labels import EMOTIONS
+from .config import TrainConfig  # also the settings' public home for `run_experiment(TrainConfig(...))`
 from .corpora import Clip, LoadProblem, only_normal_neutral
-from .features import FeatureExtractor
-from .labels import EMOTIONS
-from .models import save_backbone, save_checkpoint
+from .data import AudioBank, CorpusMix, ImageCache, ImageMaker, RunData, prepare_clips
+from .loop import predict_network, predict_svc, train_network, train_svc
+from .networks import save_backbone, save_checkpoint
 from .protocols import Fold, leave_one_corpus_out, make_folds, validation_split, write_folds
-from .reports import (compute_metrics, format_table, per_speaker_accuracy, plot_confusion, summarise_folds,
-                      write_confusion_csv, write_json, write_per_class_csv)
-from .train_config import TrainConfig  # also the settings' public home for `run_experiment(TrainConfig(...))`
-from .train_data import (AudioBank, CorpusMix, ImageCache, ImageMaker, RunData, prepare_clips)
-from .train_loop import predict_network, predict_svc, train_network, train_svc
-from .files import sha256_of
+from .reports import (
+    compute_metrics,
+    format_table,
+    per_speaker_accuracy,
+    plot_confusion,
+    summarise_folds,
+    write_confusion_csv,
+    write_json,
+    write_per_class_csv,
+)
 
 log = logging.getLogger(__name__)
 

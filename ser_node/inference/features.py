@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .settings import check_known_fields
+from ..settings import check_known_fields
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,0 +1,1 @@
+"""Sound in: decoding, the two audio message wire formats, streaming, VAD, segmentation."""

@@ -1,0 +1,1 @@
+"""Rosbag2 without ROS: writing, reading, salvaging and evaluating bags."""

@@ -1,0 +1,1 @@
+"""Offline console scripts: argparse and one call each."""

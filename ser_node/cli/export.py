@@ -1,0 +1,32 @@
+"""`ser_export`: turns a finished training run into the ONNX model file(s) the node loads."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..train.export import export_run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ser_export", description=__doc__)
+    parser.add_argument("run_dir", type=Path, help="folder written by ser_train")
+    parser.add_argument("output", type=Path, help="fp32 model path, e.g. models/my_model.onnx")
+    parser.add_argument("--fold", default="all", help="which fold's network to export (default: all)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 model")
+    parser.add_argument("--model-id", help="identifier published in diagnostics (default: from the run)")
+    parser.add_argument("--calibration-clips", type=int, default=200, help="real clips used to calibrate int8")
+    args = parser.parse_args(argv)
+    try:
+        paths = export_run(args.run_dir, args.output, not args.no_int8, args.fold, args.model_id,
+                           args.calibration_clips)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"ser_export: {error}", file=sys.stderr)
+        return 2
+    for precision, path in paths.items():
+        print(f"{precision}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What the robot runs: numpy and ONNX Runtime only (never torch, tqdm, sklearn)."""

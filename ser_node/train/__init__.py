@@ -1,0 +1,1 @@
+"""The train extra: corpora, folds, networks, training loops, export (torch, sklearn)."""
