@@ -146,7 +146,7 @@ def test_two_upstream_voices_get_separate_states_and_outputs(voice_model, real_w
             for stamp, msg in mine:
                 result = classifier.infer_adapted(classifier.prepare([utterances[stamp]])[0], adapter)
                 np.testing.assert_allclose([r.score for r in msg.results], result.probabilities, atol=1e-4)
-        held = harness.node._voices.tracker.voices
+        held = harness.node.voice_state.voices.tracker.voices
         assert held[upstream.id("alice")].utterances == 3 and held[upstream.id("bob")].utterances == 3
         values = harness.node.diagnostic_values()[2]
         assert values["hri_voices_held"] == "2" and values["hri_held_ids"] == f"{upstream.id('alice')},{upstream.id('bob')}"
@@ -170,19 +170,19 @@ def test_a_voice_that_leaves_is_released_and_forget_service(voice_model, real_wa
             time.sleep(0.2)
             upstream.speak(voice_id, typed_chunks(speech_stream([clip], 1.0)[0], 16000, 1, "int16", 0.05, 100.0))
         assert wait_until(lambda: all(len(upstream.expressions[v]) == 1 for v in ("alice", "bob")), 20.0)
-        assert set(harness.node._voices.tracker.voices) == {upstream.id("alice"), upstream.id("bob")}
+        assert set(harness.node.voice_state.voices.tracker.voices) == {upstream.id("alice"), upstream.id("bob")}
 
         assert upstream.track(["alice"], until=lambda: voice_audio_subscriptions(harness) == ["alice"])
         assert upstream.audio["bob"].get_subscription_count() == 0
         assert wait_until(lambda: harness.tester.count_publishers(f"{VOICES}/{upstream.id('bob')}/expression") == 0)
-        assert list(harness.node._voices.tracker.voices) == [upstream.id("alice")]
+        assert list(harness.node.voice_state.voices.tracker.voices) == [upstream.id("alice")]
         assert harness.node.diagnostic_values()[2]["hri_voices_released"] == "1"
 
         client = harness.tester.create_client(ForgetVoices, f"{harness.namespace}/ser_node/forget_voices")
         assert client.wait_for_service(timeout_sec=5.0)
         response = client.call(ForgetVoices.Request(voice_ids=[upstream.id("alice"), "nobody"]), timeout_sec=10.0)
         assert list(response.forgotten) == [upstream.id("alice")] and not response.success and "nobody" in response.message
-        assert not harness.node._voices.tracker.voices
+        assert not harness.node.voice_state.voices.tracker.voices
         assert voice_audio_subscriptions(harness) == ["alice"]  # still tracked upstream: kept
         upstream.speak("alice", typed_chunks(speech_stream([real_waveforms[1]], 1.0)[0], 16000, 1, "int16", 0.05,
                                              200.0))
@@ -234,8 +234,8 @@ def test_hostile_upstream_stays_bounded_and_keeps_classifying(voice_model, real_
         assert values["hri_voices_held"] == "1" and int(values["hri_voices_released"]) >= 3
         assert int(values["hri_voices_opened"]) == int(values["hri_voices_released"]) + 1
         assert values["utterances_classified"] == "1"
-        assert len(harness.node._voices.tracker.voices) <= 4
-        assert len(harness.node._hri._spare_vads) <= 4  # released voices' VADs are reused, never piled up
+        assert len(harness.node.voice_state.voices.tracker.voices) <= 4
+        assert len(harness.node.hri._spare_vads) <= 4  # released voices' VADs are reused, never piled up
         assert threading.active_count() == threads_before
     finally:
         harness.close()
@@ -259,7 +259,7 @@ def test_publish_mode_names_the_nodes_own_voices(voice_model, real_waveforms):
         assert len(harness.wait_for("expression", 2)) == 2
         assert wait_until(lambda: lists and lists[-1].ids)
         ids = list(lists[-1].ids)
-        assert all(i.startswith("voice") for i in ids) and set(ids) == set(harness.node._voices.tracker.voices)
+        assert all(i.startswith("voice") for i in ids) and set(ids) == set(harness.node.voice_state.voices.tracker.voices)
         # A consumer that subscribes on seeing the ids still gets each voice's results (transient-local).
         for voice_id in ids:
             per_voice[voice_id] = []
@@ -300,14 +300,14 @@ def test_voices_file_only_when_named_remembered_and_forgotten(voice_model, real_
     try:
         harness.publish(messages)
         harness.wait_for("expression", 3)
-        heard = dict(harness.node._voices.tracker.voices)
+        heard = dict(harness.node.voice_state.voices.tracker.voices)
         harness.node.trigger_deactivate()
         saved = VoiceTracker()
         assert load_voices(saved, path, harness.node.classifier.model_id) == len(heard) >= 1
         assert sum(v.utterances for v in saved.voices.values()) == 3
         harness.node.trigger_cleanup()
         assert harness.configure_and_activate()  # remembered at configure
-        assert list(harness.node._voices.tracker.voices) == list(heard)
+        assert list(harness.node.voice_state.voices.tracker.voices) == list(heard)
         client = harness.tester.create_client(ForgetVoices, f"{harness.namespace}/ser_node/forget_voices")
         assert client.wait_for_service(timeout_sec=5.0)
         assert client.call(ForgetVoices.Request(all_voices=True), timeout_sec=10.0).success

@@ -65,7 +65,7 @@ def test_batched_intake_and_executor_callbacks_give_the_same_results(exported_mo
     for idle_batch_s in (0.0, 0.25):
         harness = Harness(node_params(exported_models, idle_batch_s=idle_batch_s))
         try:
-            intake = harness.node._intake
+            intake = harness.node.intake.batched
             assert (intake is None) == (idle_batch_s == 0.0)
             harness.publish(chunks, speed=8.0)
             outcomes[idle_batch_s] = harness.wait_for("classification", len(bounds))
@@ -87,12 +87,12 @@ def test_intake_pause_is_zero_while_speaking_and_fits_the_history(exported_model
 
     harness = Harness(node_params(exported_models, idle_batch_s=0.5, qos_depth=40))
     try:
-        node, intake = harness.node, harness.node._intake
-        assert node._intake_pause() == 0.5
+        node, intake = harness.node, harness.node.intake.batched
+        assert node.intake.pause() == 0.5
         speech = real_waveforms[0][: int(0.5 * len(real_waveforms[0]))]  # stops mid-utterance
-        node._feed(lambda _now: AudioChunk(speech[:, None], 16000, T0), "mic")
-        assert node.stream.segmenter.speaking
-        assert node._intake_pause() == 0.0
+        node.intake.feed(lambda _now: AudioChunk(speech[:, None], 16000, T0), "mic")
+        assert node.intake.stream.segmenter.speaking
+        assert node.intake.pause() == 0.0
         assert intake.depth == 40
         assert intake.safe_pause(0.5, 0, 0.25) == 0.5  # nothing streaming
         assert intake.safe_pause(0.5, 1, 0.25) == pytest.approx(0.05)  # a stream starting: probe its rate
@@ -196,7 +196,7 @@ def test_dropped_chunks_warn_on_the_executor_path_too(exported_models):
 
     harness = Harness(node_params(exported_models, idle_batch_s=0.0))
     try:
-        assert harness.node._intake is None
+        assert harness.node.intake.batched is None
         harness.publish(bad_chunks(T0), speed=8.0)
         harness.wait_idle()
         level, _message, values = harness.node.diagnostic_values()
@@ -215,7 +215,7 @@ def test_burst_at_ten_times_real_time_is_absorbed_or_counted(exported_models, re
         harness.wait_idle()
         expressions = harness.wait_for("expression", len(bounds), timeout=10.0)
         _, _, values = harness.node.diagnostic_values()
-        segmented = harness.node.stream.segmenter.stats.utterances
+        segmented = harness.node.intake.stream.segmenter.stats.utterances
         dropped = int(values["utterances_dropped"])
         assert segmented == len(bounds)
         assert len(expressions) + dropped == segmented
@@ -233,10 +233,10 @@ def test_drop_oldest_policy_when_the_worker_falls_behind(exported_models, real_w
     try:
         harness.node.trigger_configure()  # configured, not active: no worker drains the queue
         for i in range(5):
-            harness.node._enqueue(Utterance(real_waveforms[i], float(i), float(i) + 1, "silence"), "mic")
+            harness.node.worker.enqueue(Utterance(real_waveforms[i], float(i), float(i) + 1, "silence"), "mic")
         _, _, values = harness.node.diagnostic_values()
         assert values["queue_depth"] == "2" and values["utterances_dropped"] == "3"
-        assert [p.utterance.start for p in harness.node._queue] == [3.0, 4.0]  # the newest are kept
+        assert [p.utterance.start for p in harness.node.worker.queue] == [3.0, 4.0]  # the newest are kept
     finally:
         harness.close()
 
@@ -352,13 +352,13 @@ def test_runtime_parameter_limits(exported_models):
     try:
         node = harness.node
         assert node.set_parameters([Parameter("vad_threshold", value=0.7)])[0].successful
-        assert node.stream.segmenter.config.threshold == 0.7
+        assert node.intake.stream.segmenter.config.threshold == 0.7
         assert not node.set_parameters([Parameter("vad_threshold", value=1.5)])[0].successful  # out of range
         assert not node.set_parameters([Parameter("vad_negative_threshold", value=0.9)])[0].successful
         assert node.set_parameters([Parameter("max_utterance_s", value=1.0)])[0].successful
         refused = node.set_parameters([Parameter("min_speech_s", value=2.0)])[0]  # in range, but > max_utterance_s
         assert not refused.successful and "max_utterance_s" in refused.reason
-        assert node.stream.segmenter.config.max_utterance_s == 1.0 and node.stream.segmenter.config.min_speech_s == 0.25
+        assert node.intake.stream.segmenter.config.max_utterance_s == 1.0 and node.intake.stream.segmenter.config.min_speech_s == 0.25
         assert not node.set_parameters([Parameter("vad_backend", value="webrtc")])[0].successful  # while active
         descriptor = node.describe_parameter("min_silence_s")
         assert descriptor.description and descriptor.floating_point_range[0].to_value == 5.0
@@ -442,7 +442,7 @@ def test_stage_timing_in_diagnostics(exported_models, three_utterances):
         for stage in stages:
             assert 0.0 <= float(values[f"stage_ms_{stage}_p50"]) <= float(values[f"stage_ms_{stage}_p95"])
         assert float(values["stage_ms_inference_p50"]) > 0.05 and float(values["stage_ms_features_p50"]) > 0.05
-        assert len(harness.node.stages.ms["publish"]) == len(bounds)
+        assert len(harness.node.worker.stages.ms["publish"]) == len(bounds)
     finally:
         harness.close()
     quiet = Harness(node_params(exported_models))

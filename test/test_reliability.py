@@ -100,7 +100,7 @@ def test_worker_survives_results_it_cannot_publish_and_recovers_on_reload(export
         kinds = {k: int(v) for k, v in values.items() if k.startswith("result_errors_")}
         assert sum(kinds.values()) == len(bounds) and set(kinds) <= {"result_errors_IndexError", "result_errors_ValueError"}
         assert level == DiagnosticStatus.WARN and "failed to classify" in message
-        assert node._worker.is_alive()
+        assert node.worker.thread.is_alive()
         assert harness.received["expression"] == []
 
         assert node._reload_service(None, type("R", (), {})()).success  # the good model_path again
@@ -118,11 +118,11 @@ def test_watchdog_reports_a_dead_worker_and_reload_restarts_it(exported_models):
     harness = Harness({"model_path": str(exported_models["fp32"])})
     try:
         node = harness.node
-        node._stop_worker()  # the worker ends (as an uncaught error would have ended it)
+        node.worker.stop()  # the worker ends (as an uncaught error would have ended it)
         level, message, _ = node.diagnostic_values()
         assert level == DiagnosticStatus.ERROR and "worker is not running" in message
         node._swap_model(str(exported_models["fp32"]))
-        assert node._worker is not None and node._worker.is_alive()
+        assert node.worker.thread is not None and node.worker.thread.is_alive()
         assert node.diagnostic_values()[0] == DiagnosticStatus.OK
     finally:
         harness.close()
@@ -271,7 +271,7 @@ def test_fuzz_malformed_audio_between_real_utterances(exported_models, real_wave
         for reason, messages in malformed_messages(t0).items():
             if reason:
                 assert int(values.get(f"chunks_dropped_{reason}", 0)) == len(messages) * inserted, (reason, values)
-        assert harness.node.state_label() == "active" and harness.node._worker.is_alive()
+        assert harness.node.state_label() == "active" and harness.node.worker.thread.is_alive()
     finally:
         harness.close()
 

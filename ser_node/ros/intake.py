@@ -17,9 +17,13 @@ EventsExecutor does not, so with it set idle_batch_s: 0 (the node logs an error 
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any, Callable
+
+from ..audio.stream import ChunkError
+from ..audio.wire import TYPED, RawFormat, raw_to_chunk, typed_to_chunk
 
 WAIT_TIMEOUT_NS = 250_000_000  # how often the thread checks for stop while no message comes
 HISTORY_SHARE = 0.25  # a pause may let the subscription's history fill this far at the rate last seen
@@ -138,3 +142,156 @@ class BatchedIntake:
         if count == 1 or elapsed <= 0:
             return min(wanted, PROBE_S)  # a stream (re)starting: measure its rate over a short pause first
         return min(wanted, HISTORY_SHARE * self.depth * elapsed / count)
+
+
+class AudioIntake:
+    """The node's audio in: the subscriptions (QoS from the parameters, typed or raw variant, `audio_info`),
+    decoding each message into a stream (the node's own, or an upstream voice's) and handing what the segmenter
+    closes to `enqueue(utterance, frame_id, taken_at, voice_id)`. Owns the stream and its lock (the intake thread
+    and, with idle_batch_s 0, the executor feed it)."""
+
+    def __init__(self, node: Any, variant: str, audio_class: Any, info_class: Any,
+                 enqueue: Callable[..., None]) -> None:
+        self.node, self.variant, self.audio_class, self.info_class = node, variant, audio_class, info_class
+        self._enqueue = enqueue
+        self.stream: Any = None  # StreamProcessor, from configure to cleanup
+        self.raw_format = RawFormat()
+        self.batched: BatchedIntake | None = None
+        self.active = False
+        self._subscriptions: list[Any] = []
+        self._lock = threading.Lock()
+        self._last_bad_log = 0.0
+        self._warned_executor_took_audio = False
+
+    def qos(self) -> Any:
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        reliability = (ReliabilityPolicy.RELIABLE if self.node.p("reliability") == "reliable"
+                       else ReliabilityPolicy.BEST_EFFORT)
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.node.p("qos_depth"), reliability=reliability,
+                          durability=DurabilityPolicy.VOLATILE)
+
+    def voice_audio_class(self) -> Any:
+        """The per-voice audio type: the typed AudioStamped, or REP 155's raw AudioData."""
+        if self.variant == TYPED:
+            return self.audio_class
+        from audio_common_msgs.msg import AudioData
+
+        return AudioData
+
+    def subscribe(self) -> None:
+        """Subscribes to `audio` (and `audio_info` for the raw variant) and starts the batched intake thread."""
+        if self.variant == TYPED:
+            self._subscribe(self.audio_class, self.on_typed)
+        else:
+            raw_class = self.audio_class if self.node.p("raw_stamped") else self.voice_audio_class()
+            self._subscribe(raw_class, self.on_raw)
+            if self.info_class is not None:
+                self._subscriptions.append(self.node.create_subscription(self.info_class, "audio_info",
+                                                                         self.on_info, 10))
+        self.active = True
+        if self.batched is not None:
+            self.batched.start()
+
+    def _subscribe(self, msg_class: Any, callback: Callable[[Any], None]) -> None:
+        """Audio goes through the batched intake thread (see BatchedIntake) unless idle_batch_s is 0."""
+        node = self.node
+        if node.p("idle_batch_s") <= 0 or not available():
+            self._subscriptions.append(node.create_subscription(msg_class, "audio", callback, self.qos()))
+            return
+
+        def executor_took(msg: Any) -> None:
+            # Only an executor that ignores callback groups (rclpy's experimental EventsExecutor) gets here.
+            if not self._warned_executor_took_audio:
+                self._warned_executor_took_audio = True
+                node.get_logger().error("this executor ignores callback groups and takes audio messages too; "
+                                        "set idle_batch_s: 0 with it")
+            callback(msg)
+
+        sub = node.create_subscription(msg_class, "audio", executor_took, self.qos(),
+                                       callback_group=never_executed_group())
+        self._subscriptions.append(sub)
+        self.batched = BatchedIntake(sub, node.context, callback, self.pause,
+                                     on_error=lambda e: node.get_logger().error(f"audio intake: {e!r}"))
+
+    def unsubscribe(self) -> None:
+        self.active = False
+        if self.batched is not None:
+            self.batched.stop()
+            self.batched = None
+        for sub in self._subscriptions:
+            self.node.destroy_subscription(sub)
+        self._subscriptions.clear()
+
+    def pause(self) -> float:
+        """No pause while speech may be going on; else idle_batch_s (the intake caps it to the history)."""
+        stream = self.stream
+        return 0.0 if stream is not None and stream.segmenter.speaking else float(self.node.p("idle_batch_s"))
+
+    def on_typed(self, msg: Any, stream: Any = None, voice_id: str = "") -> None:
+        self.feed(lambda now: typed_to_chunk(msg, now), msg.header.frame_id, stream, voice_id)
+
+    def on_raw(self, msg: Any, stream: Any = None, voice_id: str = "") -> None:
+        frame_id = msg.header.frame_id if hasattr(msg, "header") else ""
+        self.feed(lambda now: raw_to_chunk(msg, self.raw_format, now), frame_id, stream, voice_id)
+
+    def on_info(self, msg: Any) -> None:
+        fmt = RawFormat.from_info(msg)
+        if fmt != self.raw_format:
+            self.node.get_logger().info(f"audio format from audio_info: {fmt}")
+            self.raw_format = fmt
+
+    def on_voice_audio(self, voice_id: str, msg: Any, stream: Any) -> None:
+        """One upstream voice's audio message into that voice's own stream."""
+        (self.on_typed if self.variant == TYPED else self.on_raw)(msg, stream, voice_id)
+
+    def feed(self, make_chunk: Callable[[float], Any], frame_id: str, stream: Any = None, voice_id: str = "") -> None:
+        """Decodes one audio message into `stream` (default: the node's own) and queues what it closes."""
+        stream = stream or self.stream
+        if not self.active or stream is None:
+            return
+        taken_at = time.monotonic()
+        now = self.node.get_clock().now().nanoseconds * 1e-9
+        with self._lock:
+            try:
+                chunk = make_chunk(now)
+            except ChunkError as error:
+                stream.stats.bad_chunks[error.reason] += 1  # feed() counts its own refusals
+                self._warn_bad_chunk(error)
+                return
+            try:
+                utterances = stream.feed(chunk)
+            except ChunkError as error:
+                self._warn_bad_chunk(error)
+                return
+        for utterance in utterances:
+            self._enqueue(utterance, frame_id, taken_at, voice_id)
+
+    def _warn_bad_chunk(self, error: ChunkError) -> None:
+        """Logs at most every 5 s; every drop is counted in diagnostics."""
+        if time.monotonic() - self._last_bad_log > 5.0:
+            self._last_bad_log = time.monotonic()
+            self.node.get_logger().warning(f"dropped audio chunk ({error}); "
+                                           f"{self.stream.stats.dropped if self.stream else '?'} dropped so far")
+
+    def values(self) -> dict[str, str]:
+        """The stream's and the segmenter's counters, and audio lost before intake."""
+        values: dict[str, str] = {}
+        if self.stream is not None:
+            stats, segmenter = self.stream.stats, self.stream.segmenter
+            values.update(chunks_received=str(stats.chunks + stats.dropped), chunks_dropped=str(stats.dropped),
+                          chunks_clipped=str(stats.chunks_clipped))
+            values.update({f"chunks_dropped_{k}": str(v) for k, v in sorted(stats.bad_chunks.items())})
+            values["audio_seconds"] = f"{stats.seconds:.1f}"
+            values["utterances_too_short"] = str(segmenter.stats.too_short)
+            values["utterances_low_snr"] = str(segmenter.stats.low_snr)
+            floor = segmenter.noise_floor()
+            values["noise_floor_dbfs"] = "unknown" if floor is None else f"{10 * math.log10(max(floor, 1e-12)):.1f}"
+            if segmenter.last_quality is not None:
+                snr, clipped = segmenter.last_quality
+                values["last_utterance_snr_db"] = "unknown" if snr is None else f"{snr:.1f}"
+                values["last_utterance_clipped_percent"] = f"{100 * clipped:.2f}"
+            values["speaking"] = str(segmenter.speaking)
+        if self.batched is not None:
+            values["audio_messages_lost"] = str(self.batched.lost)
+        return values

@@ -89,7 +89,7 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "adaptation_warmup": (5, describe("utterances heard before adaptation starts (until then: unadapted)", low=1,
                                       high=100, integer=True), True),
     "voice_tracking": (True, describe("voice-encoder models: keep a normalisation state per voice, told apart by "
-                                      "the model's speaker embedding (ser_node/voices.py; bench/conversations.py), "
+                                      "the model's speaker embedding (ser_node/inference/voices.py; bench/conversations.py), "
                                       "instead of one state reset after adaptation_reset_s of silence. Embeddings "
                                       "stay in memory; ~/reset_adaptation forgets every voice"), True),
     "voice_threshold": (0.75, describe("cosine similarity to a voice's centroid that joins it (calibrated on uem-es "

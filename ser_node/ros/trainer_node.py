@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
-    from .node import init_rclpy_with_ordered_shutdown, spin_until_done
+    from .spin import init_rclpy_with_ordered_shutdown, spin_until_done
 
     parser = argparse.ArgumentParser(
         prog="ser_trainer", description=__doc__,
