@@ -12,7 +12,7 @@ Methods (choose with --methods, default all):
                             seen by the pretraining, which the trainer checks for every fold
   pretrained_teacher        the same with the openSMILE teacher (eGeMAPS + ComParE PCA-64) during pretraining
   adaptation                online adaptation to the test speaker from that speaker's earlier clips only
-                            (ser_node/adaptation.py), each test speaker's clips fed in 5 random orders, UA by
+                            (ser_node/inference/adaptation.py), each test speaker's clips fed in 5 random orders, UA by
                             utterance rank; for the network (on the fold models of `pretrained` or `default`,
                             whichever exists) and, in the same regime, for ComParE + SVM (feature means and scores)
   int8                      fp32 against int8 ONNX of the same fold models (`default`, or bench/robustness.py's
@@ -186,7 +186,7 @@ def _softmax(margins: np.ndarray) -> np.ndarray:
 
 
 def run_adaptation(work: Path, corpus_dir: Path, warmup: int = 5) -> dict:
-    """Online speaker adaptation, both systems, same folds and same random orders (see ser_node/adaptation.py);
+    """Online speaker adaptation, both systems, same folds and same random orders (see ser_node/inference/adaptation.py);
     and late fusion of the network with ComParE + SVM (a reference row: it would put openSMILE on the robot).
 
     Before `warmup` clips of a speaker are in, every system answers unadapted (as the node does).

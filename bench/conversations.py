@@ -5,7 +5,7 @@ Conversations are built from the corpora: 1 speaker (what tracking costs a perso
 to normalise, each judged by the same heads:
   none               the plain head only
   reset on silence   one state for everybody, reset after 30 s without speech (the node before voice tracking)
-  estimated identity a state per voice found by ser_node/voices.py from the model's speaker embeddings
+  estimated identity a state per voice found by ser_node/inference/voices.py from the model's speaker embeddings
   oracle identity    a state per true speaker
 Reported: voice purity (share of utterances whose voice's majority speaker is their own), fragmentation (voices
 per true speaker), pairwise F1 of same-voice against same-speaker, and UA overall and by the utterance's rank

@@ -1,6 +1,6 @@
 """Robustness benchmark: the default recipe and ComParE + SVM under the acoustic conditions a robot meets.
 
-Every uem-es clip is degraded (ser_node/acoustics.py, seeded per clip and condition) and scored by the model of its
+Every uem-es clip is degraded (ser_node/train/acoustics.py, seeded per clip and condition) and scored by the model of its
 own LOSO fold, so every figure is speaker-independent and on the same 12 folds as bench/accuracy.py:
   - network: the default recipe (config/train_default.yaml) trained per fold on clean audio with 12 epochs instead
     of 30 (bench/work/runs/default_12ep; ~75 min on one core, trained here if missing): the 30-epoch LOSO run costs

@@ -15,7 +15,7 @@ Parts (--parts, default all):
               histories (history_neutral_share) and ComParE + SVM.
   loco        leave one corpus out (train on three corpora, test on the fourth on its own labels), plain and
               normalised, the shipped recipe and ComParE + SVM (C 1e-4, as bench/accuracy.py --methods loco).
-  robustness  room RT60 0.6 s at 2 m and robot noise at 10 dB (ser_node/acoustics.py, the robustness bench's
+  robustness  room RT60 0.6 s at 2 m and robot noise at 10 dB (ser_node/train/acoustics.py, the robustness bench's
               conditions and seeds) against clean: each clip by its own fold's model.
   attention   attentive pooling over the encoder's frames, trained per fold (uem-es only), then the linear heads.
   finetune    the same with the encoder's layer 3 fine-tuned at a low learning rate (~40 min on one core).

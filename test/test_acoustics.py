@@ -1,4 +1,4 @@
-"""The acoustic simulation (ser_node/acoustics.py) on real clips: SNR, RT60, determinism, babble hygiene, the
+"""The acoustic simulation (ser_node/train/acoustics.py) on real clips: SNR, RT60, determinism, babble hygiene, the
 microphone chain, and training augmentation wired through TrainConfig."""
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ class TrainConfig:
     balance: str = "loss"  # loss (class-weighted cross-entropy) | sampler (by corpus weight and class) | none
     spec_augment: bool = True  # time and frequency masks on the image
     speed_perturb: float = 0.1  # random speed factor in [1-x, 1+x] (0 = off)
-    # Acoustic augmentation (ser_node/acoustics.py, the robustness benchmark's conditions): this share of the
+    # Acoustic augmentation (ser_node/train/acoustics.py, the robustness benchmark's conditions): this share of the
     # training clips goes through a random room and/or noise; babble is cut from the fold's other training speakers.
     acoustic_augment: float = 0.0
     acoustic_snr_db: list[float] = field(default_factory=lambda: [0.0, 30.0])

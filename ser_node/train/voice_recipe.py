@@ -54,7 +54,7 @@ class VoiceRecipe:
     history_size: int = 20
     history_draws: int = 3
     # Acoustic augmentation: this many degraded copies of every target clip (a random room and/or noise at 0-30 dB
-    # SNR and gain, ser_node/acoustics.py; babble from the other corpora's speakers) join training, each copy
+    # SNR and gain, ser_node/train/acoustics.py; babble from the other corpora's speakers) join training, each copy
     # weighted augment_weight (the clean target clips keep target_weight).
     augment_copies: int = 0
     augment_weight: float = 1.0
