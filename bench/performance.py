@@ -317,9 +317,10 @@ def offline_throughput(waveforms: list[np.ndarray], work: Path) -> dict[str, flo
 
 # ------------------------------------------------------------------ end to end
 
-def _child_env() -> dict[str, str]:
+def _child_env(code: Path | None = None) -> dict[str, str]:
+    """The node's environment: this checkout's code, or `code` (another checkout, for before/after rows)."""
     env = {k: v for k, v in os.environ.items() if k != "_ROS_WHEELS_BOOTSTRAP_COMPLETE"}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(code or ROOT)
     return env
 
 
@@ -370,7 +371,8 @@ def ms_ci(values: list[float]) -> dict[str, float]:
 class NodeTarget:
     """One ser_node process under test (console script, own namespace) and its source/sink in this process."""
 
-    def __init__(self, index: int, label: str, model: Path, params: dict, utterances: int, source) -> None:
+    def __init__(self, index: int, label: str, model: Path, params: dict, utterances: int, code: Path | None = None,
+                 *, source) -> None:
         from audio_common_msgs.msg import AudioStamped
         from hri_msgs.msg import Expression
         from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -380,7 +382,7 @@ class NodeTarget:
         self.process = subprocess.Popen(
             [str(Path(sys.prefix) / "bin" / "ser_node"), "--ros-args", "-r", f"__ns:={self.namespace}",
              *[a for k, v in args.items() for a in ("-p", f"{k}:={v}")]],
-            env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env=_child_env(code), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         from ser_node.ros.intake import BatchedIntake, never_executed_group
 
         self.arrivals: dict[float, float] = {}
@@ -438,7 +440,7 @@ def summarise_profile(folded: Path, top: int = 8) -> list[dict]:
     return rows
 
 
-def end_to_end(targets: list[tuple[str, Path, dict, int]], waveforms: list[np.ndarray], idle_s: float,
+def end_to_end(targets: list[tuple], waveforms: list[np.ndarray], idle_s: float,
                block: int = 10, fast: float = 8.0, near_s: float = 0.4, profile: Path | None = None) -> dict:
     """Latency, idle CPU and RSS of several ser_node processes, measured interleaved: blocks of `block`
     utterances go to each process in turn until each has had its count, so machine noise hits all rows alike.
@@ -617,6 +619,9 @@ def run_voice(args: argparse.Namespace, waveforms: list[np.ndarray], results: di
     targets = [("voice default (normalisation on)", ROOT / "models" / "ser_default.onnx", {}, count),
                ("DS-AM fp32 (previous default)", ROOT / "models" / "ser_ds_am.onnx",
                 {"speaker_adaptation": "false"}, count)]
+    if args.compare_code:  # before/after a code change: the same default model served by another checkout's node
+        targets.insert(1, (f"voice default, code of {args.compare_code.name}", ROOT / "models" / "ser_default.onnx",
+                           {}, count, args.compare_code.resolve()))
     results["goal"] = dict(VOICE_GOALS)
     print(f"end to end, interleaved: {', '.join(t[0] for t in targets)}", flush=True)
     results["end_to_end"] = end_to_end(targets, waveforms, idle_s=10.0)
@@ -670,6 +675,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the first row's node during the speech phase")
     parser.add_argument("--row", action="append", default=[], metavar="PARAM=VALUE",
                         help="an extra row: the default fp32 model with one node parameter changed")
+    parser.add_argument("--compare-code", type=Path, default=None, metavar="CHECKOUT",
+                        help="with --voice: a row whose node runs another checkout's code (e.g. a git worktree of "
+                             "the previous commit), interleaved with this one's")
     parser.add_argument("--voice", action="store_true",
                         help="the voice-encoder default against DS-AM end to end (performance_voice.*)")
     args = parser.parse_args()

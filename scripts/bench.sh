@@ -12,8 +12,11 @@
 #   scripts/bench.sh hri_churn --minutes 10                # hostile ROS4HRI upstream (bench/hri_churn.py)
 #   scripts/bench.sh conversations                         # normalisation by voice (bench/conversations.py)
 #   scripts/bench.sh robustness --parts offline,node     # noise, rooms, false alarms (bench/robustness.py)
+#   scripts/bench.sh gpu                                   # on an NVIDIA GPU machine (bench/gpu.py, scripts/gpu_bench.sh)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The GPU bench runs on a bare GPU machine with its own python3 (torch with CUDA): no venv, no ROS.
+if [ "${1:-}" = gpu ]; then shift; exec "$root/scripts/gpu_bench.sh" "$@"; fi
 "$root/scripts/setup.sh"
 "$root/.venv/bin/python" -m pip install -q -r "$root/requirements/bench.txt"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST OPENBLAS_NUM_THREADS=1
@@ -31,5 +34,5 @@ case "$what" in
   all) "$root/.venv/bin/python" "$root/bench/voice.py"
        "$root/.venv/bin/python" "$root/bench/accuracy.py" --methods egemaps_svm,compare_svm,ds_svc,ds_fc,default,default_tta
        exec "$root/.venv/bin/python" "$root/bench/performance.py" ;;
-  *) echo "usage: scripts/bench.sh [voice|accuracy|performance|soak|hri_churn|conversations|robustness|all] [options]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [voice|accuracy|performance|soak|hri_churn|conversations|robustness|gpu|all] [options]" >&2; exit 2 ;;
 esac

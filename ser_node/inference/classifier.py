@@ -98,6 +98,10 @@ class Classifier:
             self._check_graph()
         self.features = FeatureExtractor(self.metadata.features)
         self.providers: list[str] = self.session.get_providers()
+        self.requested_providers = providers
+        if self.providers[0] != providers[0]:  # the build has it, but it could not start (no CUDA libraries, ...)
+            (warn or log.warning)(f"{providers[0]} was requested and is in this onnxruntime build, but the session "
+                                  f"runs on {self.providers[0]}: see onnxruntime's log for why it did not load")
         self._probe()
 
     def _probe(self) -> None:
