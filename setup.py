@@ -47,6 +47,7 @@ setup(
             "ser_export = ser_node.cli.export:main",
             "ser_trainer = ser_node.ros.trainer_node:main",
             "ser_bag = ser_node.cli.bag:main",
+            "ser_empathy = ser_node.ros.empathy:main",
         ],
     },
 )

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="", help="ONNX model (default: the shipped default model)")
     parser.add_argument("--speed", type=float, default=1.0, help="playback speed, x real time (default 1)")
     parser.add_argument("--vad", default="silero", choices=["silero", "webrtc"])
+    parser.add_argument("--no-behaviour", action="store_true",
+                        help="without the example empathic behaviour (ser_empathy on the voices' moods)")
     args = parser.parse_args(argv)
 
     # Demo traffic stays on this machine, in its own domain unless the user chose one.
@@ -57,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
                                                   Parameter("vad_backend", value=args.vad),
                                                   Parameter("reliability", value="reliable")])
     player = rclpy.create_node("ser_demo_player")
+    behaviour = None
+    if not args.no_behaviour:  # the example behaviour, as empathy_demo.launch.py target:=voices starts it
+        from std_msgs.msg import String
+
+        from .empathy import make_behaviour_class
+
+        behaviour = make_behaviour_class()(parameter_overrides=[Parameter("target", value="voices"),
+                                                                Parameter("require_engagement", value=False),
+                                                                Parameter("hold_s", value=3.0)])
+        player.create_subscription(String, "/ser_empathy/suggested_response",
+                                   lambda msg: print(f"           robot (ser_empathy): \"{msg.data}\"", flush=True), 10)
     scores: dict[tuple[int, int], list[float]] = {}
 
     def on_classification(msg: Classification) -> None:
@@ -79,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     executor.add_node(player)
+    if behaviour is not None:
+        executor.add_node(behaviour)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     try:
@@ -114,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 if ahead > 0:
                     time.sleep(ahead)
             clock += audio.size / 16000 + 1.0
-        time.sleep(1.5)  # the last utterance closes on silence, then is classified
+        time.sleep(1.5 if behaviour is None else 4.0)  # the last utterance closes, is classified (and acted on)
         _level, _message, values = node.diagnostic_values()
         print(f"done: {values.get('utterances_classified')} utterance(s) classified, "
               f"median latency {values.get('latency_ms_p50', '-')} ms")
@@ -127,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         spinner.join(timeout=2.0)
         node.destroy_node()
         player.destroy_node()
+        if behaviour is not None:
+            behaviour.destroy_node()
         rclpy.shutdown()
     return 0
 

@@ -34,6 +34,7 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
     values.update(worker.values(bool(node.p("stage_timing"))))
     values.update(voices.values())
     values.update(intake.values())
+    values.update(node.moods.values())
     stalled = worker.stalled(intake.active)
     if stalled:
         level, message = DiagnosticStatus.ERROR, stalled

@@ -4,7 +4,8 @@
 voices it tracks on /humans/voices/tracked (hri_msgs/IdsList) and streams each one's audio on
 /humans/voices/<id>/audio. The node holds up to `max_voices` of them: for each, a subscription, its own
 segmenter (its own VAD state: two people may talk at once), a normalisation state keyed by the id, and a
-publisher of /humans/voices/<id>/expression (hri_msgs/Expression). A voice that leaves the list is released
+publisher of /humans/voices/<id>/expression (hri_msgs/Expression) and of REP 155's /humans/voices/<id>/is_speaking
+(std_msgs/Bool, from the voice's own segmenter). A voice that leaves the list is released
 (subscription, publisher, segmenter and statistics). Without an upstream module nothing is subscribed but the
 list, and the node's own audio topic works as before.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Bool
 
 from ..audio.stream import StreamProcessor
 
@@ -67,6 +69,7 @@ class HeldVoice:
     stream: StreamProcessor
     subscription: Any
     publisher: Any
+    speaking: Any = None  # /humans/voices/<id>/is_speaking (std_msgs/Bool, REP 155), from the voice's segmenter
 
 
 @dataclass
@@ -160,9 +163,12 @@ class HriVoices:
         subscription = self.node.create_subscription(self._audio_class, f"{topic}/audio",
                                                      lambda msg, v=voice_id: self._on_audio(v, msg), self._audio_qos)
         publisher = self.node.create_publisher(Expression, f"{topic}/expression", EXPRESSION_QOS)
+        speaking = self.node.create_publisher(Bool, f"{topic}/is_speaking", TRACKED_PUB_QOS)  # latched state
         with self._lock:
             vad = self._spare_vads.pop() if self._spare_vads else None
-            self.held[voice_id] = HeldVoice(voice_id, self._make_stream(vad), subscription, publisher)
+            stream = self._make_stream(vad)
+            stream.segmenter.on_speaking = lambda now, _t, pub=speaking: pub.publish(Bool(data=now))
+            self.held[voice_id] = HeldVoice(voice_id, stream, subscription, publisher, speaking)
         self.stats.voices_opened += 1
 
     def release(self, voice_ids: list[str]) -> None:
@@ -174,6 +180,7 @@ class HriVoices:
                 continue
             self.node.destroy_subscription(voice.subscription)
             self.node.destroy_publisher(voice.publisher)
+            self.node.destroy_publisher(voice.speaking)
             if len(self._spare_vads) < self.max_voices:
                 voice.stream.segmenter.vad.reset()
                 self._spare_vads.append(voice.stream.segmenter.vad)

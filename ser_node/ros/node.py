@@ -7,9 +7,10 @@ endpoints it owns:
   worker.py       the bounded queue of closed utterances and the classification thread
   voice_state.py  speaker normalisation (per voice or reset after silence), its services and the voices file
   outputs.py      expression, classification, label info, is_speaking, utterance audio
+  moods.py        a steady mood per voice and per ROS4HRI person, what behaviours read
   hri_voices.py   ROS4HRI voices: per-voice audio in, per-voice expressions out
   diagnostics.py  /diagnostics from each room's values; spin.py starts and stops the process in order
-Data path: intake -> worker -> voice_state -> outputs (and hri_voices per voice).
+Data path: intake -> worker -> voice_state -> outputs (and hri_voices per voice) -> moods.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from .hri_voices import MODES as HRI_MODES
 from .hri_voices import HriVoices
 from .intake import AudioIntake
 from .messages import detect_audio_variant
+from .moods import OWN_STREAM, Moods
 from .outputs import Outputs
 from .parameters import PARAMETERS, SNR_GATE_OFF
 from .spin import init_rclpy_with_ordered_shutdown, spin_until_done, start_node
@@ -70,6 +72,8 @@ class SerNode(LifecycleNode):
         self.outputs = Outputs(self)
         self.voice_state = VoiceState(self, self.p, lambda: self.classifier)
         self.voice_state.on_own_voices = lambda held: self.hri.own_voices_changed(held) if self.hri else None
+        self.moods = Moods(self, self.p)
+        self.voice_state.on_forget = self.moods.forget_voices
         self.worker = Worker(self.p, self.voice_state.judge, self.voice_state.adapt, self.outputs.build, self._send,
                              lambda text: self.get_logger().error(text, throttle_duration_sec=5.0))
         self.intake = AudioIntake(self, self.variant, self.audio_class, self.info_class, self.worker.enqueue)
@@ -199,6 +203,8 @@ class SerNode(LifecycleNode):
         self.hri = HriVoices(self, str(self.p("hri_voices")), int(self.p("max_voices")),
                              self.intake.voice_audio_class(), self.intake.qos(), self._new_stream,
                              self._on_voice_audio, self.voice_state.forget)
+        if self.classifier is not None:
+            self.moods.create(self.classifier.classes)
         self.worker.ensure_running()
         self.intake.subscribe()
         self.get_logger().info(f"active: listening on {self.resolve_topic_name('audio')}"
@@ -212,11 +218,14 @@ class SerNode(LifecycleNode):
         if stream is not None:
             self.intake.on_voice_audio(voice_id, msg, stream)
 
-    def _send(self, messages: tuple[Any, ...], voice_id: str = "") -> None:
+    def _send(self, item: Any, probabilities: Any, messages: tuple[Any, ...]) -> None:
+        """One classified utterance out: its messages, its voice's ROS4HRI expression, the moods."""
+        voice_id = item.voice_id or item.heard_as
         self.outputs.send(messages)
         hri = self.hri
         if hri is not None and voice_id:
             hri.publish_expression(voice_id, messages[1])
+        self.moods.observe(voice_id or OWN_STREAM, probabilities)
 
     def stop_threads(self) -> None:
         """Stops and joins the intake and worker threads (before the node and rclpy are torn down)."""
@@ -224,15 +233,16 @@ class SerNode(LifecycleNode):
             self._stop_listening()
 
     def _stop_listening(self) -> None:
-        """In this order: ROS4HRI voices, audio intake and subscriptions, the worker; then, if it was listening,
-        the voices are saved to voices_file (deactivate, shutdown, and a signal, which ends the process without
-        the lifecycle)."""
+        """In this order: ROS4HRI voices, audio intake and subscriptions, the worker, the moods; then, if it was
+        listening, the voices are saved to voices_file (deactivate, shutdown, and a signal, which ends the process
+        without the lifecycle)."""
         was_active = self.intake.active
         if self.hri is not None:
             self.hri.close()
             self.hri = None
         self.intake.unsubscribe()
         self.worker.stop()
+        self.moods.destroy()
         if was_active:
             self.voice_state.save()
 

@@ -89,7 +89,8 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "adaptation_warmup": (5, describe("utterances heard before adaptation starts (until then: unadapted)", low=1,
                                       high=100, integer=True), True),
     "voice_tracking": (True, describe("voice-encoder models: keep a normalisation state per voice, told apart by "
-                                      "the model's speaker embedding (ser_node/inference/voices.py; bench/conversations.py), "
+                                      "the model's speaker embedding (ser_node/inference/voices.py; "
+                                      "bench/conversations.py), "
                                       "instead of one state reset after adaptation_reset_s of silence. Embeddings "
                                       "stay in memory; ~/reset_adaptation forgets every voice"), True),
     "voice_threshold": (0.75, describe("cosine similarity to a voice's centroid that joins it (calibrated on uem-es "
@@ -118,6 +119,19 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
         "(off by default because they are estimates: a voice can split or two people merge, see "
         "bench/results/conversations.md, and another node may own /humans/voices). off: neither. Takes effect "
         "at the next activation", choices="follow|publish|off"), False),
+    "mood_time_constant_s": (20.0, describe("moods (~/mood, /humans/voices|persons/<id>/mood): an utterance's "
+                                            "evidence counts e^-1 as much after this long (bench/mood.py)",
+                                            low=1.0, high=3600.0), False),
+    "mood_expiry_s": (60.0, describe("moods: this long without an utterance and the mood is unknown", low=1.0,
+                                     high=86400.0), False),
+    "mood_evidence": (1.5, describe("moods: evidence (confident utterances just heard) at which the confidence's "
+                                    "evidence term is one half", low=0.1, high=100.0), False),
+    "mood_rate_hz": (2.0, describe("moods are published at this rate (and on every utterance)", low=0.1,
+                                   high=50.0), False),
+    "follow_persons": (True, describe("ROS4HRI persons: follow /humans/persons/tracked and each person's "
+                                      "voice_id, and publish /humans/persons/<id>/mood"), False),
+    "max_persons": (16, describe("persons followed at most (more ids are counted in diagnostics, not followed)",
+                                 low=1, high=256, integer=True), False),
     "adaptation_reset_s": (30.0, describe("no utterance for this long: assume a new speaker, forget the estimate "
                                           "(also ~/reset_adaptation)", low=1.0, high=3600.0), True),
 }

@@ -59,7 +59,8 @@ def make_trainer_class():
                 self._say(self.result)
                 export_path = self.get_parameter("export_path").value
                 if export_path:
-                    fold = "all" if config.protocol == "all" else sorted(p.parent.name for p in out_dir.glob("*/model.pt"))[0]
+                    folds = sorted(p.parent.name for p in out_dir.glob("*/model.pt"))
+                    fold = "all" if config.protocol == "all" else folds[0]
                     paths = export_run(out_dir, export_path, int8=self.get_parameter("int8").value, fold=fold)
                     self.result = {"event": "exported", **{k: str(v) for k, v in paths.items()}}
                     self._say(self.result)

@@ -32,6 +32,7 @@ class VoiceState:
         self.adapter = SpeakerAdapter(warmup=int(param("adaptation_warmup")))
         self.voices: VoiceNormaliser | None = None  # the voices heard (memory only unless voices_file)
         self.on_own_voices: Callable[[list[str]], None] = lambda _held: None
+        self.on_forget: Callable[[list[str] | None], None] = lambda _ids: None  # what else forgets voices (moods)
         self.last_voice = ""
         self.voices_file_error = ""
         self._last_utterance_end = -float("inf")
@@ -86,6 +87,7 @@ class VoiceState:
         if gone or voice_ids is None:
             self.on_own_voices(held)
             self.save()  # forgotten means forgotten on disk too
+        self.on_forget(None if voice_ids is None else list(voice_ids))
         return gone
 
     def model_changed(self) -> None:

@@ -77,11 +77,11 @@ class LatencyWindow:
 class Worker:
     """The queue and the classification thread. `judge(classifier, frames, item)` gives a voice model's result
     under the speaker normalisation, `adapt(item, probabilities)` a DeepSpectrum model's; `build(item,
-    probabilities, classes)` makes the messages and `send(messages, voice_id)` publishes them."""
+    probabilities, classes)` makes the messages and `send(item, probabilities, messages)` publishes them."""
 
     def __init__(self, param: Callable[[str], Any], judge: Callable[[Classifier, np.ndarray, Pending], Inference],
                  adapt: Callable[[Pending, np.ndarray], np.ndarray], build: Callable[..., tuple[Any, ...]],
-                 send: Callable[[tuple[Any, ...], str], None], log_error: Callable[..., None]) -> None:
+                 send: Callable[[Pending, np.ndarray, tuple[Any, ...]], None], log_error: Callable[..., None]) -> None:
         self.p, self._judge, self._adapt, self._build, self._send = param, judge, adapt, build, send
         self._log_error = log_error
         self.classifier: Classifier | None = None  # set by the node (configure, model swap, cleanup)
@@ -169,7 +169,7 @@ class Worker:
                                  else self._adapt(item, result.probabilities))
                 messages = self._build(item, probabilities, classifier.classes)
                 built = time.monotonic()
-                self._send(messages, item.voice_id or item.heard_as)
+                self._send(item, probabilities, messages)
             except Exception as error:  # scores it cannot interpret, a publisher torn down, ...
                 self._count_error("result_errors", error, 1)
                 continue
