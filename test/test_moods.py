@@ -202,8 +202,8 @@ def test_the_empathic_behaviour_responds_once_to_an_engaged_persons_lasting_nega
         assert responses == ["You sound a little down. Would you like to tell me about it?"]  # once: cooldown
         assert behaviour.responses == [("carla", responses[0])] and faces and faces[0].expression == "sad"
         count = len(behaviour.responses)
-        for _ in range(20):  # an unsure negative mood (confidence below 0.4) does not count
-            moods.publish(mood("dani", -0.6, 0.2))
+        for _ in range(20):  # an unsure negative mood (confidence below 0.25) does not count
+            moods.publish(mood("dani", -0.6, 0.15))
             engagement["dani"].publish(EngagementLevel(level=EngagementLevel.ENGAGED))
             time.sleep(0.1)
         assert len(behaviour.responses) == count

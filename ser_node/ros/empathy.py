@@ -36,7 +36,7 @@ def make_behaviour_class() -> type:
         def __init__(self, **kwargs: Any) -> None:
             super().__init__("ser_empathy", **kwargs)
             for name, default in (("target", "persons"), ("mood_topic", "/ser_node/mood"),
-                                  ("valence_threshold", -0.3), ("min_confidence", 0.4), ("hold_s", 4.0),
+                                  ("valence_threshold", -0.3), ("min_confidence", 0.25), ("hold_s", 4.0),
                                   ("cooldown_s", 30.0), ("require_engagement", True), ("max_persons", 16),
                                   ("face_topic", "/robot_face/expression")):
                 self.declare_parameter(name, default)
