@@ -25,7 +25,8 @@ def test_package_xml_is_format_3_ament_python():
     assert (ROOT / "resource" / "ser_node").exists()
 
 
-@pytest.mark.parametrize("script", ["ser_node", "ser_train", "ser_export", "ser_demo", "ser_trainer"])
+@pytest.mark.parametrize("script", ["ser_node", "ser_train", "ser_export", "ser_demo", "ser_trainer", "ser_empathy",
+                                    "ser_bag", "ser_train_voice"])
 def test_console_scripts_have_help(script):
     path = BIN / script
     if not path.exists():
@@ -157,8 +158,10 @@ def test_colcon_build_installs_a_package_that_runs(real_waveforms, tmp_path):
                  share / "package.xml", share / "launch" / "ser_node.launch.py", share / "config" / "ser_node.yaml",
                  share / "models" / "ser_default.onnx", share / "models" / "MODEL_CARD.md",
                  share / "demo" / "demo_es.wav",
+                 share / "launch" / "empathy_demo.launch.py",
                  *(prefix / "lib" / "ser_node" / name for name in ("ser_node", "ser_train", "ser_export", "ser_bag",
-                                                                   "ser_demo", "ser_trainer", "ser_train_voice"))):
+                                                                   "ser_demo", "ser_trainer", "ser_train_voice",
+                                                                   "ser_empathy"))):
         assert path.exists(), path
     command = (f"source {tmp_path / 'ws' / 'install' / 'setup.bash'} && exec "
                f"{prefix / 'lib' / 'ser_node' / 'ser_node'} --ros-args --params-file {share / 'config' / 'ser_node.yaml'}"
