@@ -217,19 +217,78 @@ def collect_utterances(harness) -> list[tuple[float, np.ndarray]]:
     return utterances
 
 
-def test_node_keeps_a_state_per_voice(voice_model, real_waveforms):
-    """Two speakers taking turns, through a real node with voice_tracking: the published scores are what
-    classify_in_order computes offline with the same voice settings (the bag evaluator's path); diagnostics
-    count the voices; ~/reset_adaptation forgets them."""
+def expected_by_hand(model_path, utterances, warmup: int, history: int, shrinkage: float, threshold: float,
+                     same_turn: float, confident: float, turn_gap_s: float = 1.0) -> dict:
+    """What the node must publish, computed without its normalisation code: the exported graph run directly
+    (plain head, features, speaker embedding), voices found by the documented rule (join the voice whose centroid
+    is at least `threshold` similar, or the voice just heard at `same_turn` when the turn continues within
+    `turn_gap_s`; else a new voice), one list of earlier features per voice, the offset as their (shrunk) mean,
+    and the plain head for an utterance less than `confident` similar to its voice. Returns expected and plain
+    scores, whether each was normalised, and each utterance's voice index."""
+    import onnxruntime as ort
+
+    from ser_node.inference.voice_frontend import encoder_input
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    size = session.get_inputs()[1].shape[1]
+    sums: list[np.ndarray] = []
+    past: list[list[np.ndarray]] = []
+    out: dict[str, list] = {"expected": [], "plain": [], "normalised": [], "voice": []}
+    last, last_end = None, -np.inf
+    for start, audio in utterances:
+        frames = encoder_input(audio)[None].astype(np.float32)
+
+        def run(offset):
+            return session.run(["probabilities", "probabilities_plain", "features", "speaker_embedding"],
+                               {"frames": frames, "speaker_offset": offset[None].astype(np.float32)})
+
+        _n, plain, features, embedding = run(np.zeros(size))
+        unit = embedding[0] / np.linalg.norm(embedding[0])
+        similarity = [float(v / np.linalg.norm(v) @ unit) for v in sums]
+        if last is not None and start - last_end <= turn_gap_s and similarity[last] >= same_turn:
+            voice = last
+        elif similarity and max(similarity) >= threshold:
+            voice = int(np.argmax(similarity))
+        else:
+            voice = len(sums)
+            sums.append(np.zeros_like(unit))
+            past.append([])
+        earlier = past[voice][-history:]
+        normalised = len(earlier) >= warmup and voice < len(similarity) and similarity[voice] >= confident
+        if normalised:
+            offset = np.mean(earlier, axis=0) * (len(earlier) / (len(earlier) + shrinkage))
+            out["expected"].append(run(offset)[0][0])
+        else:
+            out["expected"].append(plain[0])
+        out["plain"].append(plain[0])
+        out["normalised"].append(normalised)
+        out["voice"].append(voice)
+        sums[voice] = sums[voice] + unit
+        past[voice].append(features[0].astype(np.float64))
+        last, last_end = voice, start + audio.size / 16000
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def test_node_keeps_a_state_per_voice(voice_model, real_waveforms, corpus_dir):
+    """The node's default path: two speakers taking turns through a real node with voice_tracking. The speakers
+    are told apart (no voice holds both), and every published score is what the documented voice rule and one
+    normalisation state per voice give, computed by hand from the graph (expected_by_hand); the utterances judged
+    against their voice's past moved away from the plain head. ~/reset_adaptation forgets the voices.
+    s04 and s11 are two clearly different voices (GE2E cosine 0.45 between them, 0.75-0.81 within); s04 and s05
+    (0.63 between) are mixed by the tracker on these clips, the kind of error bench/conversations.py measures."""
     pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
     from ros_harness import Harness, speech_stream, typed_chunks
     from std_srvs.srv import Trigger
 
-    from ser_node.inference.classifier import Classifier, classify_in_order
     from ser_node.inference.model_file import read_metadata
-    from ser_node.inference.voices import VoiceSettings
 
-    turns = [real_waveforms[i] for i in (0, 1, 7, 8, 2, 9, 3, 4, 10, 11)]  # s04 and s05 in turns
+    from ser_node.audio.decode import load_audio
+
+    s11 = [load_audio(corpus_dir / "s11" / f"{name}.flac") for name in ("Ira_01", "Tristeza_02", "Neutro_04",
+                                                                       "Sorpresa_06", "Asco_07")]
+    turns = [real_waveforms[0], real_waveforms[1], s11[0], s11[1], real_waveforms[2], s11[2], real_waveforms[3],
+             real_waveforms[4], s11[3], s11[4]]
+    speakers = ["s04", "s04", "s11", "s11", "s04", "s11", "s04", "s04", "s11", "s11"]
     stream, bounds = speech_stream(turns, silence_s=1.5)
     harness = Harness({"model_path": str(voice_model["path"]), "reliability": "reliable", "vad_backend": "webrtc",
                        "adaptation_warmup": 2, "publish_utterance": True})
@@ -239,17 +298,21 @@ def test_node_keeps_a_state_per_voice(voice_model, real_waveforms):
         got = [np.array([r.score for r in m.results]) for m in harness.wait_for("classification", len(bounds))]
         assert len(got) == len(utterances) == len(bounds)
         values = harness.node.diagnostic_values()[2]
-        assert int(values["voices_tracked"]) >= 1 and values["last_voice"].startswith("voice")
-        assert values["adaptation_utterances"] == str(len(bounds))
         normalisation = read_metadata(voice_model["path"]).model["normalisation"]
-        settings = VoiceSettings(threshold=harness.node.p("voice_threshold"),
-                                 same_turn_threshold=harness.node.p("voice_same_turn_threshold"),
-                                 confident_similarity=harness.node.p("voice_confident_similarity"), warmup=2,
-                                 history=normalisation["history"], shrinkage=normalisation["shrinkage"])
-        offline = classify_in_order(Classifier(voice_model["path"]),
-                                    [(start, start + audio.size / 16000, audio) for start, audio in utterances],
-                                    voices=settings)
-        np.testing.assert_allclose(got, offline, atol=1e-4)
+        node = harness.node
+        by_hand = expected_by_hand(voice_model["path"], utterances, warmup=2, history=normalisation["history"],
+                                   shrinkage=normalisation["shrinkage"], threshold=node.p("voice_threshold"),
+                                   same_turn=node.p("voice_same_turn_threshold"),
+                                   confident=node.p("voice_confident_similarity"))
+        voices = by_hand["voice"]
+        # told apart: no voice holds both speakers (GE2E splits one acted speaker's emotions into several voices)
+        assert all(len({speakers[k] for k in np.flatnonzero(voices == v)}) == 1 for v in set(voices))
+        assert values["voices_tracked"] == str(len(set(voices)))
+        assert values["adaptation_utterances"] == str(len(bounds))
+        np.testing.assert_allclose(got, by_hand["expected"], atol=1e-4)
+        normalised = np.flatnonzero(by_hand["normalised"])
+        assert len(normalised) >= 2  # some utterances judged against their voice's past, and they moved:
+        assert all(np.abs(got[k] - by_hand["plain"][k]).max() > 1e-3 for k in normalised)
         client = harness.tester.create_client(Trigger, "/ser_node/reset_adaptation")
         assert client.wait_for_service(timeout_sec=5.0)
         response = client.call(Trigger.Request(), timeout_sec=10.0)
