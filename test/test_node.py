@@ -10,6 +10,9 @@ pytest.importorskip("hri_msgs", reason="needs the interface packages built by sc
 from ros_harness import Harness, assert_same_classifications, speech_stream, stamp_seconds, typed_chunks  # noqa: E402
 
 T0 = 1_700_000_000.0  # a robot-like epoch time in the headers: stamps must come from them, not from arrival
+# README, "The node": the ROS4HRI word and the circumplex point of each class, in the model's class order
+README_WORDS = ["angry", "disgusted", "scared", "happy", "neutral", "sad", "surprised"]
+README_VALENCE_AROUSAL = [(-0.6, 0.8), (-0.7, 0.3), (-0.6, 0.7), (0.8, 0.5), (0.0, 0.0), (-0.7, -0.5), (0.3, 0.8)]
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +49,12 @@ def test_stream_gives_one_expression_per_utterance(exported_models, three_uttera
         for expression, classification in zip(expressions, classifications):
             assert expression.header == classification.header
             assert expression.header.frame_id == "mic"
-            assert expression.expression in {"angry", "disgusted", "scared", "happy", "neutral", "sad", "surprised"}
-            assert 0 < expression.confidence <= 1 and -1 <= expression.valence <= 1 and -1 <= expression.arousal <= 1
             scores = [r.score for r in classification.results]
+            # the README's table: the top class's ROS4HRI word, and the score-weighted circumplex point
+            assert expression.expression == README_WORDS[int(np.argmax(scores))]
+            valence, arousal = np.asarray(scores) @ np.array(README_VALENCE_AROUSAL)
+            assert expression.valence == pytest.approx(valence, abs=1e-5)
+            assert expression.arousal == pytest.approx(arousal, abs=1e-5)
             assert [r.class_id for r in classification.results][0] == "anger" and len(scores) == 7
             assert abs(sum(scores) - 1) < 1e-4 and abs(max(scores) - expression.confidence) < 1e-6
         speaking = [m.data for m in harness.wait_for("is_speaking", 2 * len(bounds))]

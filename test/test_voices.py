@@ -50,14 +50,24 @@ def test_two_voices_of_one_person_are_merged_once_their_centroids_agree():
 
     tracker = VoiceTracker(VoiceSettings(threshold=0.95, same_turn_threshold=0.95, confident_similarity=-1,
                                          merge_threshold=0.9))
-    t = 0.0
-    a = [tracker.assign(unit(1, 0.0, 0.05 * k), t := t + 10, t + 1) for k in range(MERGE_MIN)]
-    b = [tracker.assign(unit(1, 0.4), t := t + 10, t + 1) for k in range(MERGE_MIN)]  # cosine 0.93 to a
-    for voice, vector in zip(a + b, range(2 * MERGE_MIN)):
-        voice.adapter.remember(np.full(4, float(vector)))
+    t, vector = 0.0, 0
+
+    def heard(embedding) -> None:  # as the node does: each utterance remembered by the voice it was assigned to
+        nonlocal t, vector
+        t, vector = t + 10, vector + 1
+        tracker.assign(embedding, t, t + 1).adapter.remember(np.full(4, float(vector)))
+
+    for k in range(MERGE_MIN):
+        heard(unit(1, 0.0, 0.05 * k))
+    assert len(tracker.voices) == 1
+    for _ in range(MERGE_MIN - 1):
+        heard(unit(1, 0.4))  # cosine 0.93 to the first voice: below the join threshold, a second voice
+    assert len(tracker.voices) == 2 and tracker.merged == 0  # not merged before both rest on MERGE_MIN
+    heard(unit(1, 0.4))
     assert len(tracker.voices) == 1 and tracker.merged == 1
     (voice,) = tracker.voices.values()
-    assert voice.utterances == 2 * MERGE_MIN and voice.adapter.count >= MERGE_MIN
+    assert voice.utterances == 2 * MERGE_MIN and voice.adapter.count == 2 * MERGE_MIN
+    assert sorted(v[0] for v in voice.adapter.history()) == list(range(1, 2 * MERGE_MIN + 1))  # both histories
 
 
 def test_settings_are_checked():
