@@ -216,10 +216,13 @@ def test_hostile_upstream_stays_bounded_and_keeps_classifying(voice_model, real_
         assert "over max_voices" in values["hri_last_dropped"] and level == DiagnosticStatus.WARN
 
         rng = np.random.default_rng(0)
-        for cycle in range(30):  # churn: alice stays, the rest is new every list
+        held = harness.node.hri.held[upstream.id("alice")]
+        for cycle in range(30):  # churn: alice stays, the rest is new every list; alice keeps the same state
             ids = ["alice"] + [f"c{cycle}_{k}" for k in range(int(rng.integers(0, 12)))] + malformed[:2]
-            upstream.track(list(rng.permutation(ids)))
-            time.sleep(0.05)
+            lists = int(harness.node.diagnostic_values()[2]["hri_tracked_lists"])
+            upstream.track(list(rng.permutation(ids)),
+                           until=lambda: int(harness.node.diagnostic_values()[2]["hri_tracked_lists"]) > lists)
+            assert harness.node.hri.held.get(upstream.id("alice")) is held, cycle
         assert upstream.track(["alice"], until=lambda: voice_audio_subscriptions(harness) == ["alice"])
 
         ghost = upstream.audio_pub("ghost")  # nobody tracks it: never subscribed
@@ -276,7 +279,7 @@ def test_publish_mode_names_the_nodes_own_voices(voice_model, real_waveforms):
         harness.close()
 
 
-def test_voices_file_only_when_named_remembered_and_forgotten(voice_model, real_waveforms, tmp_path):
+def test_voices_file_only_when_named_remembered_and_forgotten(voice_model, real_waveforms, tmp_path, monkeypatch):
     """Privacy: with voices_file empty nothing is written; with a path, the voices heard are saved at deactivate
     and come back at the next configure; forgetting them empties the file too; a corrupt file is reported in
     diagnostics and the node still classifies."""
@@ -285,16 +288,28 @@ def test_voices_file_only_when_named_remembered_and_forgotten(voice_model, real_
 
     from ser_node.inference.voices import VoiceTracker, load_voices
 
+    import ser_node.files
+    import ser_node.inference.voices
+
     path = tmp_path / "voices.npz"
     messages = typed_chunks(speech_stream(real_waveforms[:3], 1.0)[0], 16000, 1, "int16", 0.05, 10.0)
+    writes: list[str] = []  # every .npz the package writes goes through save_npz_atomic: record where
+    original = ser_node.files.save_npz_atomic
+    monkeypatch.setattr(ser_node.inference.voices, "save_npz_atomic",
+                        lambda arrays, where: (writes.append(str(where)), original(arrays, where))[1])
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir(), home.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
     harness = follow_harness(voice_model, hri_voices="off")
     try:
         harness.publish(messages)
         harness.wait_for("expression", 3)
+        assert harness.node.voice_state.voices.utterances == 3  # voices were heard, and could have been saved
         harness.node.trigger_deactivate()
-        assert not list(tmp_path.iterdir())  # no file named: nothing written anywhere we can see
     finally:
-        harness.close()
+        harness.close()  # shutdown saves too, where a file is named
+    assert writes == [] and not list(cwd.iterdir()) and not list(home.iterdir())  # no file named: none written
 
     harness = follow_harness(voice_model, hri_voices="off", voices_file=str(path))
     try:
@@ -302,6 +317,7 @@ def test_voices_file_only_when_named_remembered_and_forgotten(voice_model, real_
         harness.wait_for("expression", 3)
         heard = dict(harness.node.voice_state.voices.tracker.voices)
         harness.node.trigger_deactivate()
+        assert writes == [str(path)]  # the spy sees the real writes: its silence above means something
         saved = VoiceTracker()
         assert load_voices(saved, path, harness.node.classifier.model_id) == len(heard) >= 1
         assert sum(v.utterances for v in saved.voices.values()) == 3
