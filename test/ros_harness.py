@@ -210,10 +210,10 @@ class SideNode:
 
 def expressions_from_process(command: list[str], env: dict[str, str], mic: str, expressions: str,
                              waveforms: list[np.ndarray], timeout: float = 20.0,
-                             expected: int | None = None) -> tuple[list[Any], int, str]:
+                             expected: int | None = None, stop: int = 15) -> tuple[list[Any], int, str]:
     """Starts a node process, streams `waveforms` (separated by silence, int16 in 50 ms messages, reliable) to
-    `mic` once it subscribes, and collects `expressions` until `expected` (default one per clip) arrived or
-    `timeout` passed. Returns (expressions, clips sent, the process's output)."""
+    `mic` once it subscribes, collects `expressions` until `expected` (default one per clip) arrived or `timeout`
+    passed, then ends it with signal `stop` (SIGTERM). Returns (expressions, clips sent, the process's output)."""
     import subprocess
 
     from audio_common_msgs.msg import AudioStamped
@@ -236,7 +236,7 @@ def expressions_from_process(command: list[str], env: dict[str, str], mic: str, 
             side.executor.spin_once(timeout_sec=0.1)
     finally:
         side.close()
-        process.terminate()
+        process.send_signal(stop)
         output = process.communicate(timeout=20)[0]
     return received, len(bounds), output
 
