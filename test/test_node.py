@@ -226,7 +226,7 @@ def test_burst_at_ten_times_real_time_is_absorbed_or_counted(exported_models, re
         assert segmented == len(bounds)
         assert len(expressions) + dropped == segmented
         assert int(values["utterances_classified"]) == len(expressions)
-        assert int(values["queue_depth"]) <= 2
+        assert values["queue_depth"] == "0"  # idle: everything was classified or counted as dropped
         assert float(values["latency_ms_p50"]) > 0
     finally:
         harness.close()
@@ -436,8 +436,9 @@ def test_snr_gate_and_quality_diagnostics(exported_models, three_utterances):
 
 
 def test_stage_timing_in_diagnostics(exported_models, three_utterances):
-    """With stage_timing, diagnostics break each utterance's time in the node into its stages; the stages add up
-    to no more than the arrival of the result allows, and inference takes real time."""
+    """With stage_timing, diagnostics break each utterance's time in the node into its stages, inference takes
+    real time, and the stages agree with the latency window measured apart from them: per utterance, wake +
+    features + inference is the latency (queued to inferred) that diagnostics report."""
     stream, bounds = three_utterances
     harness = Harness(node_params(exported_models, stage_timing=True))
     try:
@@ -448,7 +449,11 @@ def test_stage_timing_in_diagnostics(exported_models, three_utterances):
         for stage in stages:
             assert 0.0 <= float(values[f"stage_ms_{stage}_p50"]) <= float(values[f"stage_ms_{stage}_p95"])
         assert float(values["stage_ms_inference_p50"]) > 0.05 and float(values["stage_ms_features_p50"]) > 0.05
-        assert len(harness.node.worker.stages.ms["publish"]) == len(bounds)
+        worker = harness.node.worker
+        assert len(worker.stages.ms["publish"]) == len(bounds) == len(worker.latency.latency_ms)
+        for k, latency_ms in enumerate(worker.latency.latency_ms):
+            staged = sum(worker.stages.ms[stage][k] for stage in ("wake", "features", "inference"))
+            assert staged == pytest.approx(latency_ms, abs=0.01)
     finally:
         harness.close()
     quiet = Harness(node_params(exported_models))

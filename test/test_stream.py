@@ -129,8 +129,8 @@ def test_typed_message_conversion_with_real_classes(clips):
 def test_long_monologue_is_cut_without_losing_audio(clips):
     monologue = np.concatenate(clips)  # about 8 s of continuous speech, no silence between clips
     config = SegmenterConfig(max_utterance_s=2.0, min_silence_s=1.0)
-    utterances, processor = run_stream(np.concatenate([np.zeros(8000, np.float32), monologue,
-                                                       np.zeros(24000, np.float32)]), 16000, 1, 0.02, config=config)
+    stream = np.concatenate([np.zeros(8000, np.float32), monologue, np.zeros(24000, np.float32)])
+    utterances, processor = run_stream(stream, 16000, 1, 0.02, config=config, t0=50.0)
     assert processor.segmenter.stats.cut_at_max_length >= 3
     assert all(u.duration <= 2.0 + 0.04 for u in utterances)
     for previous, following in zip(utterances, utterances[1:]):
@@ -138,6 +138,10 @@ def test_long_monologue_is_cut_without_losing_audio(clips):
             assert abs(following.start - previous.end) < 1e-6  # consecutive: nothing between them is lost
     covered = utterances[-1].end - utterances[0].start
     assert covered >= monologue.size / 16000 - 0.6
+    # sample for sample: the utterances laid end to end are the input between the first start and the last end
+    first = int(round((utterances[0].start - 50.0) * 16000))
+    joined = np.concatenate([u.audio for u in utterances])
+    np.testing.assert_allclose(joined, stream[first:first + joined.size], atol=1e-6)
 
 
 def test_gaps_and_rate_changes_close_the_utterance(clips):

@@ -69,7 +69,7 @@ def test_weights_are_the_pinned_file():
     assert sha256_of(path) == ENCODER_SHA256 and path.name == "pretrained.pt"
     from ser_node.train.voice_encoder import GE2EEncoder
 
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError):
         GE2EEncoder.pretrained(path.with_name("no_such_weights.pt"))
     assert issubclass(EncoderWeightsError, RuntimeError)
 

@@ -103,7 +103,8 @@ def test_tells_two_real_speakers_apart(voice_model, corpus_dir):
     voices = set(assigned["s06"] + assigned["s10"])
     purity = sum(max(assigned["s06"].count(v), assigned["s10"].count(v)) for v in voices) / (2 * len(names))
     print(f"voices {len(voices)}, purity {purity:.2f}")
-    assert purity >= 0.9 and len(voices) <= 8
+    # Split, not mixed: at most 3 voices per speaker here (bench/conversations.py measures 2.06 on average)
+    assert purity >= 0.9 and len(voices) <= 6
 
 
 def test_voices_file_round_trip_and_refusals(tmp_path):
