@@ -48,6 +48,7 @@ setup(
             "ser_trainer = ser_node.ros.trainer_node:main",
             "ser_bag = ser_node.cli.bag:main",
             "ser_empathy = ser_node.ros.empathy:main",
+            "ser_enroll_voice = ser_node.cli.enroll_voice:main",
         ],
     },
 )

@@ -31,6 +31,7 @@ class Inference:
     probabilities: np.ndarray
     features: np.ndarray | None = None
     speaker_embedding: np.ndarray | None = None
+    rejected: str = ""  # why it is not to be published (e.g. "self_voice"): then it changed no speaker state
 
 log = logging.getLogger(__name__)
 
@@ -229,14 +230,18 @@ class Classifier:
         normalised, plain, features, speaker = self.session.run(list(VOICE_OUTPUTS), feed)
         return normalised, Inference(plain[0], features[0], speaker[0])
 
-    def infer_adapted(self, prepared_one: Any, adapter: Any) -> Inference:
+    def infer_adapted(self, prepared_one: Any, adapter: Any,
+                      reject: Callable[[Inference], str] | None = None) -> Inference:
         """One prepared utterance judged against its speaker's earlier ones, then added to them: feature offsets
-        for voice models, log-probability adaptation for DeepSpectrum models (adaptation.SpeakerAdapter)."""
+        for voice models, log-probability adaptation for DeepSpectrum models (adaptation.SpeakerAdapter).
+        `reject(result)` may name a reason to drop a voice model's utterance before it joins the adapter."""
         from .adaptation import adapt_log_probabilities
 
         if self.is_voice_model:
             (result,) = self.infer([prepared_one], [adapter.offset()])
-            adapter.remember(result.features)
+            result.rejected = reject(result) if reject is not None else ""
+            if not result.rejected:
+                adapter.remember(result.features)
             return result
         (result,) = self.infer(prepared_one[None])
         result.probabilities = adapt_log_probabilities(adapter, result.probabilities)

@@ -171,13 +171,17 @@ class VoiceNormaliser:
     def __init__(self, settings: VoiceSettings | None = None) -> None:
         self.tracker = VoiceTracker(settings or VoiceSettings())
 
-    def judge(self, classifier, frames: np.ndarray, start: float, end: float):
-        """(Inference with the probabilities to publish, the Voice it was assigned to)."""
+    def judge(self, classifier, frames: np.ndarray, start: float, end: float, reject=None):
+        """(Inference with the probabilities to publish, the Voice it was assigned to). `reject(inference)` may
+        name a reason to drop the utterance (the robot's own voice): then it joins no voice (Voice None)."""
         candidates = [(v, v.adapter.offset()) for v in self.tracker.voices.values()]
         candidates = [(v, o) for v, o in candidates if o is not None]
         offsets = (np.stack([o for _, o in candidates]) if candidates
                    else np.zeros((1, classifier.feature_size), np.float32))
         normalised, result = classifier.infer_candidates(frames, offsets)
+        result.rejected = reject(result) if reject is not None else ""
+        if result.rejected:
+            return result, None
         voice = self.tracker.assign(result.speaker_embedding, start, end)
         row = next((i for i, (v, _) in enumerate(candidates) if v is voice), None)
         if row is not None and self.tracker.confident(voice):

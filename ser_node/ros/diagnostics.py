@@ -35,6 +35,7 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
     values.update(voices.values())
     values.update(intake.values())
     values.update(node.moods.values())
+    values.update(node.listening.values())
     stalled = worker.stalled(intake.active)
     if stalled:
         level, message = DiagnosticStatus.ERROR, stalled
@@ -45,6 +46,12 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
         level, message = DiagnosticStatus.WARN, "audio chunks or utterances dropped (see values)"
     if level == DiagnosticStatus.OK and voices.voices_file_error:
         level, message = DiagnosticStatus.WARN, f"voices_file: {voices.voices_file_error}"
+    if level == DiagnosticStatus.OK and "robot_speaking_stuck_s" in values:
+        level = DiagnosticStatus.WARN
+        message = (f"robot_speaking true for {values['robot_speaking_stuck_s']} s: not trusted, listening again "
+                   "(a lost false from the TTS?)")
+    if level == DiagnosticStatus.OK and "self_voice_error" in values:
+        level, message = DiagnosticStatus.WARN, f"self_voice_file refused: {values['self_voice_error']}"
     if hri is not None:
         values.update(hri.values())
         if level == DiagnosticStatus.OK and hri.stats.last_dropped:

@@ -151,9 +151,14 @@ class AudioIntake:
     and, with idle_batch_s 0, the executor feed it)."""
 
     def __init__(self, node: Any, variant: str, audio_class: Any, info_class: Any,
-                 enqueue: Callable[..., None]) -> None:
+                 enqueue: Callable[..., None], robot_speaking: Callable[[], bool] = lambda: False,
+                 on_robot_speech: Callable[[Any, str], None] = lambda _u, _v: None) -> None:
+        """`robot_speaking()` says whether the robot speaks now (or its echo tail lasts): an utterance heard while
+        it did goes to `on_robot_speech(utterance, voice_id)` instead of `enqueue`."""
         self.node, self.variant, self.audio_class, self.info_class = node, variant, audio_class, info_class
         self._enqueue = enqueue
+        self._robot_speaking, self._on_robot_speech = robot_speaking, on_robot_speech
+        self._heard_robot: dict[int, bool] = {}  # per stream: the robot spoke during the utterance in progress
         self.stream: Any = None  # StreamProcessor, from configure to cleanup
         self.raw_format = RawFormat()
         self.batched: BatchedIntake | None = None
@@ -264,8 +269,19 @@ class AudioIntake:
             except ChunkError as error:
                 self._warn_bad_chunk(error)
                 return
+            key, robot_now = id(stream), self._robot_speaking()
+            if robot_now:
+                self._heard_robot[key] = True
+            robot = self._heard_robot.get(key, False)
+            if utterances or not stream.segmenter.speaking:  # an utterance closed, or none goes on: start afresh
+                self._heard_robot.pop(key, None)
+                if robot_now and stream.segmenter.speaking:  # cut at max length while the robot still speaks
+                    self._heard_robot[key] = True
         for utterance in utterances:
-            self._enqueue(utterance, frame_id, taken_at, voice_id)
+            if robot:  # the robot's own speech (or its echo): never classified, never a voice
+                self._on_robot_speech(utterance, voice_id)
+            else:
+                self._enqueue(utterance, frame_id, taken_at, voice_id)
 
     def _warn_bad_chunk(self, error: ChunkError) -> None:
         """Logs at most every 5 s; every drop is counted in diagnostics."""

@@ -43,7 +43,8 @@ class Moods:
         self.voices: MoodBook | None = None
         self.persons: MoodBook | None = None
         self.person_voice: dict[str, str] = {}  # person id -> voice id ("" until the person's voice_id is heard)
-        self._person_subs: dict[str, Any] = {}
+        self.engagement: dict[str, int] = {}  # person id -> hri_msgs/EngagementLevel level (0 unknown)
+        self._person_subs: dict[str, list[Any]] = {}
         self._publishers: dict[str, Any] = {}  # topic -> latched publisher
         self._all: Any = None
         self._tracked_sub: Any = None
@@ -80,8 +81,9 @@ class Moods:
             self.node.destroy_timer(self._timer)
         if self._tracked_sub is not None:
             self.node.destroy_subscription(self._tracked_sub)
-        for sub in self._person_subs.values():
-            self.node.destroy_subscription(sub)
+        for subs in self._person_subs.values():
+            for sub in subs:
+                self.node.destroy_subscription(sub)
         for topic in list(self._publishers):
             self._drop_topic(topic)
         if self._all is not None:
@@ -90,6 +92,7 @@ class Moods:
         self._person_subs.clear()
         with self.lock:
             self.person_voice.clear()
+            self.engagement.clear()
 
     # ------------------------------------------------------------ persons (executor thread)
     def _on_persons(self, msg: Any) -> None:
@@ -108,24 +111,42 @@ class Moods:
         keep = [i for i in valid if i in self._person_subs][:limit]
         new = [i for i in valid if i not in self._person_subs][: max(0, limit - len(keep))]
         self.counts["persons_over_limit"] += len(valid) - len(keep) - len(new)
+        from hri_msgs.msg import EngagementLevel
+
         for person in [p for p in self._person_subs if p not in keep]:
-            self.node.destroy_subscription(self._person_subs.pop(person))
+            for sub in self._person_subs.pop(person):
+                self.node.destroy_subscription(sub)
             self._drop_topic(f"{PERSONS_NS}/{person}/mood")
             with self.lock:
                 self.person_voice.pop(person, None)
+                self.engagement.pop(person, None)
                 if self.persons is not None:
                     self.persons.forget(person)
         for person in new:
             with self.lock:
                 self.person_voice[person] = ""
-            self._person_subs[person] = self.node.create_subscription(
-                String, f"{PERSONS_NS}/{person}/voice_id", lambda msg, p=person: self._on_voice_id(p, msg.data),
-                LATCHED)
+                self.engagement[person] = 0
+            self._person_subs[person] = [
+                self.node.create_subscription(String, f"{PERSONS_NS}/{person}/voice_id",
+                                              lambda msg, p=person: self._on_voice_id(p, msg.data), LATCHED),
+                self.node.create_subscription(EngagementLevel, f"{PERSONS_NS}/{person}/engagement_status",
+                                              lambda msg, p=person: self._on_engagement(p, msg.level), 10)]
 
     def _on_voice_id(self, person: str, voice_id: str) -> None:
         with self.lock:
             if person in self.person_voice:
                 self.person_voice[person] = voice_id
+
+    def _on_engagement(self, person: str, level: int) -> None:
+        with self.lock:
+            if person in self.engagement:
+                self.engagement[person] = int(level)
+
+    def engaged(self, voice_id: str) -> bool:
+        """Whether `voice_id` is matched to a followed person whose engagement is ENGAGED (hri_msgs level 3)."""
+        with self.lock:
+            return bool(voice_id) and any(v == voice_id and self.engagement.get(p) == 3
+                                          for p, v in self.person_voice.items())
 
     # ------------------------------------------------------------ results (worker thread)
     def observe(self, voice_id: str, probabilities: np.ndarray) -> None:

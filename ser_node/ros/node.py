@@ -8,6 +8,7 @@ endpoints it owns:
   voice_state.py  speaker normalisation (per voice or reset after silence), its services and the voices file
   outputs.py      expression, classification, label info, is_speaking, utterance audio
   moods.py        a steady mood per voice and per ROS4HRI person, what behaviours read
+  listening.py    whom it listens to: not the robot's own speech or voice; optionally engaged people only
   hri_voices.py   ROS4HRI voices: per-voice audio in, per-voice expressions out
   diagnostics.py  /diagnostics from each room's values; spin.py starts and stops the process in order
 Data path: intake -> worker -> voice_state -> outputs (and hri_voices per voice) -> moods.
@@ -41,6 +42,7 @@ from . import diagnostics
 from .hri_voices import MODES as HRI_MODES
 from .hri_voices import HriVoices
 from .intake import AudioIntake
+from .listening import LISTEN_TO, Listening
 from .messages import detect_audio_variant
 from .moods import OWN_STREAM, Moods
 from .outputs import Outputs
@@ -76,7 +78,13 @@ class SerNode(LifecycleNode):
         self.voice_state.on_forget = self.moods.forget_voices
         self.worker = Worker(self.p, self.voice_state.judge, self.voice_state.adapt, self.outputs.build, self._send,
                              lambda text: self.get_logger().error(text, throttle_duration_sec=5.0))
-        self.intake = AudioIntake(self, self.variant, self.audio_class, self.info_class, self.worker.enqueue)
+        self.listening = Listening(self, self.p)
+        self.voice_state.reject = self.listening.reject
+        self.worker.on_rejected = lambda item, reason: self.listening.count(
+            reason, item.utterance.start, item.utterance.end, item.voice_id)
+        self.intake = AudioIntake(self, self.variant, self.audio_class, self.info_class, self.worker.enqueue,
+                                  self.listening.robot_speaking,
+                                  lambda u, voice: self.listening.count("robot_speaking", u.start, u.end, voice))
         self._started = time.monotonic()
         self._diag_timer = self.create_timer(float(self.p("diagnostics_period_s")), self._publish_diagnostics)
 
@@ -95,6 +103,8 @@ class SerNode(LifecycleNode):
                                            reason=f"{name} can only change while the node is not active")
         if values.get("hri_voices", "follow") not in HRI_MODES:
             return SetParametersResult(successful=False, reason=f"hri_voices must be one of {', '.join(HRI_MODES)}")
+        if values.get("listen_to", "everyone") not in LISTEN_TO:
+            return SetParametersResult(successful=False, reason=f"listen_to must be one of {', '.join(LISTEN_TO)}")
         try:  # the segmenter settings must stay consistent with each other, not only within their ranges
             self._segmenter_config(values).validate()
         except ValueError as error:
@@ -205,6 +215,7 @@ class SerNode(LifecycleNode):
                              self._on_voice_audio, self.voice_state.forget)
         if self.classifier is not None:
             self.moods.create(self.classifier.classes)
+            self.listening.create(self.classifier.model_id)
         self.worker.ensure_running()
         self.intake.subscribe()
         self.get_logger().info(f"active: listening on {self.resolve_topic_name('audio')}"
@@ -221,6 +232,9 @@ class SerNode(LifecycleNode):
     def _send(self, item: Any, probabilities: Any, messages: tuple[Any, ...]) -> None:
         """One classified utterance out: its messages, its voice's ROS4HRI expression, the moods."""
         voice_id = item.voice_id or item.heard_as
+        if self.p("listen_to") == "engaged" and not self.moods.engaged(voice_id):
+            self.listening.count("not_engaged", item.utterance.start, item.utterance.end, voice_id)
+            return
         self.outputs.send(messages)
         hri = self.hri
         if hri is not None and voice_id:
@@ -243,6 +257,7 @@ class SerNode(LifecycleNode):
         self.intake.unsubscribe()
         self.worker.stop()
         self.moods.destroy()
+        self.listening.destroy()
         if was_active:
             self.voice_state.save()
 

@@ -132,6 +132,26 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                       "voice_id, and publish /humans/persons/<id>/mood"), False),
     "max_persons": (16, describe("persons followed at most (more ids are counted in diagnostics, not followed)",
                                  low=1, high=256, integer=True), False),
+    "robot_speaking_topic": ("robot_speaking", describe("std_msgs/Bool, true while the robot's own text-to-speech "
+                                                        "plays: what is heard then is not classified"), False),
+    "robot_speaking_hangover_s": (0.3, describe("after robot_speaking turns false, audio is still taken as the "
+                                                "robot's for this long (the room's echo tail)", low=0.0, high=5.0),
+                                  True),
+    "robot_speaking_timeout_s": (30.0, describe("robot_speaking true for longer than this is not trusted (a lost "
+                                                "false must not deafen the node): the node listens again and "
+                                                "diagnostics warn", low=1.0, high=3600.0), True),
+    "self_voice_file": ("", describe("the robot's own voice, enrolled with ser_enroll_voice: utterances at least "
+                                     "self_voice_threshold similar to it are not classified (voice-encoder models)"),
+                        False),
+    "self_voice_threshold": (0.75, describe("cosine of an utterance's speaker embedding to the enrolled robot voice "
+                                            "at which it is taken for the robot's (bench/scenes.py)", low=-1.0,
+                                            high=1.0), True),
+    "listen_to": ("everyone", describe("everyone: every voice heard; engaged: publish only for voices matched to a "
+                                       "ROS4HRI person whose engagement_status is ENGAGED (needs follow_persons)",
+                                       choices="everyone|engaged"), True),
+    "publish_rejected": (False, describe("publish what is not classified or published (the robot's speech, its "
+                                         "voice, not engaged) on ~/rejected (std_msgs/String, JSON) for debugging"),
+                         False),
     "adaptation_reset_s": (30.0, describe("no utterance for this long: assume a new speaker, forget the estimate "
                                           "(also ~/reset_adaptation)", low=1.0, high=3600.0), True),
 }

@@ -33,6 +33,7 @@ class VoiceState:
         self.voices: VoiceNormaliser | None = None  # the voices heard (memory only unless voices_file)
         self.on_own_voices: Callable[[list[str]], None] = lambda _held: None
         self.on_forget: Callable[[list[str] | None], None] = lambda _ids: None  # what else forgets voices (moods)
+        self.reject: Callable[[Inference], str] | None = None  # the robot's own voice (ros/listening.py)
         self.last_voice = ""
         self.voices_file_error = ""
         self._last_utterance_end = -float("inf")
@@ -135,15 +136,19 @@ class VoiceState:
         (voice_tracking), one state reset after silence, or none (speaker_adaptation off)."""
         if not self.p("speaker_adaptation"):
             item.heard_as = item.voice_id
-            return classifier.infer([frames])[0]
+            result = classifier.infer([frames])[0]
+            result.rejected = self.reject(result) if self.reject is not None else ""
+            return result
         with self.lock:
-            if item.voice_id:
+            if item.voice_id:  # an upstream module named the voice: robot_speaking gates it, not the embedding
                 result, voice = self._normaliser().judge_named(classifier, frames, item.voice_id, item.utterance.end)
             elif self.p("voice_tracking"):
                 result, voice = self._normaliser().judge(classifier, frames, item.utterance.start,
-                                                         item.utterance.end)
+                                                         item.utterance.end, self.reject)
+                if voice is None:  # rejected (the robot's own voice): no voice opened or changed
+                    return result
             else:
-                return classifier.infer_adapted(frames, self._current_adapter(item))
+                return classifier.infer_adapted(frames, self._current_adapter(item), self.reject)
             item.heard_as = self.last_voice = voice.id
             held = list(self.voices.tracker.voices) if self.voices is not None else []
         if not item.voice_id:

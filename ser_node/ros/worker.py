@@ -90,7 +90,9 @@ class Worker:
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.counts = {"utterances_classified": 0, "utterances_dropped": 0, "utterances_too_short": 0,
-                       "inference_errors": 0, "result_errors": 0}
+                       "utterances_rejected": 0, "inference_errors": 0, "result_errors": 0}
+        self.rejected_kinds: dict[str, int] = {}  # e.g. utterances_rejected_self_voice: 3
+        self.on_rejected: Callable[[Pending, str], None] = lambda _item, _reason: None
         self.error_kinds: dict[str, int] = {}  # e.g. result_errors_IndexError: 3
         self.beat = time.monotonic()  # the thread's last sign of life (watchdog)
         self.latency = LatencyWindow()
@@ -164,6 +166,12 @@ class Worker:
             return
         done = time.monotonic()
         for item, result in zip(batch, results):
+            if result.rejected:  # not a person to read (the robot's own voice): counted, not published
+                self.counts["utterances_rejected"] += 1
+                kind = f"utterances_rejected_{result.rejected}"
+                self.rejected_kinds[kind] = self.rejected_kinds.get(kind, 0) + 1
+                self.on_rejected(item, result.rejected)
+                continue
             try:
                 probabilities = (result.probabilities if classifier.is_voice_model
                                  else self._adapt(item, result.probabilities))
@@ -203,6 +211,7 @@ class Worker:
             values = {"queue_depth": str(len(self.queue))}
         values.update({k: str(v) for k, v in self.counts.items()})
         values.update({k: str(v) for k, v in sorted(self.error_kinds.items())})
+        values.update({k: str(v) for k, v in sorted(self.rejected_kinds.items())})
         for key, value in self.latency.percentiles().items():
             values[f"latency_ms_{key}" if key.startswith("p") else key] = f"{value:.2f}"
         if stage_timing:
