@@ -4,7 +4,7 @@
   ros2 run ser_node ser_node --ros-args -p self_voice_file:=$HOME/.ros/ser_self_voice.npz
 
 Each file is decoded, cut into utterances as the node cuts its audio, and embedded by the model's own graph (the
-default model unless --model); the centroid of the speaker embeddings is written with the model's id. Use the
+default model unless --model); the speaker embeddings are written with the model's id. Use the
 sentences as the robot's loudspeaker and microphone give them (record them through the robot if you can). The node
 then drops utterances at least `self_voice_threshold` similar to it. Needs a voice-encoder model (the default).
 """
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     voice = SelfVoice.enrol(embeddings, model_id)
     voice.save(args.out)
     print(f"{args.out}: {voice.sentences} utterance(s) of the robot's voice, model {model_id}; lowest similarity of "
-          f"an enrolled utterance to the centroid {voice.within:.2f} (keep self_voice_threshold below it)")
+          f"an enrolled utterance to its nearest other one {voice.within:.2f} (keep self_voice_threshold below it)")
     return 0
 
 
