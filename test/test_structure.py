@@ -110,28 +110,23 @@ def test_nothing_outside_ros_imports_ros_except_cli_lazily():
     assert not problems, "\n".join(problems)
 
 
+def import_in_child(prelude: str, modules: list[str]) -> None:
+    """Imports `modules` in a fresh interpreter after `prelude` (which makes some packages unimportable)."""
+    code = f"{prelude}\nimport importlib\nfor name in {modules!r}:\n    importlib.import_module(name)\nprint('ok')"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            env=child_env())
+    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+
+
 def test_the_core_imports_where_rclpy_and_training_packages_cannot():
     """Every module outside ros/ imports with rclpy unavailable; the robot's layers (audio, inference, the base
     modules) and the node also import with every training-only package unavailable."""
     modules = sorted(n for n in _modules() if _layer(n) != "ros" and not n.endswith("__init__"))
     assert "ser_node.audio.wire" in modules and "ser_node.train.experiment" in modules and len(modules) > 30
-    code = ("import sys, importlib\n"
-            "sys.modules['rclpy'] = None  # any import of rclpy now raises ImportError\n"
-            f"for name in {modules!r}:\n"
-            "    importlib.import_module(name)\n"
-            "print('ok', len(sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                            env=child_env())
-    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+    import_in_child("import sys; sys.modules['rclpy'] = None  # any import of rclpy now raises ImportError", modules)
     robot = sorted(n for n in _modules() if _layer(n) in ("audio", "inference", "base")) + ["ser_node.ros.node"]
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import runtime_parity, importlib\n"
-            "runtime_parity.block_training_packages()\n"
-            f"for name in {robot!r}:\n"
-            "    importlib.import_module(name)\n"
-            "print('ok')")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                            env=child_env())
-    assert result.returncode == 0 and result.stdout.startswith("ok"), result.stderr[-2000:]
+    import_in_child(f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import runtime_parity; "
+                    "runtime_parity.block_training_packages()", robot)
     guard = subprocess.run([sys.executable, "-c", "import sys; sys.modules['rclpy'] = None; import ser_node.ros.node"],
                            capture_output=True, text=True, cwd=ROOT, timeout=120, env=child_env())
     assert guard.returncode != 0 and "rclpy" in guard.stderr  # the check itself can fail
