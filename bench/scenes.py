@@ -166,12 +166,41 @@ def level_gate(utterances, window: int = 20, below_db: float = 6.0) -> list[bool
     return keep
 
 
+def plot(rows: dict, path: Path) -> None:
+    """False results per hour against the share of the person's utterances lost, one point per scene and policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(8, 5))
+    for key, r in rows.items():
+        if "published" not in r:
+            continue
+        scene_name, policy = key.split(" | ")
+        axis.scatter(100 * r["person_lost"], r["false_per_hour"], s=40)
+        axis.annotate(f"{scene_name}: {policy}", (100 * r["person_lost"], r["false_per_hour"]), fontsize=6)
+    axis.axhline(30, color="grey", lw=0.8, ls="--")
+    axis.axvline(3, color="grey", lw=0.8, ls="--")
+    axis.set_xlabel("person's utterances lost (%)")
+    axis.set_ylabel("false results per hour")
+    axis.set_title("goal: below 30 per hour, losing at most 3 % (dashed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--per-speaker", type=int, default=10)
+    parser.add_argument("--plot-only", action="store_true", help="redraw scenes.png from scenes.json")
     args = parser.parse_args()
+    if args.plot_only:
+        import json
+
+        plot(json.loads((args.out / "scenes.json").read_text())["rows"], args.out / "scenes.png")
+        return 0
     began = time.perf_counter()
     rng = np.random.default_rng(5)
     work = Path(tempfile.mkdtemp(prefix="ser_scenes_"))
@@ -232,6 +261,7 @@ def main() -> int:
             "the node's segmenter (Silero) and the shipped model; see the script's docstring for the scenes.\n\n"
             + format_table(table, list(table[0])) + "\n\n" + "\n".join(extra) + "\n")
     (args.out / "scenes.md").write_text(text)
+    plot(rows, args.out / "scenes.png")
     print(text)
     return 0
 
