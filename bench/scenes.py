@@ -99,23 +99,20 @@ def place(stream: np.ndarray, audio: np.ndarray, at: int) -> None:
 
 def scene(kind: str, person, tts_bank, other_clips, rng, level_db: float = 0.0):
     """(mixed stream, person segments, robot TTS intervals)."""
-    gaps = [rng.uniform(0.6, 1.5) if kind == "robot TTS" else rng.uniform(2.0, 6.0) for _ in person]
-    total = int((sum(a.size / RATE for a, _l, _s in person) + sum(gaps) + 4
-                 + (sum(t.size / RATE + 1.2 for t in tts_bank[:len(person)]) if kind == "robot TTS" else 0)) * RATE)
-    stream = np.zeros(total, np.float32)
-    segments, robot, t = [], [], 1.0
+    placed, segments, robot, t = [], [], [], 1.0  # laid out first, then mixed: every clip is in the stream
     reference = np.sqrt(np.mean([np.mean(a ** 2) for a, _l, _s in person]))
-    for k, ((audio, label, speaker), gap) in enumerate(zip(person, gaps)):
-        place(stream, audio, int(t * RATE))
+    for k, (audio, label, _speaker) in enumerate(person):
+        placed.append((audio, t))
         segments.append(Segment(t, t + audio.size / RATE, label))
-        t += audio.size / RATE + gap
+        t += audio.size / RATE + (rng.uniform(0.6, 1.5) if kind == "robot TTS" else rng.uniform(2.0, 6.0))
         if kind == "robot TTS":
             sentence = tts_bank[k % len(tts_bank)]
-            sentence = sentence / np.sqrt(np.mean(sentence ** 2)) * reference
-            place(stream, sentence, int(t * RATE))
+            placed.append((sentence / np.sqrt(np.mean(sentence ** 2)) * reference, t))
             robot.append((t, t + sentence.size / RATE))
             t += sentence.size / RATE + rng.uniform(0.6, 1.5)
-    stream = stream[: int((t + 2) * RATE)]
+    stream = np.zeros(int((t + 2) * RATE), np.float32)
+    for audio, at in placed:
+        place(stream, audio, int(at * RATE))
     if kind == "television":
         far, parts, n = room_response(0.5, 3.5, seed=7), [], 0
         while n < stream.size:
