@@ -49,16 +49,26 @@ def test_front_end_and_embedding_match_the_wheel(clips_of_every_speaker):
     assert trimmed_any, "no clip had a pause long enough to exercise the silence trimming"
 
 
-def test_the_front_end_copes_with_silence_noise_and_overload():
-    """Inputs the node can meet: all zeros, pure noise the VAD rejects, a clipped loud tone; finite frames."""
-    from ser_node.inference.voice_frontend import encoder_input
+def test_the_front_end_copes_with_silence_noise_and_overload(clips_of_every_speaker):
+    """Inputs the node can meet: all zeros, pure noise the VAD rejects, a clipped loud tone, and utterances shorter
+    than the pause-trimming dilation (7 windows, 210 ms: a max-length cut leaves such a remainder; this crashed
+    with an IndexError); finite frames, and short speech trimmed as the wheel trims it."""
+    from resemblyzer import preprocess_wav
+
+    from ser_node.inference.voice_frontend import encoder_input, normalise_volume, trim_long_silences
 
     rng = np.random.default_rng(0)
+    speech = clips_of_every_speaker[0]
+    loud = int(np.argmax(np.abs(speech)))
     for wav in (np.zeros(8000, np.float32), 0.01 * rng.standard_normal(16000).astype(np.float32),
-                np.clip(3 * np.sin(np.arange(16000) * 0.1), -1, 1).astype(np.float32)):
+                np.clip(3 * np.sin(np.arange(16000) * 0.1), -1, 1).astype(np.float32),
+                speech[loud:loud + 512], speech[loud:loud + 1500], speech[loud:loud + 3000]):
         frames = encoder_input(wav)
         assert frames.ndim == 2 and frames.shape[1] == 40 and frames.shape[0] >= 1
         assert np.isfinite(frames).all()
+    for n in (512, 1500, 3000):  # the trimming itself (preprocess then keeps a clip trimmed to nothing whole)
+        short = speech[loud:loud + n]
+        np.testing.assert_allclose(trim_long_silences(normalise_volume(short)), preprocess_wav(short), atol=1e-6)
 
 
 def test_weights_are_the_pinned_file():

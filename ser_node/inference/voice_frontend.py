@@ -79,7 +79,8 @@ def speech_mask(wav: np.ndarray) -> np.ndarray:
     # The wheel dilates with scipy and a structuring element VAD_MAX_SILENCE + 1 (7) windows long, centred:
     # every kept window also keeps 3 windows either side.
     reach = (VAD_MAX_SILENCE + 1) // 2
-    return np.convolve(mask.astype(float), np.ones(2 * reach + 1), mode="same") > 0
+    # "full", then the centred n: numpy's "same" returns max(len) samples, too many for clips under 7 windows
+    return np.convolve(mask.astype(float), np.ones(2 * reach + 1), mode="full")[reach:reach + n] > 0
 
 
 def trim_long_silences(wav: np.ndarray) -> np.ndarray:
