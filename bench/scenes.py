@@ -9,10 +9,11 @@ A person talks to the robot at 1 m (uem-es speakers, 10 clips each, a room of RT
 Every scene is streamed through the node's own segmenter (StreamProcessor, Silero) and the shipped model. A result
 is false when it matches no clip of the person (overlap under half of the shorter); a person's clip is lost when no
 published result matches it. Policies (what the node can do): none; the robot_speaking gate (the TTS intervals,
-0.3 s hangover); the enrolled self voice (6 other TTS sentences, nearest enrolled sentence, thresholds 0.75 and 0.65); a level gate (utterances more
-than `d` dB below the loudest recent speech are taken for distant talkers). UA of the person's matched utterances
-is against the same clips alone; the shipped model heard these speakers in training, so UA compares scenes with
-each other, not with LOSO figures.
+0.3 s hangover); the enrolled self voice (2 other sentences of each TTS voice, nearest enrolled sentence, thresholds 0.75 and
+0.65); a level gate (utterances more than `d` dB below the loudest recent speech are taken for distant talkers);
+a target voice (the person the robot talks to, enrolled from 3 other clips of theirs: keep what sounds like
+them). UA of the person's matched utterances is against the same clips alone; the shipped model heard these
+speakers in training, so UA compares scenes with each other, not with LOSO figures.
 
   .venv/bin/python bench/scenes.py     # ~5 minutes; needs espeak-ng (apt install espeak-ng)
 Writes bench/results/scenes.{json,md,png}.
@@ -81,16 +82,19 @@ def robot_sentence(text: str, voice: str, work: Path) -> np.ndarray:
     return reverberate(band(tts(text, voice, work), 300, 4000), room_response(0.5, 0.4, seed=7))
 
 
-def person_clips(corpus: Path, per_speaker: int, rng: np.random.Generator) -> list[tuple[np.ndarray, str, str]]:
-    """(audio at 1 m, label, speaker): every uem-es speaker, clips of varied emotions."""
+def person_clips(corpus: Path, per_speaker: int, rng: np.random.Generator):
+    """([(audio at 1 m, label, speaker)], {speaker: 3 other clips of theirs at 1 m, for a target-voice enrolment}):
+    every uem-es speaker, clips of varied emotions."""
     clips = load_corpus_entry({"name": "uem-es", "kind": "emomatch", "path": str(corpus)}).corpus.clips
     near = room_response(0.5, 1.0, seed=7)
-    out = []
+    out, enrol = [], {}
     for speaker in sorted({c.speaker for c in clips}):
         mine = [c for c in clips if c.speaker == speaker]
-        for k in rng.choice(len(mine), per_speaker, replace=False):
+        chosen = rng.choice(len(mine), per_speaker + 3, replace=False)
+        for k in chosen[:per_speaker]:
             out.append((reverberate(load_audio(mine[k].path), near), mine[k].label, speaker))
-    return out
+        enrol[speaker] = [reverberate(load_audio(mine[k].path), near) for k in chosen[per_speaker:]]
+    return out, enrol
 
 
 def place(stream: np.ndarray, audio: np.ndarray, at: int) -> None:
@@ -202,10 +206,15 @@ def main() -> int:
     rng = np.random.default_rng(5)
     work = Path(tempfile.mkdtemp(prefix="ser_scenes_"))
     classifier = Classifier(ROOT / "models" / "ser_default.onnx", threads=2)
-    person = person_clips(args.corpus / "uem-es", args.per_speaker, rng)
+    person, person_enrolment = person_clips(args.corpus / "uem-es", args.per_speaker, rng)
+    targets = {speaker: SelfVoice.enrol(np.array([classifier.infer(classifier.prepare([a]))[0].speaker_embedding
+                                                  for a in clips]), classifier.model_id)
+               for speaker, clips in person_enrolment.items()}
     sentences = [(s, v) for v in VOICES for s in (ENGLISH if v.startswith("en") else SPANISH)]
     order = rng.permutation(len(sentences))
-    enrol_set, speak_set = order[:6], order[6:]
+    # two sentences of every TTS voice are enrolled (what README advises: every voice the robot speaks with)
+    enrol_set = [k for voice in VOICES for k in [k for k in order if sentences[k][1] == voice][:2]]
+    speak_set = [k for k in order if k not in enrol_set]
     tts_bank = [robot_sentence(*sentences[k], work) for k in speak_set]
     enrolled = SelfVoice.enrol(np.array([classifier.infer(classifier.prepare([robot_sentence(*sentences[k], work)]))[0]
                                          .speaker_embedding for k in enrol_set]), classifier.model_id)
@@ -239,6 +248,14 @@ def main() -> int:
                     "robot_utterances": len(robot_utterances)}
         for below in (6.0, 10.0):
             policies[f"level gate ({below:g} dB)"] = level_gate(utterances, below_db=below)
+        # Target voice: the robot knows whom it talks to (engagement) and has heard them before (3 enrolled
+        # clips): keep what sounds like that person. An upper bound for a target-speaker filter.
+        speakers = [person[k][2] for k in range(len(person))]
+        current = [speakers[int(np.argmin([abs((u.start + u.end) / 2 - (s.start + s.end) / 2) for s in segments]))]
+                   for u in utterances]
+        to_target = [targets[who].similarity(i.speaker_embedding) for who, i in zip(current, inferences)]
+        for threshold in (0.6, 0.7):
+            policies[f"target voice ({threshold:g})"] = [t >= threshold for t in to_target]
         for policy, keep in policies.items():
             rows[f"{name} | {policy}"] = evaluate(utterances, inferences, keep, segments, duration, alone)
             r = rows[f"{name} | {policy}"]
