@@ -302,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Speech emotion recognition node: subscribes to `audio` (audio_common_msgs), publishes "
                     "~/expression (hri_msgs/Expression), ~/classification (vision_msgs), ~/is_speaking and "
                     "/diagnostics; follows ROS4HRI voices (/humans/voices/tracked, per-voice audio in and "
-                    "expression out; hri_voices parameter). ROS arguments follow --ros-args (e.g. --ros-args "
-                    "--params-file config/ser_node.yaml -r audio:=/robot/mic).")
+                    "expression out; hri_voices parameter) and persons (/humans/persons/tracked, voice_id); "
+                    "publishes steady moods on ~/mood and /humans/voices|persons/<id>/mood; ignores the robot's "
+                    "own speech (robot_speaking, self_voice_file). ROS arguments follow --ros-args (e.g. "
+                    "--ros-args --params-file config/ser_node.yaml -r audio:=/robot/mic).")
     parser.add_argument("--no-autostart", action="store_true",
                         help="stay unconfigured; drive the lifecycle with the usual lifecycle services")
     parser.add_argument("--wait-for-model", action="store_true",
