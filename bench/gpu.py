@@ -319,46 +319,46 @@ print(json.dumps({{"done": time.perf_counter() - began}}), flush=True)
 
 # ------------------------------------------------------------------ report
 
+def section(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown section: title, then a table (nothing when there are no rows)."""
+    if not rows:
+        return []
+    return ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
 def report(results: dict) -> str:
     env = results["environment"]
     lines = [f"# On an NVIDIA GPU ({env['date']}; {env['gpu']}; {env['cores']} CPU cores; Python {env['python']}, "
              f"onnxruntime {env['onnxruntime']}, torch {env.get('torch')})", "",
              "`scripts/bench.sh gpu` (`bench/gpu.py`). Providers available: "
-             + ", ".join(env["onnxruntime_providers"]) + ".", "", "## Which provider runs", "",
-             "| requested device | providers of the session | /diagnostics `provider` | warning |", "|---|---|---|---|"]
-    for device, row in results.get("providers", {}).items():
-        lines.append(f"| {device} | {', '.join(row['providers'])} | {row['diagnostics_provider']} | "
-                     f"{row['warning'] or ''} |")
-    if results.get("placement"):
-        lines += ["", "## Where each graph node ran (ONNX Runtime profile, CUDA requested)", "",
-                  "| model | provider | nodes | share of kernel time | ops |", "|---|---|---|---|---|"]
-        for model, row in results["placement"].items():
-            for provider, p in row["by_provider"].items():
-                lines.append(f"| {model} | {provider} | {p['nodes']} | {100 * p['share_of_kernel_time']:.1f} % | "
-                             f"{', '.join(p['ops'][:12])}{' ...' if len(p['ops']) > 12 else ''} |")
-    lines += ["", "## Inference per utterance, batch 1 (real speech)", "",
-              "| model, provider requested | provider used | p50 ms | p95 ms | runs |", "|---|---|---|---|---|"]
-    for label, row in results.get("inference", {}).items():
-        lines.append(f"| {label} | {row['used']} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | {row['n']} |")
-    if results.get("pipeline"):
-        lines += ["", "## The node's work path in process (segmenter decision -> normalised result)", "",
-                  "| device | provider used | utterances | p50 ms | p95 ms | CPU ms per s of audio |",
-                  "|---|---|---|---|---|---|"]
-        for device, row in results["pipeline"].items():
-            d = row["decision_to_result"]
-            lines.append(f"| {device} | {row['used']} | {row['utterances']} | {d['p50_ms']:.2f} | {d['p95_ms']:.2f} | "
-                         f"{row['cpu_ms_per_audio_s']:.1f} |")
-    if results.get("training"):
-        lines += ["", "## Training the paper-size DS-AM (VGG16, 224 px)", "",
-                  "| where | images/s | batch | threads |", "|---|---|---|---|"]
-        for label, row in results["training"].items():
-            lines.append(f"| {label} ({row['name']}) | {row['images_per_s']:.1f} | {row['batch']} | {row['threads']} |")
+             + ", ".join(env["onnxruntime_providers"]) + "."]
+    lines += section("Which provider runs", ["requested device", "providers of the session",
+                                             "/diagnostics `provider`", "warning"],
+                     [[d, ", ".join(r["providers"]), r["diagnostics_provider"], r["warning"] or ""]
+                      for d, r in results.get("providers", {}).items()])
+    lines += section("Where each graph node ran (ONNX Runtime profile, CUDA requested)",
+                     ["model", "provider", "nodes", "share of kernel time", "ops"],
+                     [[m, prov, str(p["nodes"]), f"{100 * p['share_of_kernel_time']:.1f} %",
+                       ", ".join(p["ops"][:12]) + (" ..." if len(p["ops"]) > 12 else "")]
+                      for m, r in results.get("placement", {}).items() for prov, p in r["by_provider"].items()])
+    lines += section("Inference per utterance, batch 1 (real speech)",
+                     ["model, provider requested", "provider used", "p50 ms", "p95 ms", "runs"],
+                     [[label, r["used"], f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", str(r["n"])]
+                      for label, r in results.get("inference", {}).items()])
+    lines += section("The node's work path in process (segmenter decision -> normalised result)",
+                     ["device", "provider used", "utterances", "p50 ms", "p95 ms", "CPU ms per s of audio"],
+                     [[d, r["used"], str(r["utterances"]), f"{r['decision_to_result']['p50_ms']:.2f}",
+                       f"{r['decision_to_result']['p95_ms']:.2f}", f"{r['cpu_ms_per_audio_s']:.1f}"]
+                      for d, r in results.get("pipeline", {}).items()])
+    lines += section("Training the paper-size DS-AM (VGG16, 224 px)", ["where", "images/s", "batch", "threads"],
+                     [[f"{label} ({r['name']})", f"{r['images_per_s']:.1f}", str(r["batch"]), str(r["threads"])]
+                      for label, r in results.get("training", {}).items()])
     fold = results.get("loso_fold")
     if fold:
         lines += ["", f"One LOSO fold (uem-es, test speaker s00, full width, 224 px, {fold['epochs_configured']} "
                   f"epochs configured, {fold['epochs_seen']} run): {'finished' if fold['finished'] else 'not finished'}"
-                  f" in {fold['wall_s']:.0f} s"
-                  f"{'; ' + fold['error'] if fold.get('error') else ''}."]
+                  f" in {fold['wall_s']:.0f} s{'; ' + fold['error'] if fold.get('error') else ''}."]
     return "\n".join(lines) + "\n"
 
 
