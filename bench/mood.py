@@ -19,7 +19,6 @@ Writes bench/results/mood.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
