@@ -13,6 +13,8 @@
 #   scripts/bench.sh conversations                         # normalisation by voice (bench/conversations.py)
 #   scripts/bench.sh robustness --parts offline,node     # noise, rooms, false alarms (bench/robustness.py)
 #   scripts/bench.sh gpu                                   # on an NVIDIA GPU machine (bench/gpu.py, scripts/gpu_bench.sh)
+#   scripts/bench.sh mood                                  # moods against per-utterance events (bench/mood.py)
+#   scripts/bench.sh scenes                                # robot TTS, television, babble (bench/scenes.py; espeak-ng)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The GPU bench runs on a bare GPU machine with its own python3 (torch with CUDA): no venv, no ROS.
@@ -31,8 +33,10 @@ case "$what" in
   hri_churn) exec "$root/.venv/bin/python" "$root/bench/hri_churn.py" "$@" ;;
   conversations) exec "$root/.venv/bin/python" "$root/bench/conversations.py" "$@" ;;
   robustness) exec "$root/.venv/bin/python" "$root/bench/robustness.py" "$@" ;;
+  mood) exec "$root/.venv/bin/python" "$root/bench/mood.py" "$@" ;;
+  scenes) exec "$root/.venv/bin/python" "$root/bench/scenes.py" "$@" ;;
   all) "$root/.venv/bin/python" "$root/bench/voice.py"
        "$root/.venv/bin/python" "$root/bench/accuracy.py" --methods egemaps_svm,compare_svm,ds_svc,ds_fc,default,default_tta
        exec "$root/.venv/bin/python" "$root/bench/performance.py" ;;
-  *) echo "usage: scripts/bench.sh [voice|accuracy|performance|soak|hri_churn|conversations|robustness|gpu|all] [options]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [voice|accuracy|performance|soak|hri_churn|conversations|robustness|mood|scenes|gpu|all] [options]" >&2; exit 2 ;;
 esac
