@@ -71,6 +71,10 @@ def band(x: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def tts(text: str, voice: str, work: Path) -> np.ndarray:
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("bench/scenes.py needs espeak-ng for the robot's voice: apt install espeak-ng")
     path = work / f"tts_{abs(hash((text, voice)))}.wav"
     if not path.exists():
         subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(path), text], check=True, capture_output=True)
