@@ -170,3 +170,17 @@ def test_colcon_build_installs_a_package_that_runs(real_waveforms, tmp_path):
                                                       "/ser_node/expression", real_waveforms[:2])
     assert len(received) == sent, output[-2000:]
     assert str(share / "models" / "ser_default.onnx") in output, output[-2000:]  # the installed default model
+
+
+def test_the_demo_runs_the_node_and_the_example_behaviour():
+    """ser_demo (what scripts/demo.sh runs): the shipped model on the bundled audio, every sentence classified, and
+    the example behaviour (ser_empathy on the voices' moods) responding to the demo's lasting negative mood."""
+    pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
+    result = subprocess.run([sys.executable, "-m", "ser_node.ros.demo", "--speed", "2"], capture_output=True,
+                            text=True, timeout=120, env=child_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "done: 4 utterance(s) classified" in result.stdout, result.stdout[-2000:]
+    assert 'robot (ser_empathy): "' in result.stdout, result.stdout[-2000:]
+    quiet = subprocess.run([sys.executable, "-m", "ser_node.ros.demo", "--speed", "4", "--no-behaviour"],
+                           capture_output=True, text=True, timeout=120, env=child_env())
+    assert quiet.returncode == 0 and "ser_empathy" not in quiet.stdout
