@@ -58,7 +58,7 @@ def run(audio_path: Path, models_dir: Path) -> dict:
 
     from ser_node.audio.decode import load_audio
     from ser_node.audio.segmenter import Segmenter
-    from ser_node.audio.stream import AudioChunk, StreamProcessor
+    from ser_node.audio.stream import StreamProcessor
     from ser_node.audio.vad import make_vad
     from ser_node.inference.classifier import Classifier, classify_in_order
     from ser_node.inference.voices import VoiceSettings
@@ -68,14 +68,8 @@ def run(audio_path: Path, models_dir: Path) -> dict:
     audio = np.concatenate([np.concatenate([clip, np.zeros(16000, np.float32)])] * 3)
     classifiers = {name: Classifier(models_dir / name, threads=1) for name in MODELS}
     result: dict = {"audio": audio_path.name, "vads": {}}
-    step = int(16000 * CHUNK_S)
     for backend in ("silero", "webrtc"):
-        stream = StreamProcessor(Segmenter(make_vad(backend)))
-        utterances = []
-        for offset in range(0, audio.size, step):
-            block = audio[offset:offset + step]
-            utterances += stream.feed(AudioChunk(block.reshape(-1, 1), 16000, offset / 16000))
-        utterances += stream.flush()
+        utterances = StreamProcessor(Segmenter(make_vad(backend))).feed_recording(audio, 16000, CHUNK_S)
         timed = [(u.start, u.end, u.audio) for u in utterances]
         entry: dict = {"boundaries": [[round(u.start, 6), round(u.end, 6)] for u in utterances], "models": {}}
         for name, classifier in classifiers.items():

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from ser_node.audio.decode import load_audio  # noqa: E402
 from ser_node.audio.segmenter import Segmenter  # noqa: E402
-from ser_node.audio.stream import AudioChunk, StreamProcessor  # noqa: E402
+from ser_node.audio.stream import StreamProcessor  # noqa: E402
 from ser_node.audio.vad import make_vad  # noqa: E402
 from ser_node.bags.evaluate import match_segments  # noqa: E402
 from ser_node.bags.io import Segment  # noqa: E402
@@ -140,11 +140,7 @@ def scene(kind: str, person, tts_bank, other_clips, rng, level_db: float = 0.0):
 
 
 def segment(stream: np.ndarray) -> list:
-    processor = StreamProcessor(Segmenter(make_vad("silero")))
-    out = []
-    for start in range(0, stream.size, 320):
-        out += processor.feed(AudioChunk(stream[start:start + 320, None], RATE, start / RATE))
-    return out + processor.flush()
+    return StreamProcessor(Segmenter(make_vad("silero"))).feed_recording(stream, RATE)
 
 
 def evaluate(utterances, inferences, keep: list[bool], segments, duration_s: float, alone: dict) -> dict:

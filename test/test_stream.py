@@ -23,11 +23,7 @@ def run_stream(stream: np.ndarray, rate: int, channels: int, chunk_s: float, vad
     audio = resample(stream, 16000, rate)
     frames = np.stack([audio] * channels, axis=1)
     processor = StreamProcessor(Segmenter(make_vad(vad), config))
-    per_chunk = int(chunk_s * rate)
-    out = []
-    for start in range(0, frames.shape[0], per_chunk):
-        out += processor.feed(AudioChunk(frames[start : start + per_chunk], rate, t0 + start / rate))
-    return out + processor.flush(), processor
+    return processor.feed_recording(frames, rate, chunk_s, t0), processor
 
 
 @pytest.mark.parametrize("rate,channels,chunk_s", [(16000, 1, 0.02), (44100, 2, 0.1), (48000, 1, 0.256),

@@ -160,6 +160,17 @@ class StreamProcessor:
         out += self._push(self._resample(mono, last=False))
         return out
 
+    def feed_recording(self, samples: np.ndarray, rate: int = MODEL_RATE, chunk_s: float = 0.02,
+                       t0: float = 0.0) -> list[Utterance]:
+        """A whole recording (mono, or frames x channels) fed as a live stream of `chunk_s` messages from time `t0`,
+        then flushed: the utterances the node would cut from it (offline tools, benchmarks, tests)."""
+        frames = samples.reshape(samples.shape[0], -1)
+        step = max(1, int(round(chunk_s * rate)))
+        out: list[Utterance] = []
+        for start in range(0, frames.shape[0], step):
+            out += self.feed(AudioChunk(frames[start:start + step], rate, t0 + start / rate))
+        return out + self.flush()
+
     def flush(self) -> list[Utterance]:
         """End of stream: drains the resampler and closes the utterance in progress."""
         out: list[Utterance] = []

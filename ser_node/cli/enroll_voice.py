@@ -20,7 +20,7 @@ import numpy as np
 def embeddings_of(paths: list[Path], model: str) -> tuple[np.ndarray, str]:
     from ..audio.decode import load_audio
     from ..audio.segmenter import Segmenter
-    from ..audio.stream import AudioChunk, StreamProcessor
+    from ..audio.stream import StreamProcessor
     from ..audio.vad import make_vad
     from ..inference.classifier import Classifier
     from ..inference.model_file import default_model_path
@@ -30,12 +30,7 @@ def embeddings_of(paths: list[Path], model: str) -> tuple[np.ndarray, str]:
         raise ValueError(f"{classifier.path}: not a voice-encoder model (no speaker embedding)")
     out = []
     for path in paths:
-        audio = load_audio(path)
-        stream = StreamProcessor(Segmenter(make_vad("webrtc")))
-        utterances = []
-        for start in range(0, audio.size, 320):  # 20 ms messages, as the node hears them
-            utterances += stream.feed(AudioChunk(audio[start:start + 320, None], 16000, start / 16000))
-        for utterance in utterances + stream.flush():
+        for utterance in StreamProcessor(Segmenter(make_vad("webrtc"))).feed_recording(load_audio(path)):
             out.append(classifier.infer(classifier.prepare([utterance.audio]))[0].speaker_embedding)
     if not out:
         raise ValueError("no speech found in the files given")
