@@ -22,7 +22,6 @@ RESPONSES = {  # by the mood's dominant expression; the robot's face mirrors it 
     "disgusted": "That didn't sound pleasant at all. Do you want to talk about it?",
 }
 DEFAULT_RESPONSE = "You don't sound quite yourself. Is everything all right?"
-ENGAGED_LEVELS = (3,)  # hri_msgs/EngagementLevel ENGAGED
 
 
 def make_behaviour_class() -> type:
@@ -31,6 +30,7 @@ def make_behaviour_class() -> type:
     from std_msgs.msg import String
 
     from .mood_listener import MoodListener
+    from .moods import ENGAGED
 
     class EmpathyBehaviour(Node):
         def __init__(self, **kwargs: Any) -> None:
@@ -69,7 +69,7 @@ def make_behaviour_class() -> type:
             for who, mood in states.items():
                 if persons:
                     self._follow_engagement(who)
-                engaged = not self.p("require_engagement") or self.engagement.get(who, 0) in ENGAGED_LEVELS
+                engaged = not self.p("require_engagement") or self.engagement.get(who, 0) == ENGAGED
                 negative = (mood.known and mood.valence < float(self.p("valence_threshold"))
                             and mood.confidence >= float(self.p("min_confidence")))
                 if not (negative and engaged):

@@ -19,15 +19,13 @@ import threading
 from typing import Any, Callable
 
 import numpy as np
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from ..inference.mood import MoodBook, MoodReading, MoodSettings
-from .hri_voices import TRACKED_SUB_QOS, id_problem
+from .hri_voices import TRACKED_PUB_QOS as LATCHED  # depth 1, reliable, transient-local: the last value latched
+from .hri_voices import TRACKED_SUB_QOS, VOICES_NS, id_problem
 
 PERSONS_NS = "/humans/persons"
-VOICES_NS = "/humans/voices"
-LATCHED = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+ENGAGED = 3  # hri_msgs/EngagementLevel.ENGAGED
 OWN_STREAM = ""  # the voice key of the node's own stream when voices are not told apart
 
 
@@ -103,6 +101,7 @@ class Moods:
                                          throttle_duration_sec=5.0)
 
     def _follow_persons(self, ids: list[str]) -> None:
+        from hri_msgs.msg import EngagementLevel
         from std_msgs.msg import String
 
         valid = [i for i in ids if not id_problem(i)]
@@ -111,8 +110,6 @@ class Moods:
         keep = [i for i in valid if i in self._person_subs][:limit]
         new = [i for i in valid if i not in self._person_subs][: max(0, limit - len(keep))]
         self.counts["persons_over_limit"] += len(valid) - len(keep) - len(new)
-        from hri_msgs.msg import EngagementLevel
-
         for person in [p for p in self._person_subs if p not in keep]:
             for sub in self._person_subs.pop(person):
                 self.node.destroy_subscription(sub)
@@ -145,7 +142,7 @@ class Moods:
     def engaged(self, voice_id: str) -> bool:
         """Whether `voice_id` is matched to a followed person whose engagement is ENGAGED (hri_msgs level 3)."""
         with self.lock:
-            return bool(voice_id) and any(v == voice_id and self.engagement.get(p) == 3
+            return bool(voice_id) and any(v == voice_id and self.engagement.get(p) == ENGAGED
                                           for p, v in self.person_voice.items())
 
     # ------------------------------------------------------------ results (worker thread)

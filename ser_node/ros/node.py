@@ -20,7 +20,6 @@ import os
 import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: BLAS threads would fight ONNX Runtime's
-import time
 from typing import Any
 
 import rclpy
@@ -85,7 +84,6 @@ class SerNode(LifecycleNode):
         self.intake = AudioIntake(self, self.variant, self.audio_class, self.info_class, self.worker.enqueue,
                                   self.listening.robot_speaking,
                                   lambda u, voice: self.listening.count("robot_speaking", u.start, u.end, voice))
-        self._started = time.monotonic()
         self._diag_timer = self.create_timer(float(self.p("diagnostics_period_s")), self._publish_diagnostics)
 
     # ------------------------------------------------------------ parameters
