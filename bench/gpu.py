@@ -120,9 +120,14 @@ def placement(model: Path, providers: list[str], feed: dict) -> dict:
 
 
 def voice_feed(classifier, waveform: np.ndarray) -> dict:
-    """The default model's inputs for one utterance (what Classifier.infer feeds the graph)."""
-    frames = classifier.prepare([waveform])[0]
-    return {"frames": np.ascontiguousarray(frames[None], np.float32),
+    """The default model's inputs for one whole utterance in one step from the initial state (what the node feeds
+    the graph when encode_while_speaking is off)."""
+    from ser_node.inference.voice_frontend import encoder_input
+    from ser_node.inference.voice_stream import EncoderState
+
+    state = EncoderState()
+    return {"frames": np.ascontiguousarray(encoder_input(waveform)[None], np.float32), "h": state.h, "c": state.c,
+            "sums": state.sums, "count": state.count,
             "speaker_offset": np.zeros((1, classifier.feature_size), np.float32)}
 
 
@@ -218,19 +223,20 @@ def pipeline_row(models: Path, speech: list[np.ndarray], device: str) -> dict:
     from ser_node.audio.stream import AudioChunk, StreamProcessor
     from ser_node.audio.vad import make_vad
     from ser_node.inference.classifier import Classifier
+    from ser_node.inference.voice_stream import UtteranceEncoder
     from ser_node.inference.voices import VoiceNormaliser, VoiceSettings
 
     classifier = Classifier(models / "ser_default.onnx", device=device, threads=2)
     normaliser = VoiceNormaliser(VoiceSettings(**classifier.adapter_settings))
     gap = np.zeros(16000, np.float32)
     stream = np.concatenate([x for w in speech for x in (w, gap)])
-    processor = StreamProcessor(Segmenter(make_vad("silero")))
+    # The encoder steps while the utterance is spoken, as in the node (inference/voice_stream.py).
+    processor = StreamProcessor(Segmenter(make_vad("silero"), listener=UtteranceEncoder(lambda: classifier)))
     latencies, cpu0, wall0 = [], time.process_time(), time.perf_counter()
     for start in range(0, stream.size, 320):
+        began = time.perf_counter()  # the deciding chunk's own work (the encoder's last frames) counts
         for utterance in processor.feed(AudioChunk(stream[start : start + 320, None], 16000, start / 16000)):
-            began = time.perf_counter()
-            frames = classifier.prepare([utterance.audio])[0]
-            normaliser.judge(classifier, frames, utterance.start, utterance.end)
+            normaliser.judge(classifier, utterance.encoded, utterance.start, utterance.end)
             latencies.append(time.perf_counter() - began)
     cpu_s = time.process_time() - cpu0
     return {"used": classifier.providers[0], "utterances": len(latencies),

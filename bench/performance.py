@@ -47,6 +47,7 @@ from ser_node.audio.decode import load_audio  # noqa: E402
 from ser_node.train.corpora import load_emomatch  # noqa: E402
 
 THREADS = 2
+SHORT_S, LONG_S = 3.0, 5.0  # utterance lengths (s) of the short and long latency rows
 
 
 def timed(fn, repeat: int = 20, warmup: int = 3) -> list[float]:
@@ -496,7 +497,7 @@ def end_to_end(targets: list[tuple], waveforms: list[np.ndarray], idle_s: float,
             spin(0.5)
             results[node.label] = {"idle": {"cpu_percent_of_one_core": (_proc_cpu_seconds(node.process.pid) - cpu0)
                                             / (time.monotonic() - wall0) * 100}}
-        print(f"  idle: " + ", ".join(f"{n.label} {results[n.label]['idle']['cpu_percent_of_one_core']:.1f} %"
+        print("  idle: " + ", ".join(f"{n.label} {results[n.label]['idle']['cpu_percent_of_one_core']:.1f} %"
                                       for n in nodes), flush=True)
         profiler = start_profiler(nodes[0].process.pid, profile) if profile else None
         clip = 0
@@ -525,7 +526,8 @@ def end_to_end(targets: list[tuple], waveforms: list[np.ndarray], idle_s: float,
                 # the publication time of the message that carried it.
                 for (start, index), end in zip(sorted(decided.items()), sorted(ends)):
                     end_message = min(int(end / 0.02), len(sent_at) - 1)
-                    node.sent.append((round(node.stream_time + start, 4), sent_at[end_message], sent_at[index]))
+                    node.sent.append((round(node.stream_time + start, 4), sent_at[end_message], sent_at[index],
+                                      end - start))
                 spin(0.3)
                 node.cpu_s += _proc_cpu_seconds(node.process.pid) - cpu0
                 node.audio_s += stream.size / 16000
@@ -538,18 +540,22 @@ def end_to_end(targets: list[tuple], waveforms: list[np.ndarray], idle_s: float,
             profiler.wait(timeout=30)
         spin(3.0)  # the last results and one more diagnostics period
         for node in nodes:
-            from_end, from_decision = [], []
-            for start, end_wall, decision_wall in node.sent:
+            from_end, from_decision, by_length = [], [], {"short": [], "long": []}
+            for start, end_wall, decision_wall, duration in node.sent:
                 arrival = node.arrivals.get(start)
                 if arrival is None:  # stamps are the segmenter's starts; allow for rounding at the 4th decimal
                     arrival = next((a for s, a in node.arrivals.items() if abs(s - start) < 0.05), None)
                 if arrival is not None:
                     from_end.append(arrival - end_wall)
                     from_decision.append(arrival - decision_wall)
+                    if duration < SHORT_S or duration >= LONG_S:
+                        by_length["short" if duration < SHORT_S else "long"].append(arrival - decision_wall)
             stages = {k.removeprefix("stage_ms_"): float(v) for k, v in node.diagnostics.items()
                       if k.startswith("stage_ms_")}
             results[node.label].update({
                 "latency_from_utterance_end_ms": ms(from_end), "latency_from_decision_ms": ms_ci(from_decision),
+                **{f"latency_from_decision_ms_{k}": ms_ci(v) for k, v in by_length.items() if len(v) >= 5},
+                "utterances_by_length": {k: len(v) for k, v in by_length.items()},
                 "utterances": {"sent": len(node.sent), "received": len(from_decision)},
                 "speech": {"cpu_ms_per_audio_s": node.cpu_s / max(node.audio_s, 1e-9) * 1000,
                            "rss_mb": _proc_rss_mb(node.process.pid)},
@@ -574,12 +580,14 @@ VOICE_GOALS = {"decision_to_arrival_p95_ms": 30.0, "speech_cpu_percent_of_one_co
 
 
 def voice_inference(waveforms: list[np.ndarray]) -> dict:
-    """Per utterance, in this process: the numpy front end and the ONNX graph (1 and 2 threads) against the same
-    encoder in torch (the reference run in the same process), per second of audio."""
+    """Per second of audio, in this process: the front end and the graph on whole utterances (1 and 2 threads),
+    the same encoder in torch (the reference run in the same process), the streaming path (20 ms pushes, as the
+    node steps while people speak) and how many voices one core encodes at once in real time."""
     import torch
 
     from ser_node.inference.classifier import Classifier
     from ser_node.inference.voice_frontend import encoder_input
+    from ser_node.inference.voice_stream import EncoderState
     from ser_node.train.voice_encoder import GE2EEncoder, pool
 
     audio_s = sum(w.size for w in waveforms) / 16000
@@ -591,9 +599,11 @@ def voice_inference(waveforms: list[np.ndarray]) -> dict:
     for threads in (1, 2):
         classifier = Classifier(ROOT / "models" / "ser_default.onnx", threads=threads)
         zero = np.zeros(classifier.feature_size, np.float32)
-        classifier.infer(frames[:3], [zero] * 3)  # warm-up
+        for f in frames[:3]:  # warm-up
+            classifier.step(EncoderState(), f)
         began = time.perf_counter()
-        classifier.infer(frames, [zero] * len(frames))
+        for f in frames:  # the whole utterance in one step from the initial state, then the heads
+            classifier.infer([classifier.step(EncoderState(), f)], [zero])
         out[f"onnxruntime_{threads}_threads_ms_per_audio_s"] = (time.perf_counter() - began) / audio_s * 1000
     torch.set_num_threads(1)
     encoder = GE2EEncoder.pretrained()
@@ -606,35 +616,90 @@ def voice_inference(waveforms: list[np.ndarray]) -> dict:
     out["torch_encoder_1_thread_ms_per_audio_s"] = (time.perf_counter() - began) / audio_s * 1000
     out["ratio_onnxruntime_to_torch_1_thread"] = (out["onnxruntime_1_threads_ms_per_audio_s"]
                                                   / out["torch_encoder_1_thread_ms_per_audio_s"])
+    out["voices_at_once"] = voices_per_core(Classifier(ROOT / "models" / "ser_default.onnx", threads=1), waveforms)
+    return out
+
+
+def voices_per_core(classifier, waveforms: list[np.ndarray], counts: tuple[int, ...] = (1, 2, 4, 8)) -> list[dict]:
+    """N voices speaking at once, each its own VoiceStream, fed 20 ms in turn on one thread (ONNX Runtime on one
+    thread): this thread's CPU time per second of audio of each voice (front end, steps, the end of each
+    utterance and its heads), and the voices one core sustains in real time (1000 ms / that)."""
+    from ser_node.inference.voice_stream import VoiceStream
+
+    rows = []
+    for n in counts:
+        voices = [list(waveforms[i::n]) for i in range(n)]
+        streams = [VoiceStream(classifier) for _ in range(n)]
+        offset = np.zeros((1, classifier.feature_size), np.float32)
+        queues = [np.concatenate(v) if v else np.zeros(0, np.float32) for v in voices]
+        bounds = [np.cumsum([w.size for w in v]) for v in voices]
+        length = min(q.size for q in queues)
+        cpu0 = time.thread_time()
+        for start in range(0, length, 320):
+            for k in range(n):
+                stream = streams[k]
+                stream.push(queues[k][start:start + 320])
+                if np.any((bounds[k] > start) & (bounds[k] <= start + 320)):  # an utterance ends in this chunk
+                    classifier.infer_candidates(stream.finish(), offset)
+                    streams[k] = VoiceStream(classifier)
+        cpu = time.thread_time() - cpu0
+        per_voice_ms = cpu / (length / 16000) / n * 1000
+        rows.append({"voices": n, "cpu_ms_per_audio_s_per_voice": per_voice_ms,
+                     "voices_per_core": 1000.0 / per_voice_ms})
+        print(f"  {n} voice(s) at once: {per_voice_ms:.1f} ms CPU per second of each voice's audio "
+              f"-> {1000.0 / per_voice_ms:.0f} voices per core", flush=True)
+    return rows
+
+
+def voice_waveforms(waveforms: list[np.ndarray]) -> list[np.ndarray]:
+    """Short and long utterances alternating: each clip alone (2-4 s), then with the next clip after a 0.15 s
+    pause (under min_silence_s, so one utterance of 5-8 s)."""
+    out = []
+    for i, clip in enumerate(waveforms):
+        out.append(clip)
+        following = waveforms[(i + 1) % len(waveforms)]
+        out.append(np.concatenate([clip, np.zeros(2400, np.float32), following]))
     return out
 
 
 def run_voice(args: argparse.Namespace, waveforms: list[np.ndarray], results: dict) -> int:
     from ser_node.train.reports import format_table
 
+    waveforms = voice_waveforms(waveforms)
     print("voice model inference (in process)", flush=True)
     results["inference"] = voice_inference(waveforms)
     print(json.dumps(results["inference"], indent=1), flush=True)
     count = args.utterances or 100
-    targets = [("voice default (normalisation on)", ROOT / "models" / "ser_default.onnx", {}, count),
-               ("DS-AM fp32 (previous default)", ROOT / "models" / "ser_ds_am.onnx",
-                {"speaker_adaptation": "false"}, count)]
-    if args.compare_code:  # before/after a code change: the same default model served by another checkout's node
-        targets.insert(1, (f"voice default, code of {args.compare_code.name}", ROOT / "models" / "ser_default.onnx",
-                           {}, count, args.compare_code.resolve()))
+    default = ROOT / "models" / "ser_default.onnx"
+    targets = [("voice default (normalisation on)", default, {}, count),
+               ("voice default, encode_while_speaking=false", default, {"encode_while_speaking": "false"}, count)]
+    if args.compare_code:  # before/after a code change: another checkout's node with that checkout's own model
+        targets.insert(1, (f"voice default, code and model of {args.compare_code.name}",
+                           args.compare_code.resolve() / "models" / "ser_default.onnx", {}, count,
+                           args.compare_code.resolve()))
+    else:
+        targets.append(("DS-AM fp32 (previous default)", ROOT / "models" / "ser_ds_am.onnx",
+                        {"speaker_adaptation": "false"}, count))
     results["goal"] = dict(VOICE_GOALS)
     print(f"end to end, interleaved: {', '.join(t[0] for t in targets)}", flush=True)
     results["end_to_end"] = end_to_end(targets, waveforms, idle_s=10.0)
     rows = []
+
+    def p95(e2e: dict, key: str) -> str:
+        d = e2e.get(key)
+        return f"{d['p95']:.1f} [{d['p95_low']:.1f}, {d['p95_high']:.1f}]" if d else "-"
+
     for label, e2e in results["end_to_end"].items():
         dec = e2e["latency_from_decision_ms"]
         cpu_percent = e2e["speech"]["cpu_ms_per_audio_s"] / 10.0
         rows.append({"row": label, "utterances": f"{e2e['utterances']['received']}/{e2e['utterances']['sent']}",
                      "decision->arrival p50 ms [95% CI]": f"{dec['p50']:.1f} [{dec['p50_low']:.1f}, "
                                                           f"{dec['p50_high']:.1f}]",
-                     "p95 ms [95% CI]": f"{dec['p95']:.1f} [{dec['p95_low']:.1f}, {dec['p95_high']:.1f}]",
+                     "p95 ms [95% CI]": p95(e2e, "latency_from_decision_ms"),
+                     f"p95 < {SHORT_S:.0f} s utterances": p95(e2e, "latency_from_decision_ms_short"),
+                     f"p95 >= {LONG_S:.0f} s utterances": p95(e2e, "latency_from_decision_ms_long"),
                      "CPU ms per s of speech": f"{e2e['speech']['cpu_ms_per_audio_s']:.0f}",
-                     "= % of one core": f"{cpu_percent:.1f}", "idle CPU %": f"{e2e['idle']['cpu_percent_of_one_core']:.1f}",
+                     "idle CPU %": f"{e2e['idle']['cpu_percent_of_one_core']:.1f}",
                      "RSS MB": f"{e2e['speech']['rss_mb']:.0f}",
                      **{f"{stage} p50/p95 ms": (f"{e2e['stages_ms'].get(f'{stage}_p50', float('nan')):.1f} / "
                                                  f"{e2e['stages_ms'].get(f'{stage}_p95', float('nan')):.1f}")
@@ -642,20 +707,33 @@ def run_voice(args: argparse.Namespace, waveforms: list[np.ndarray], results: di
         print(f"  {label}: p95 {dec['p95']:.1f} ms [{dec['p95_low']:.1f}, {dec['p95_high']:.1f}] "
               f"(goal {VOICE_GOALS['decision_to_arrival_p95_ms']:.0f}), CPU {cpu_percent:.1f} % of one core "
               f"while speech streams (goal {VOICE_GOALS['speech_cpu_percent_of_one_core']:.0f})", flush=True)
+    ratio_lines = []
+    if args.compare_code:
+        new, old = (results["end_to_end"][targets[i][0]]["latency_from_decision_ms"]["p95"] for i in (0, 1))
+        cpu_new, cpu_old = (results["end_to_end"][targets[i][0]]["speech"]["cpu_ms_per_audio_s"] for i in (0, 1))
+        results["ratios"] = {"decision_to_arrival_p95": new / old, "cpu_per_speech_s": cpu_new / cpu_old}
+        ratio_lines.append(f"This code against {args.compare_code.name}'s, same run: decision->arrival p95 x"
+                           f"{new / old:.2f}, CPU per second of speech x{cpu_new / cpu_old:.2f}.\n\n")
     inference = results["inference"]
+    voices = "; ".join(f"{r['voices']} at once: {r['cpu_ms_per_audio_s_per_voice']:.1f} ms per voice-second "
+                       f"= {r['voices_per_core']:.0f} voices per core" for r in inference["voices_at_once"])
     text = (f"# The voice-encoder default in the node ({results['date']}, {results['machine']['cpu']}, "
-            f"{results['machine']['cores']} cores)\n\n`.venv/bin/python bench/performance.py --voice`: one ser_node "
+            f"{results['machine']['cores']} cores)\n\n`.venv/bin/python bench/performance.py --voice"
+            f"{' --compare-code ' + str(args.compare_code.name) if args.compare_code else ''}`: one ser_node "
             f"process per row, interleaved blocks of 10 utterances (real time near each utterance end, 8x "
-            f"elsewhere), {count} utterances per row. CPU ms per second of speech: the node process's CPU time "
-            "over the audio it was fed during the speech phase.\n\n" + format_table(rows, list(rows[0]))
+            f"elsewhere), {count} utterances per row, short (one clip, 2-4 s) and long (two clips 0.15 s apart, "
+            f"5-8 s) alternating. CPU ms per second of speech: the node process's CPU time over the audio it was "
+            "fed during the speech phase.\n\n" + format_table(rows, list(rows[0]))
             + f"\n\nGoals: decision->arrival p95 <= {VOICE_GOALS['decision_to_arrival_p95_ms']:.0f} ms, the node "
             f"<= {VOICE_GOALS['speech_cpu_percent_of_one_core']:.0f} % of one core during continuous speech.\n\n"
+            + "".join(ratio_lines) +
             f"In this process, per second of audio over {inference['utterances']} utterances: front end "
             f"{inference['front_end_ms_per_audio_s']:.1f} ms (numpy, WebRTC VAD trimming), ONNX graph "
             f"{inference['onnxruntime_1_threads_ms_per_audio_s']:.1f} ms on 1 thread / "
             f"{inference['onnxruntime_2_threads_ms_per_audio_s']:.1f} ms on 2, the same encoder in torch "
             f"{inference['torch_encoder_1_thread_ms_per_audio_s']:.1f} ms on 1 thread "
-            f"(ratio {inference['ratio_onnxruntime_to_torch_1_thread']:.2f}).\n")
+            f"(ratio {inference['ratio_onnxruntime_to_torch_1_thread']:.2f}). Voices encoded while they speak, "
+            f"on one thread (20 ms pushes, front end + steps + heads): {voices}.\n")
     (args.out / "performance_voice.json").write_text(json.dumps(results, indent=1))
     (args.out / "performance_voice.md").write_text(text)
     print(text)

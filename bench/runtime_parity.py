@@ -1,7 +1,8 @@
 """The robot's path without ROS, on what a robot installs: decode, segment, classify; compared across platforms.
 
 Runs the demo audio through StreamProcessor -> Segmenter (Silero and WebRTC) -> Classifier for every shipped model
-(plain heads, and the node's default per-voice normalisation for the voice model) and writes the utterance
+(plain heads, and the node's default per-voice normalisation for the voice model, and its encoder stepped while
+the audio streams in, as the node runs it) and writes the utterance
 boundaries and probabilities as JSON. With --compare it checks them against a reference run (the pinned development
 set on x86-64) and exits 1 when a boundary moves or a probability differs by more than --tolerance.
 
@@ -61,6 +62,7 @@ def run(audio_path: Path, models_dir: Path) -> dict:
     from ser_node.audio.stream import StreamProcessor
     from ser_node.audio.vad import make_vad
     from ser_node.inference.classifier import Classifier, classify_in_order
+    from ser_node.inference.voice_stream import UtteranceEncoder
     from ser_node.inference.voices import VoiceSettings
 
     # Three plays, a second apart: enough utterances for per-voice normalisation to start (its warm-up is 5).
@@ -77,6 +79,12 @@ def run(audio_path: Path, models_dir: Path) -> dict:
             if classifier.is_voice_model:  # the node's default: per-voice normalisation
                 entry["models"][name + "+voices"] = classify_in_order(classifier, timed,
                                                                       voices=VoiceSettings()).tolist()
+                # and the node's live path: the encoder stepped while each utterance streams in
+                listener = UtteranceEncoder(lambda classifier=classifier: classifier)
+                streamed = StreamProcessor(Segmenter(make_vad(backend), listener=listener)).feed_recording(
+                    audio, 16000, CHUNK_S)
+                entry["models"][name + "+streamed"] = [classifier.infer([u.encoded])[0].probabilities.tolist()
+                                                       for u in streamed]
         result["vads"][backend] = entry
     return result
 

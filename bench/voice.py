@@ -13,6 +13,9 @@ Parts (--parts, default all):
   skew        real speakers are mostly neutral: each test clip centred by 20 other clips of its speaker drawn
               with 1/7 (balanced), 50 % and 70 % neutral; the shipped recipe, the recipe trained on such skewed
               histories (history_neutral_share) and ComParE + SVM.
+  frontend    the causal front end (what the node computes while people speak) against the wheel's
+              whole-utterance one it replaced: the shipped recipe and uem-es only, same folds, plain and normalised
+              (front end 1's features come from the cache its package version filled).
   loco        leave one corpus out (train on three corpora, test on the fourth on its own labels), plain and
               normalised, the shipped recipe and ComParE + SVM (C 1e-4, as bench/accuracy.py --methods loco).
   robustness  room RT60 0.6 s at 2 m and robot noise at 10 dB (ser_node/train/acoustics.py, the robustness bench's
@@ -241,6 +244,50 @@ def run_loso(work: Path) -> dict:
                         "the first 5 unnormalised; ComParE + SVM with C from (1e-5 .. 1e-2) by 4-fold "
                         "speaker-grouped inner CV, plain and trained on speaker-centred features",
             "recipe": recipe.to_mapping(), "rows": rows}
+
+
+def run_frontend(work: Path, before: int = 1) -> dict:
+    """The front end the model reads, before and after it became causal (voice_frontend.StreamingFrontEnd): the
+    same LOSO folds, orders and recipes on features of front end `before` (read from the cache that version of the
+    package filled: run its bench/voice.py or ser_train_voice first) and of this version's."""
+    from ser_node.inference.voice_frontend import FRONTEND_VERSION
+
+    recipe = shipped_recipe()
+    systems = {name: value for name, value in variants(recipe).items()
+               if name in (SHIPPED, "encoder, uem-es only, no augmentation")}
+    records = Records()
+    for version in (before, FRONTEND_VERSION):
+        data = load_voice_data(recipe, frontend_version=version)
+        target = data.subset(data.corpora == data.target)
+        copies = {name: augmented_copies(data, r, frontend_version=version) for name, (r, _) in systems.items()}
+        for t in sorted(set(target.speakers)):
+            test = np.where(target.speakers == t)[0]
+            heads = {name: fold_heads(data, r, t, pooled, copies[name]) for name, (r, pooled) in systems.items()}
+            for order in speaker_orders(len(test), t):
+                rows = test[order]
+                for name, h in heads.items():
+                    z = h.standardise(target.features[rows])
+                    for mode, normalise in (("plain", False), ("normalised", True)):
+                        records.add(f"{name}, front end {version} | {mode}", t, target.labels[rows],
+                                    predict_in_order(h, z, recipe, normalise=normalise))
+        print(f"front end {version} done", flush=True)
+    rows = {name: records.summary(name) for name in records.rows}
+    for name, row in rows.items():
+        system, regime = name.split(" | ")
+        reference = f"{system.replace(f'front end {FRONTEND_VERSION}', f'front end {before}')} | {regime}"
+        row["vs_before"] = paired(row["per_speaker"], rows[reference]["per_speaker"])
+    table = [{"row": name, "UA mean ± sd": f"{row['ua_mean']:.3f} ± {row['ua_std']:.3f}",
+              "vs front end 1": (f"{row['vs_before']['difference']:+.3f} ({row['vs_before']['wins']}/12 better, "
+                                 f"p {row['vs_before']['wilcoxon_p']:.2f})")
+              if name.split(" | ")[0].endswith(f"front end {FRONTEND_VERSION}") else ""}
+             for name, row in rows.items()]
+    print(format_table(table, list(table[0])), flush=True)
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "before": before, "after": FRONTEND_VERSION,
+            "protocol": "LOSO over the 12 speakers of uem-es, the loso part's folds, orders and normalisation; "
+                        f"front end {before}: the wheel's whole-utterance gain and trimming; front end "
+                        f"{FRONTEND_VERSION}: causal (gain from the level heard so far, trimming with 210 ms "
+                        "look-ahead), what the node computes while people speak",
+            "rows": rows}
 
 
 def run_skew(work: Path, history: int = 20) -> dict:
@@ -602,7 +649,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
     args = parser.parse_args()
     path = args.out / "voice.json"
-    runners = {"loso": run_loso, "skew": run_skew, "loco": run_loco, "robustness": run_robustness,
+    runners = {"loso": run_loso, "frontend": run_frontend, "skew": run_skew, "loco": run_loco, "robustness": run_robustness,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

@@ -96,3 +96,20 @@ def voice_model(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     heads = fit_heads(load_voice_data(recipe, progress=False), recipe)
     path = export_voice_model(heads, recipe, out / "voice.onnx", {"protocol": "test"}, model_id="test-voice")
     return {"path": path, "heads": heads, "recipe": recipe, "cache": out / "cache"}
+
+
+def voice_graph_by_hand(session, audio: np.ndarray, offsets: np.ndarray,
+                        names: tuple[str, ...] = ("probabilities", "probabilities_plain", "features",
+                                                  "speaker_embedding")) -> list[np.ndarray]:
+    """The voice model's graph run directly on ONNX Runtime, without the package's stepping code: the causal front
+    end's frames of the whole utterance in one step from the zero state, then the heads on the state it returns
+    (one dummy frame, as the graph's contract says)."""
+    from ser_node.inference.voice_frontend import encoder_input
+
+    frames = encoder_input(audio)[None].astype(np.float32)
+    zero = {"h": np.zeros((3, 1, 256), np.float32), "c": np.zeros((3, 1, 256), np.float32),
+            "sums": np.zeros((2, 768)), "count": np.zeros(1), "speaker_offset": offsets[:1].astype(np.float32)}
+    h, c, sums, count = session.run(["h_next", "c_next", "sums_next", "count_next"], {"frames": frames, **zero})
+    assert count[0] == frames.shape[1]
+    return session.run(list(names), {"frames": np.zeros((1, 1, 40), np.float32), "h": h, "c": c, "sums": sums,
+                                     "count": count, "speaker_offset": offsets.astype(np.float32)})

@@ -79,6 +79,6 @@ def test_the_node_loads_the_shipped_model_by_default():
     try:
         classifier = harness.node.classifier
         assert classifier.path.name == "ser_default.onnx" and classifier.is_voice_model
-        assert classifier.model_id == "ser-default-ge2e-heads-v0.2"
+        assert classifier.model_id == "ser-default-ge2e-heads-v0.3"
     finally:
         harness.close()

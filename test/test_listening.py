@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
 
-from conftest import child_env  # noqa: E402
+from conftest import child_env, voice_graph_by_hand  # noqa: E402
 from ros_harness import Harness, speech_stream, typed_chunks  # noqa: E402
 from test_hri_voices import Upstream, follow_harness, wait_until  # noqa: E402
 
@@ -85,7 +85,6 @@ def test_the_enrolled_robot_voice_is_dropped_and_nobody_else(voice_model, corpus
     import onnxruntime as ort
 
     from ser_node.audio.decode import load_audio
-    from ser_node.inference.voice_frontend import encoder_input
 
     enrol = [corpus_dir / "s11" / f"{n}.flac" for n in ("Neutro_01", "Neutro_02", "Alegria_01")]
     path = tmp_path / "self.npz"
@@ -94,11 +93,9 @@ def test_the_enrolled_robot_voice_is_dropped_and_nobody_else(voice_model, corpus
                           timeout=120)
     assert done.returncode == 0 and "3 utterance(s)" in done.stdout, done.stderr
     session = ort.InferenceSession(str(voice_model["path"]), providers=["CPUExecutionProvider"])
-    size = session.get_inputs()[1].shape[1]
 
     def embedding(audio: np.ndarray) -> np.ndarray:
-        out = session.run(["speaker_embedding"], {"frames": encoder_input(audio)[None].astype(np.float32),
-                                                  "speaker_offset": np.zeros((1, size), np.float32)})[0][0]
+        out = voice_graph_by_hand(session, audio, np.zeros((1, 1536)), ("speaker_embedding",))[0][0]
         return out / np.linalg.norm(out)
 
     enrolled = np.array([embedding(load_audio(p)) for p in enrol])

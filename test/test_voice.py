@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import voice_graph_by_hand
 
 from ser_node.audio.decode import load_audio
 
@@ -85,27 +86,49 @@ def test_weights_are_the_pinned_file():
 
 
 def test_export_matches_torch_on_real_clips(voice_model, clips_of_every_speaker):
-    """ONNX Runtime against the torch model on 12 real clips of different lengths, with and without an offset."""
+    """The exported graph, stepped through each of 12 real clips in random chunks (as the node steps it while
+    people speak), against the torch encoder run over the whole clip's frames at once, pooled and judged by the
+    torch heads: features, both heads with and without an offset, and the speaker embedding."""
     import onnxruntime as ort
 
     from ser_node.inference.voice_frontend import encoder_input
+    from ser_node.train.voice_encoder import pool
     from ser_node.train.voice_recipe import build_torch_model
 
     model = build_torch_model(voice_model["heads"])
     session = ort.InferenceSession(str(voice_model["path"]), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
+    zeros = np.zeros((1, model.mean.numel()), np.float32)
     for wav in clips_of_every_speaker:
         frames = encoder_input(wav)[None]
+        state = [np.zeros((3, 1, 256), np.float32), np.zeros((3, 1, 256), np.float32), np.zeros((2, 768)),
+                 np.zeros(1)]
+        cuts = np.sort(rng.choice(np.arange(1, frames.shape[1]), size=min(8, frames.shape[1] - 1), replace=False))
+        for chunk in np.split(frames, cuts, axis=1):
+            state = session.run(["h_next", "c_next", "sums_next", "count_next"],
+                                dict(zip(("frames", "h", "c", "sums", "count", "speaker_offset"),
+                                         [chunk, *state, zeros])))
+        assert state[3][0] == frames.shape[1]
         offset = (0.3 * rng.standard_normal((1, model.mean.numel()))).astype(np.float32)
-        got = session.run(None, {"frames": frames, "speaker_offset": offset})
         with torch.no_grad():
-            expected = model(torch.from_numpy(frames), torch.from_numpy(offset))
+            states = model.encoder(torch.from_numpy(frames))
+            features = (pool(states, model.layer_ids) - model.mean) / model.scale
+            expected = [torch.softmax(model.normalised_head(features - torch.from_numpy(offset)), dim=1),
+                        torch.softmax(model.plain_head(features), dim=1), features,
+                        model.encoder.speaker_embedding(states[-1])]
+
+        def heads(offsets: np.ndarray) -> list[np.ndarray]:
+            return session.run(["probabilities", "probabilities_plain", "features", "speaker_embedding"],
+                               dict(zip(("frames", "h", "c", "sums", "count", "speaker_offset"),
+                                        [np.zeros((1, 1, 40), np.float32), *state, offsets])))
+
+        got = heads(offset)
         for g, e in zip(got, expected):
             np.testing.assert_allclose(g, e.numpy(), atol=1e-4, rtol=1e-4)
-        moved = session.run(None, {"frames": frames, "speaker_offset": offset + 1.0})
+        moved = heads(offset + 1.0)
         np.testing.assert_allclose(moved[1], got[1], atol=1e-6)  # the plain head ignores the offset
         assert np.abs(np.log(moved[0]) - np.log(got[0])).max() > 1e-2  # the normalised head reads it
-        both = session.run(None, {"frames": frames, "speaker_offset": np.concatenate([offset, offset + 1.0])})
+        both = heads(np.concatenate([offset, offset + 1.0]))
         assert both[0].shape == (2, 7)  # one row per candidate offset, in one run
         np.testing.assert_allclose(both[0], np.concatenate([got[0], moved[0]]), atol=1e-5)
 
@@ -237,20 +260,15 @@ def expected_by_hand(model_path, utterances, warmup: int, history: int, shrinkag
     scores, whether each was normalised, and each utterance's voice index."""
     import onnxruntime as ort
 
-    from ser_node.inference.voice_frontend import encoder_input
-
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    size = session.get_inputs()[1].shape[1]
+    size = session.get_inputs()[-1].shape[1]
     sums: list[np.ndarray] = []
     past: list[list[np.ndarray]] = []
     out: dict[str, list] = {"expected": [], "plain": [], "normalised": [], "voice": []}
     last, last_end = None, -np.inf
     for start, audio in utterances:
-        frames = encoder_input(audio)[None].astype(np.float32)
-
-        def run(offset):
-            return session.run(["probabilities", "probabilities_plain", "features", "speaker_embedding"],
-                               {"frames": frames, "speaker_offset": offset[None].astype(np.float32)})
+        def run(offset, audio=audio):
+            return voice_graph_by_hand(session, audio, offset[None])
 
         _n, plain, features, embedding = run(np.zeros(size))
         unit = embedding[0] / np.linalg.norm(embedding[0])

@@ -10,12 +10,17 @@ Each utterance carries a quality estimate: its SNR against the noise floor (the 
 the VAD called non-speech; it outlives gaps, since it belongs to the room, not the stream) and the share of its
 samples at full scale. With `min_snr_db`, utterances not that far above the floor are dropped (counted): a robot's
 steady fan noise that fooled the VAD sits near 0 dB. See bench/robustness.py for what each threshold costs.
+
+A `listener` hears the utterance in progress while it is spoken, so work can start before its end (the voice
+encoder, inference/voice_stream.py): `begin()`, then `audio(samples)` with every sample that is sure to belong to
+the utterance (all of it except trailing silence that may still be cut), then `end(utterance)` with the utterance
+as emitted (the same samples, in order) or `end(None)` when it was dropped.
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -30,6 +35,14 @@ class FrameVad(Protocol):
     def __call__(self, frame: np.ndarray) -> float: ...
 
     def reset(self) -> None: ...
+
+
+class UtteranceListener(Protocol):
+    def begin(self) -> None: ...
+
+    def audio(self, samples: np.ndarray) -> None: ...
+
+    def end(self, utterance: "Utterance | None") -> None: ...
 
 
 @dataclass
@@ -60,6 +73,7 @@ class Utterance:
     reason: str  # silence | max_length | gap | flush
     snr_db: float | None = None  # voiced power over the noise floor; None until a floor is known
     clipped_ratio: float = 0.0  # share of samples at full scale (|x| >= 0.999)
+    encoded: Any = None  # what the segmenter's listener computed while the utterance was spoken
 
     @property
     def duration(self) -> float:
@@ -79,8 +93,10 @@ class Segmenter:
     """Feed audio with `push(samples, start_time)`; completed utterances come back from each call."""
 
     def __init__(self, vad: FrameVad, config: SegmenterConfig | None = None,
-                 on_speaking: Callable[[bool, float], None] | None = None) -> None:
+                 on_speaking: Callable[[bool, float], None] | None = None,
+                 listener: UtteranceListener | None = None) -> None:
         self.vad = vad
+        self.listener = listener
         self.config = config or SegmenterConfig()
         self.config.validate()
         self.on_speaking = on_speaking
@@ -94,12 +110,16 @@ class Segmenter:
     # -- state
     def reset(self) -> None:
         """Forgets everything in flight (used after a gap or a format change)."""
+        if getattr(self, "_speaking", False) and self.listener is not None:
+            self.listener.end(None)
         self.vad.reset()
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_time: float | None = None  # source time of _pending[0]
         pre_frames = int(np.ceil(self.config.pre_roll_s * SAMPLE_RATE / self.frame))
         self._history: deque[np.ndarray] = deque(maxlen=pre_frames)  # maxlen 0 keeps nothing
         self._speech: list[np.ndarray] = []
+        self._speech_samples = 0  # sum of the sizes in _speech
+        self._released = 0  # samples of _speech handed to the listener
         self._speech_start = 0.0
         self._voiced_samples = 0  # samples of frames at or above the negative threshold in this utterance
         self._voiced_energy = 0.0  # their summed squares
@@ -158,20 +178,23 @@ class Segmenter:
                 self._speaking = True
                 self._continuation = False
                 self._speech = list(self._history)
-                self._speech_start = time - sum(f.size for f in self._speech) / SAMPLE_RATE
+                self._speech_samples = sum(f.size for f in self._speech)
+                self._speech_start = time - self._speech_samples / SAMPLE_RATE
                 self._voiced_samples = 0
                 self._voiced_energy = 0.0
                 self._silence_samples = 0
-                self._speech.append(frame.copy())
+                self._begin()
+                self._append(frame)
                 self._voiced_samples += frame.size
                 self._voiced_energy += power * frame.size
                 self._history.clear()
                 self._notify(True, self._speech_start)
+                self._release(self._speech_samples)
             else:
                 self._history.append(frame.copy())
             return None
 
-        self._speech.append(frame.copy())
+        self._append(frame)
         if probability >= cfg.negative_threshold:
             self._voiced_samples += frame.size
             self._voiced_energy += power * frame.size
@@ -180,16 +203,51 @@ class Segmenter:
             self._silence_samples += frame.size
         if self._silence_samples >= cfg.min_silence_s * SAMPLE_RATE:
             return self._finish("silence", keep_trailing=False)
-        if sum(f.size for f in self._speech) >= cfg.max_utterance_s * SAMPLE_RATE:
+        if self._speech_samples >= cfg.max_utterance_s * SAMPLE_RATE:
             return self._cut_at_max_length()
+        # Trailing silence beyond the post-roll may still be cut off: it waits until speech resumes.
+        self._release(self._speech_samples - max(0, self._silence_samples - int(cfg.post_roll_s * SAMPLE_RATE)))
         return None
+
+    def _append(self, frame: np.ndarray) -> None:
+        self._speech.append(frame.copy())
+        self._speech_samples += frame.size
+
+    def _begin(self) -> None:
+        self._released = 0
+        if self.listener is not None:
+            self.listener.begin()
+
+    def _release(self, upto: int) -> None:
+        """Hands the listener samples [_released, upto) of the utterance in progress (a few frames at the end)."""
+        if self.listener is None or upto <= self._released:
+            return
+        pieces, end = [], self._speech_samples
+        for frame in reversed(self._speech):
+            if end <= self._released:
+                break
+            start = end - frame.size
+            low, high = max(start, self._released) - start, min(end, upto) - start
+            if high > low:
+                pieces.append(frame[low:high])
+            end = start
+        self._released = upto
+        self.listener.audio(np.concatenate(pieces[::-1]))
+
+    def _end(self, utterance: Utterance | None) -> Utterance | None:
+        if self.listener is not None:
+            self.listener.end(utterance)
+        return utterance
 
     def _cut_at_max_length(self) -> Utterance | None:
         """Emits what was heard so far and goes on listening in the same speech turn."""
         audio = np.concatenate(self._speech)
         start = self._speech_start
-        utterance = self._judge(Utterance(audio, start, start + audio.size / SAMPLE_RATE, "max_length"))
+        self._release(self._speech_samples)
+        utterance = self._end(self._judge(Utterance(audio, start, start + audio.size / SAMPLE_RATE, "max_length")))
         self._speech = []
+        self._speech_samples = 0
+        self._begin()
         self._speech_start = start + audio.size / SAMPLE_RATE
         self._voiced_samples = 0
         self._voiced_energy = 0.0
@@ -207,16 +265,18 @@ class Segmenter:
             audio = audio[: audio.size - drop]
         start = self._speech_start
         end = start + audio.size / SAMPLE_RATE
+        self._release(audio.size)
         self._speaking = False
         self._speech = []
+        self._speech_samples = 0
         self._history.clear()
         self._notify(False, end)
         continuation, self._continuation = self._continuation, False
         too_short = self._voiced_samples < self.config.min_speech_s * SAMPLE_RATE
         if audio.size == 0 or (too_short and not (continuation and self._voiced_samples > 0)):
             self.stats.too_short += 1
-            return None
-        return self._judge(Utterance(audio, start, end, reason))
+            return self._end(None)
+        return self._end(self._judge(Utterance(audio, start, end, reason)))
 
     def _judge(self, utterance: Utterance) -> Utterance | None:
         """Attaches the quality estimate; drops (and counts) an utterance below min_snr_db."""

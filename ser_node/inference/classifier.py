@@ -1,9 +1,10 @@
 """Runtime emotion classifier: an exported ONNX model in ONNX Runtime, numpy only (no torch on the robot).
 
 Two kinds of model file: DeepSpectrum networks (input `image`: a viridis mel image per utterance) and the voice
-encoder model (input `frames`: GE2E mel frames, plus `speaker_offset` for speaker normalisation in feature space;
-outputs the pooled features and a speaker embedding beside the probabilities). `prepare` and `infer` hide the
-difference from the node; `predict` gives unnormalised probabilities for either.
+encoder model (a streaming step of the GE2E encoder over mel frames and the heads on its state, with
+`speaker_offset` for speaker normalisation in feature space; outputs the pooled features and a speaker embedding
+beside the probabilities; see inference/voice_stream.py). `prepare` and `infer` hide the difference from the node;
+`predict` gives unnormalised probabilities for either.
 """
 from __future__ import annotations
 
@@ -17,10 +18,8 @@ import numpy as np
 
 from .features import FeatureExtractor
 from .model_file import INPUT_NAME, OUTPUT_NAME, ModelFileError, ModelMetadata, metadata_of_session
-from .voice_frontend import encoder_input
+from .voice_stream import HEAD_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, EncoderState, VoiceStream
 
-VOICE_INPUTS = ("frames", "speaker_offset")
-VOICE_OUTPUTS = ("probabilities", "probabilities_plain", "features", "speaker_embedding")
 
 
 @dataclass
@@ -134,23 +133,25 @@ class Classifier:
     def _check_voice_graph(self) -> None:
         from .voice_frontend import FRONTEND_VERSION
 
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
-        if set(VOICE_INPUTS) - set(inputs) or set(VOICE_OUTPUTS) - outputs:
-            raise ModelFileError(f"{self.path}: a voice model needs inputs {list(VOICE_INPUTS)} and outputs "
-                                 f"{list(VOICE_OUTPUTS)}; has {sorted(inputs)} and {sorted(outputs)}")
-        frames = inputs["frames"].shape
-        if len(frames) != 3 or frames[2] != self.metadata.features.n_mels:
-            raise ModelFileError(f"{self.path}: input 'frames' has shape {frames}, expected (N, T, "
-                                 f"{self.metadata.features.n_mels}) from its metadata")
         version = self.metadata.model.get("frontend_version")
         if version != FRONTEND_VERSION:
             raise ModelFileError(f"{self.path}: built for voice front end version {version}, this ser_node has "
                                  f"{FRONTEND_VERSION}: re-export it with this version's ser_train_voice")
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if set(STEP_INPUTS) - set(inputs) or set(STEP_OUTPUTS + HEAD_OUTPUTS) - outputs:
+            raise ModelFileError(f"{self.path}: a voice model needs inputs {list(STEP_INPUTS)} and outputs "
+                                 f"{list(STEP_OUTPUTS + HEAD_OUTPUTS)}; has {sorted(inputs)} and {sorted(outputs)}")
+        frames = inputs["frames"].shape
+        if len(frames) != 3 or frames[2] != self.metadata.features.n_mels:
+            raise ModelFileError(f"{self.path}: input 'frames' has shape {frames}, expected (N, T, "
+                                 f"{self.metadata.features.n_mels}) from its metadata")
         size = inputs["speaker_offset"].shape[-1]
         if not isinstance(size, int) or size != self.metadata.model.get("feature_size"):
             raise ModelFileError(f"{self.path}: speaker_offset width {size} does not match feature_size "
                                  f"{self.metadata.model.get('feature_size')} in its metadata")
+        self._no_offset = np.zeros((1, size), np.float32)
+        self._dummy_frame = np.zeros((1, 1, self.metadata.features.n_mels), np.float32)
 
     @property
     def adapter_settings(self) -> dict[str, Any]:
@@ -202,10 +203,24 @@ class Classifier:
         return probabilities
 
     def prepare(self, waveforms: Sequence[np.ndarray]) -> Any:
-        """The model's input for N waveforms (the numpy feature stage, timed apart from inference in the node)."""
+        """The model's input for N waveforms: images for DeepSpectrum models; for voice models the encoder's final
+        state, as the node computes it while an utterance is spoken (here fed whole: the same result)."""
         if self.is_voice_model:
-            return [encoder_input(w) for w in waveforms]
+            return [self.encode(w) for w in waveforms]
         return self.features.batch(waveforms)
+
+    def encode(self, waveform: np.ndarray) -> EncoderState:
+        """Voice models: one utterance through the causal front end and the encoder's step."""
+        stream = VoiceStream(self)
+        stream.push(waveform)
+        return stream.finish()
+
+    def step(self, state: EncoderState, frames: np.ndarray) -> EncoderState:
+        """Voice models: the encoder state after `frames` (T, n_mels) more."""
+        feed = {"frames": np.ascontiguousarray(frames[None], np.float32), "h": state.h, "c": state.c,
+                "sums": state.sums, "count": state.count, "speaker_offset": self._no_offset}
+        h, c, sums, count = self.session.run(list(STEP_OUTPUTS), feed)
+        return EncoderState(h, c, sums, count, model=self)
 
     def infer(self, prepared: Any, offsets: Sequence[np.ndarray | None] | None = None) -> list[Inference]:
         """Results for prepared inputs. Voice models: an utterance with an offset is judged by the normalised head
@@ -213,21 +228,24 @@ class Classifier:
         if not self.is_voice_model:
             return [Inference(row) for row in self.predict_images(prepared)]
         results = []
-        for i, frames in enumerate(prepared):  # one at a time: utterances differ in length
+        for i, state in enumerate(prepared):
             offset = None if offsets is None else offsets[i]
             normalised, result = self.infer_candidates(
-                frames, np.zeros(self.feature_size, np.float32) if offset is None else offset)
+                state, np.zeros(self.feature_size, np.float32) if offset is None else offset)
             if offset is not None:
                 result.probabilities = normalised[0]
             results.append(result)
         return results
 
-    def infer_candidates(self, frames: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, Inference]:
-        """Voice models, one prepared utterance judged against several offsets (K, feature_size) in one run:
-        (normalised probabilities (K, classes), the Inference with the plain head's probabilities)."""
-        feed = {"frames": np.ascontiguousarray(frames[None], np.float32),
+    def infer_candidates(self, state: EncoderState, offsets: np.ndarray) -> tuple[np.ndarray, Inference]:
+        """Voice models, one encoded utterance judged against several offsets (K, feature_size) in one run:
+        (normalised probabilities (K, classes), the Inference with the plain head's probabilities). The heads read
+        the state given; the graph's step part gets one dummy frame and its outputs are not fetched."""
+        if state.frames < 1:
+            raise ValueError("an encoder state of no frames has no features (every utterance gives at least one)")
+        feed = {"frames": self._dummy_frame, "h": state.h, "c": state.c, "sums": state.sums, "count": state.count,
                 "speaker_offset": np.ascontiguousarray(offsets, np.float32).reshape(-1, self.feature_size)}
-        normalised, plain, features, speaker = self.session.run(list(VOICE_OUTPUTS), feed)
+        normalised, plain, features, speaker = self.session.run(list(HEAD_OUTPUTS), feed)
         return normalised, Inference(plain[0], features[0], speaker[0])
 
     def infer_adapted(self, prepared_one: Any, adapter: Any,

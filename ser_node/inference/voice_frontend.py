@@ -1,11 +1,17 @@
 """The GE2E voice encoder's front end in numpy: what the robot computes before the encoder's ONNX graph.
 
 The encoder's weights come from the `resemblyzer` wheel (a GE2E speaker encoder, Apache-2.0), and they only mean
-something on the input they were trained on: the wheel's `preprocess_wav` (gain raised to -30 dBFS, pauses longer
-than ~0.2 s cut with WebRTC VAD) and `wav_to_mel_spectrogram` (librosa mel, 25 ms / 10 ms, 40 bands, power, no
-log). This module re-implements both without librosa or scipy (they would put numba and SciPy on the robot) and
-a test checks it against the wheel's own code on real clips. The weights' file is located in the installed
-wheel without importing it (its package imports torch and librosa).
+something on input like the one they were trained on: the wheel's `preprocess_wav` (gain raised to -30 dBFS, pauses
+longer than ~0.2 s cut with WebRTC VAD) and `wav_to_mel_spectrogram` (librosa mel, 25 ms / 10 ms, 40 bands, power,
+no log). `preprocess` and `mel_frames` re-implement both without librosa or scipy (they would put numba and SciPy
+on the robot); a test checks them against the wheel's own code on real clips.
+
+The node does not wait for an utterance's end to start the encoder (inference/voice_stream.py), so what the model
+reads is `StreamingFrontEnd`: the same steps made causal. The gain is raised towards -30 dBFS by the level heard so
+far in the utterance, not by the whole utterance's; the pause trimming is the wheel's, decided as soon as its 210 ms
+of look-ahead has arrived; the STFT emits each frame as soon as its samples are in. Models are trained on features
+computed by this same object over whole clips (`encoder_input`), so live and offline features are equal. The
+weights' file is located in the installed wheel without importing it (its package imports torch and librosa).
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import sha256_of
-from .features import FeatureConfig, stft_mel_power
+from .features import FeatureConfig, _hann, mel_filterbank, stft_mel_power
 
 SAMPLE_RATE = 16000
 MEL_CONFIG = FeatureConfig(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=40)  # 25 ms / 10 ms
@@ -31,7 +37,11 @@ ENCODER_PACKAGE = "resemblyzer"
 ENCODER_VERSION = "0.1.4"
 ENCODER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
 # Bump when this module changes what reaches the encoder: models record it, the classifier refuses a mismatch.
-FRONTEND_VERSION = 1
+# 1: the wheel's whole-utterance preprocessing; 2: StreamingFrontEnd (causal gain, look-ahead-bounded trimming).
+FRONTEND_VERSION = 2
+# The trimming's look-ahead in VAD windows: the smoothing reaches 4 windows ahead, the dilation 3 more.
+LOOKAHEAD_WINDOWS = VAD_SMOOTHING // 2 + (VAD_MAX_SILENCE + 1) // 2
+MAX_GAIN = 10.0 ** (40.0 / 20.0)  # +40 dB at most: the first windows (pre-roll silence) have almost no level
 
 
 class EncoderWeightsError(RuntimeError):
@@ -104,9 +114,107 @@ def mel_frames(wav: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(stft_mel_power(np.asarray(wav, dtype=np.float32), MEL_CONFIG).T, dtype=np.float32)
 
 
+class StreamingFrontEnd:
+    """One utterance's encoder input, computed as its audio arrives: `push(samples)` returns the mel frames that
+    are final so far, `finish()` the rest. Fed whole or in any chunking, the frames are the same.
+
+    Per 30 ms window: the gain that brings the utterance's RMS so far (this window included) up to -30 dBFS (never
+    down, at most +40 dB); WebRTC VAD on the gained window; the wheel's smoothing and dilation, which need the flags
+    of the next LOOKAHEAD_WINDOWS windows (zeros past the end, as the wheel pads). Kept windows go through a
+    streaming STFT that reproduces `mel_frames`' centred, zero-padded framing. As in `preprocess`, an utterance the
+    VAD keeps (almost) nothing of is kept whole; the frames then all come from `finish()`."""
+
+    def __init__(self) -> None:
+        self._vad = _fresh_vad()
+        self._pending = np.zeros(0, np.float32)  # raw samples short of a whole window
+        self._energy = 0.0  # sum of squares of the windows so far (float64)
+        self._count = 0
+        self._gain = 1.0
+        self._waiting: list[np.ndarray] = []  # gained windows whose keep decision waits for look-ahead
+        self._flags: list[float] = []  # VAD flag per window, all of them (a byte per 30 ms)
+        self._decided = 0  # windows decided so far
+        self._gained: list[np.ndarray] = []  # every gained window: the whole utterance, should nothing be kept
+        self._stft = np.zeros(MEL_CONFIG.n_fft // 2, np.float32)  # from the next frame's first sample (zero pad)
+        self.kept = 0  # samples that passed the trimming
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        self._pending = np.concatenate([self._pending, np.asarray(samples, dtype=np.float32)])
+        whole = self._pending.size // VAD_WINDOW * VAD_WINDOW
+        for start in range(0, whole, VAD_WINDOW):
+            self._add_window(self._pending[start:start + VAD_WINDOW])
+        self._pending = self._pending[whole:]
+        return self._release(final=False)
+
+    def finish(self) -> np.ndarray:
+        """The remaining frames (at least one). The last partial window is dropped, as the wheel drops it."""
+        frames = self._release(final=True)
+        if self.kept < MEL_CONFIG.hop_length:  # nothing (or under 10 ms) was speech to the VAD: keep it whole
+            whole = self._gained + [self._pending * np.float32(self._gain)]
+            return mel_frames(np.concatenate(whole)) if sum(w.size for w in whole) else mel_frames(np.zeros(1))
+        pad = np.zeros(MEL_CONFIG.n_fft // 2, np.float32)
+        return np.concatenate([frames, self._frames(np.concatenate([self._stft, pad]), final=True)])
+
+    def _add_window(self, window: np.ndarray) -> None:
+        self._energy += float(np.dot(window.astype(np.float64), window))
+        self._count += window.size
+        rms = np.sqrt(self._energy / self._count)
+        self._gain = float(np.clip(10.0 ** (TARGET_DBFS / 20.0) / rms, 1.0, MAX_GAIN)) if rms > 0 else MAX_GAIN
+        gained = (window * np.float32(self._gain)).astype(np.float32)
+        pcm = np.clip(np.round(gained * INT16_MAX), -INT16_MAX - 1, INT16_MAX).astype("<i2")
+        self._flags.append(float(self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE)))
+        self._waiting.append(gained)
+        self._gained.append(gained)
+
+    def _keep(self, i: int, n: int) -> bool:
+        """The wheel's mask for window i of n (flags past n are zero): any smoothed flag within 3 windows."""
+        reach = (VAD_MAX_SILENCE + 1) // 2
+        before, after = (VAD_SMOOTHING - 1) // 2, VAD_SMOOTHING // 2
+        for j in range(max(0, i - reach), min(n, i + reach + 1)):
+            votes = sum(self._flags[max(0, j - before):min(n, j + after + 1)])
+            if round(votes / VAD_SMOOTHING):  # round half to even, as numpy's: 4 of 8 is not speech
+                return True
+        return False
+
+    def _release(self, final: bool) -> np.ndarray:
+        n = len(self._flags)
+        ready = n if final else max(0, n - LOOKAHEAD_WINDOWS)
+        kept = []
+        while self._decided < ready:
+            window = self._waiting.pop(0)
+            if self._keep(self._decided, n):  # short of the end, the look-ahead never reaches n
+                kept.append(window)
+            self._decided += 1
+        if not kept:
+            return np.zeros((0, MEL_CONFIG.n_mels), np.float32)
+        self.kept += sum(k.size for k in kept)
+        self._stft = np.concatenate([self._stft] + kept)
+        return self._frames(self._stft, final=False)
+
+    def _frames(self, buffer: np.ndarray, final: bool) -> np.ndarray:
+        """Mel frames of every whole n_fft window in `buffer` at hop steps; keeps the rest for the next call."""
+        n_fft, hop = MEL_CONFIG.n_fft, MEL_CONFIG.hop_length
+        count = 0 if buffer.size < n_fft else (buffer.size - n_fft) // hop + 1
+        if not final:
+            self._stft = buffer[count * hop:]
+        if count == 0:
+            return np.zeros((0, MEL_CONFIG.n_mels), np.float32)
+        return mel_frames_of_windows(buffer[: (count - 1) * hop + n_fft])
+
+
+def mel_frames_of_windows(buffer: np.ndarray) -> np.ndarray:
+    """Mel power frames of `buffer` cut into n_fft windows at hop steps, without padding (the streaming STFT)."""
+    frames = np.lib.stride_tricks.sliding_window_view(buffer, MEL_CONFIG.n_fft)[:: MEL_CONFIG.hop_length]
+    spectrum = np.fft.rfft(frames * _hann(MEL_CONFIG.n_fft), axis=1)
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    fb = mel_filterbank(MEL_CONFIG.sample_rate, MEL_CONFIG.n_fft, MEL_CONFIG.n_mels, MEL_CONFIG.fmin, MEL_CONFIG.fmax)
+    return np.ascontiguousarray((fb @ power.T).T, dtype=np.float32)
+
+
 def encoder_input(wav: np.ndarray) -> np.ndarray:
-    """Everything the robot does before the encoder graph: preprocess, then mel frames."""
-    return mel_frames(preprocess(wav))
+    """What the model reads for a whole clip: the StreamingFrontEnd fed in one go (training, offline tools)."""
+    front = StreamingFrontEnd()
+    frames = front.push(wav)
+    return np.concatenate([frames, front.finish()])
 
 
 def partial_slices(n_samples: int, rate: float = 1.3, min_coverage: float = 0.75) -> list[slice]:

@@ -22,6 +22,7 @@ import string
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -171,14 +172,14 @@ class VoiceNormaliser:
     def __init__(self, settings: VoiceSettings | None = None) -> None:
         self.tracker = VoiceTracker(settings or VoiceSettings())
 
-    def judge(self, classifier, frames: np.ndarray, start: float, end: float, reject=None):
+    def judge(self, classifier, encoded: Any, start: float, end: float, reject=None):
         """(Inference with the probabilities to publish, the Voice it was assigned to). `reject(inference)` may
         name a reason to drop the utterance (the robot's own voice): then it joins no voice (Voice None)."""
         candidates = [(v, v.adapter.offset()) for v in self.tracker.voices.values()]
         candidates = [(v, o) for v, o in candidates if o is not None]
         offsets = (np.stack([o for _, o in candidates]) if candidates
                    else np.zeros((1, classifier.feature_size), np.float32))
-        normalised, result = classifier.infer_candidates(frames, offsets)
+        normalised, result = classifier.infer_candidates(encoded, offsets)
         result.rejected = reject(result) if reject is not None else ""
         if result.rejected:
             return result, None
@@ -189,10 +190,10 @@ class VoiceNormaliser:
         voice.adapter.remember(result.features)
         return result, voice
 
-    def judge_named(self, classifier, frames: np.ndarray, voice_id: str, end: float):
+    def judge_named(self, classifier, encoded: Any, voice_id: str, end: float):
         """The same for an utterance whose voice an upstream module named: (inference, Voice)."""
         voice = self.tracker.named(voice_id, end)
-        return classifier.infer_adapted(frames, voice.adapter), voice
+        return classifier.infer_adapted(encoded, voice.adapter), voice
 
     @property
     def utterances(self) -> int:

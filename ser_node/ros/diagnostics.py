@@ -23,6 +23,7 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
         values.update(model_id=classifier.model_id, model_path=str(classifier.path),
                       backend=f"onnxruntime {classifier.metadata.precision}", provider=classifier.providers[0],
                       provider_requested=classifier.requested_providers[0])
+    values["stream_encoder_errors"] = str(node.encoder_errors)
     if node.model_error:
         values["model_error"] = node.model_error
         if classifier is not None:  # a failed reload: the previous model still serves

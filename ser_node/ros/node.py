@@ -37,6 +37,7 @@ from ..audio.vad import VadError, make_vad
 from ..audio.wire import TYPED, RawFormat
 from ..inference.classifier import Classifier
 from ..inference.model_file import ModelFileError, default_model_path
+from ..inference.voice_stream import UtteranceEncoder
 from . import diagnostics
 from .hri_voices import MODES as HRI_MODES
 from .hri_voices import HriVoices
@@ -68,6 +69,7 @@ class SerNode(LifecycleNode):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.classifier: Classifier | None = None
         self.model_error = ""
+        self.encoder_errors = 0  # streaming encoder steps that failed (the worker encoded those utterances)
         self.reload_srv: Any = None
         self.hri: HriVoices | None = None  # ROS4HRI voices (hri_voices.py), while active
         self.outputs = Outputs(self)
@@ -170,8 +172,15 @@ class SerNode(LifecycleNode):
         """A segmenter with the node's current settings around `vad` (an upstream voice's released VAD, reset) or
         a new VAD. The node's own stream also reports is_speaking (set in configure)."""
         vad = vad or make_vad(self.p("vad_backend"), webrtc_aggressiveness=self.p("webrtc_aggressiveness"))
-        return StreamProcessor(Segmenter(vad, self._segmenter_config()),
+        encoder = UtteranceEncoder(lambda: self.classifier if self.p("encode_while_speaking") else None,
+                                   self._encoder_error)
+        return StreamProcessor(Segmenter(vad, self._segmenter_config(), listener=encoder),
                                StreamConfig(self.p("channel"), self.p("max_chunk_s"), self.p("gap_tolerance_s")))
+
+    def _encoder_error(self, text: str) -> None:
+        """A streaming step failed: that utterance is encoded by the worker at its end instead (none is lost)."""
+        self.encoder_errors += 1
+        self.get_logger().error(text, throttle_duration_sec=5.0)
 
     # ------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

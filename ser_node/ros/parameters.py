@@ -76,6 +76,9 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "raw_sample_format": ("S16LE", describe("raw-bytes variant without AudioInfo: S16LE, F32LE, ..."), True),
     "raw_stamped": (True, describe("raw-bytes variant: subscribe AudioDataStamped (else AudioData, "
                                    "timestamped on arrival)"), False),
+    "encode_while_speaking": (True, describe("voice-encoder models: run the encoder on the audio while the "
+                                             "utterance is spoken, so only its last frames and the heads wait "
+                                             "for its end (same result; false: all of it after the end)"), True),
     "stage_timing": (False, describe("report per-stage times (intake, wake, features, inference, build, publish; "
                                      "p50/p95 ms over the last 500 utterances) in diagnostics"), True),
     "diagnostics_period_s": (1.0, describe("period of /diagnostics", low=0.1, high=60.0), False),

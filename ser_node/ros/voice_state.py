@@ -131,24 +131,24 @@ class VoiceState:
         return self.voices
 
     # ------------------------------------------------------------ judging (the worker's thread)
-    def judge(self, classifier: Classifier, frames: np.ndarray, item: Pending) -> Inference:
+    def judge(self, classifier: Classifier, encoded: Any, item: Pending) -> Inference:
         """Voice models: the probabilities to publish under the node's speaker normalisation: per tracked voice
         (voice_tracking), one state reset after silence, or none (speaker_adaptation off)."""
         if not self.p("speaker_adaptation"):
             item.heard_as = item.voice_id
-            result = classifier.infer([frames])[0]
+            result = classifier.infer([encoded])[0]
             result.rejected = self.reject(result) if self.reject is not None else ""
             return result
         with self.lock:
             if item.voice_id:  # an upstream module named the voice: robot_speaking gates it, not the embedding
-                result, voice = self._normaliser().judge_named(classifier, frames, item.voice_id, item.utterance.end)
+                result, voice = self._normaliser().judge_named(classifier, encoded, item.voice_id, item.utterance.end)
             elif self.p("voice_tracking"):
-                result, voice = self._normaliser().judge(classifier, frames, item.utterance.start,
+                result, voice = self._normaliser().judge(classifier, encoded, item.utterance.start,
                                                          item.utterance.end, self.reject)
                 if voice is None:  # rejected (the robot's own voice): no voice opened or changed
                     return result
             else:
-                return classifier.infer_adapted(frames, self._current_adapter(item), self.reject)
+                return classifier.infer_adapted(encoded, self._current_adapter(item), self.reject)
             item.heard_as = self.last_voice = voice.id
             held = list(self.voices.tracker.voices) if self.voices is not None else []
         if not item.voice_id:

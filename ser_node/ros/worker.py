@@ -1,5 +1,8 @@
 """The classification worker: a bounded queue of closed utterances and the thread that classifies them.
 
+For voice models the encoder has already run while the utterance was spoken (inference/voice_stream.py, in the
+intake): what is left here is the heads under the speaker normalisation, the messages and publishing.
+
 Audio intake never waits for inference: utterances are queued here and classified on a thread of their own. When
 the worker falls behind, the oldest queued utterance is dropped and counted. No error of one utterance may end the
 thread: each is counted by kind, logged (rate-limited), and the loop goes on; a watchdog in diagnostics covers the
@@ -75,11 +78,11 @@ class LatencyWindow:
 
 
 class Worker:
-    """The queue and the classification thread. `judge(classifier, frames, item)` gives a voice model's result
+    """The queue and the classification thread. `judge(classifier, encoded, item)` gives a voice model's result
     under the speaker normalisation, `adapt(item, probabilities)` a DeepSpectrum model's; `build(item,
     probabilities, classes)` makes the messages and `send(item, probabilities, messages)` publishes them."""
 
-    def __init__(self, param: Callable[[str], Any], judge: Callable[[Classifier, np.ndarray, Pending], Inference],
+    def __init__(self, param: Callable[[str], Any], judge: Callable[[Classifier, Any, Pending], Inference],
                  adapt: Callable[[Pending, np.ndarray], np.ndarray], build: Callable[..., tuple[Any, ...]],
                  send: Callable[[Pending, np.ndarray, tuple[Any, ...]], None], log_error: Callable[..., None]) -> None:
         self.p, self._judge, self._adapt, self._build, self._send = param, judge, adapt, build, send
@@ -157,9 +160,10 @@ class Worker:
     def _classify(self, batch: list[Pending], classifier: Classifier, woke: float) -> None:
         """Features, inference, messages and publishing for a batch; every error is counted, none escapes."""
         try:
-            prepared = classifier.prepare([item.utterance.audio for item in batch])
+            prepared = ([self._encoded(item, classifier) for item in batch] if classifier.is_voice_model
+                        else classifier.prepare([item.utterance.audio for item in batch]))
             featured = time.monotonic()
-            results = ([self._judge(classifier, frames, item) for frames, item in zip(prepared, batch)]
+            results = ([self._judge(classifier, encoded, item) for encoded, item in zip(prepared, batch)]
                        if classifier.is_voice_model else classifier.infer(prepared))
         except Exception as error:  # a broken model must not kill the worker: report and go on
             self._count_error("inference_errors", error, len(batch))
@@ -184,6 +188,15 @@ class Worker:
             self.stages.add([item.taken_at, item.queued_at, woke, featured, done, built, time.monotonic()])
             self.latency.add(done - item.queued_at, item.utterance.duration)
             self.counts["utterances_classified"] += 1
+
+    @staticmethod
+    def _encoded(item: Pending, classifier: Classifier) -> Any:
+        """A voice model's encoder state: the one computed while the utterance was spoken, or (the model was
+        swapped meanwhile, streaming is off or failed) the same computed now from the audio."""
+        state = item.utterance.encoded
+        if state is not None and state.model is classifier:
+            return state
+        return classifier.prepare([item.utterance.audio])[0]
 
     def _count_error(self, counter: str, error: Exception, utterances: int) -> None:
         self.counts[counter] += utterances

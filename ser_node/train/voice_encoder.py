@@ -7,12 +7,12 @@ The emotion features are each layer's hidden states pooled over the utterance (m
 unit): 3 layers x 512 values. Layer 1 sits closest to the spectrum, layer 3 closest to speaker identity; which
 layers are kept is a setting (`layers`), chosen on LOSO accuracy (see bench/voice.py).
 
-`VoiceEmotionModel` is what the node runs, exported as one ONNX graph: one utterance's mel frames in; emotion
-probabilities, the pooled features (standardised) and the speaker embedding out. Speaker normalisation happens in
-the feature space: the node passes the running mean of the voice's earlier features as `speaker_offset`, so the
-graph stays stateless and the state lives where the voice is tracked. `speaker_offset` may hold several rows (one
-per voice the utterance may belong to): the normalised head answers for each, and the node keeps the row of the
-voice the speaker embedding is assigned to, all in one run.
+`VoiceEmotionModel` is what the node runs, exported as one ONNX graph: a streaming step of the encoder (mel frames
+and the state so far in, the new state out), and the heads on a state (emotion probabilities, the pooled features
+standardised, the speaker embedding). Speaker normalisation happens in the feature space: the node passes the
+running mean of the voice's earlier features as `speaker_offset`, so the state of a voice lives where the voice is
+tracked. `speaker_offset` may hold several rows (one per voice the utterance may belong to): the normalised head
+answers for each, and the node keeps the row of the voice the speaker embedding is assigned to, all in one run.
 """
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ class GE2EEncoder(nn.Module):
         return states
 
     def speaker_embedding(self, last_states: torch.Tensor) -> torch.Tensor:
-        """The wheel's embedding of one window: ReLU(linear(last hidden state of layer 3)), L2-normalised."""
+        """The wheel's embedding of one window: ReLU(linear(last hidden state of layer 3)), L2-normalised.
+        `last_states`: (batch, time, 256), the last time step is used."""
         raw = torch.relu(self.linear(last_states[:, -1]))
         return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -84,12 +85,21 @@ def pool(states: Sequence[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
 
 
 class VoiceEmotionModel(nn.Module):
-    """Encoder -> pooled layer states -> standardised features -> two linear heads -> softmax.
+    """One streaming step of the encoder, and the heads on the state it was given, in one graph.
+
+    State between steps: each layer's LSTM state (`h`, `c`: 3 x 1 x 256) and running sums of the hidden states
+    (`sums`: 2 x 768 float64, the sum and the sum of squares of every layer's states; `count`: frames so far). A step
+    reads the next mel frames and returns the new state. The heads read the state *given* (not the one after this
+    step's frames): pooled mean and standard deviation from the sums, standardised with `mean`/`scale`, a plain head
+    on the features and a normalised head on the features minus each row of `speaker_offset` (the mean of a
+    voice's earlier features; several rows judge the utterance as several voices in one run), and the speaker
+    embedding from layer 3's last state. So the node steps while people speak and asks for the heads at the end,
+    with a one-frame dummy step it ignores. Float64 sums: a 30 s utterance sums 3,000 frames, and the standard
+    deviation is a difference of two such sums.
 
     `mean`/`scale` standardise the pooled features (fitted on the training clips). The plain head reads the
-    features as they are; the normalised head reads them minus `speaker_offset`, the mean of the same voice's
-    earlier features, and was trained on features centred per training speaker. The node uses the plain head
-    until it has heard enough of a voice (warm-up), the normalised one after."""
+    features as they are; the normalised head was trained on features centred per training speaker. The node uses
+    the plain head until it has heard enough of a voice (warm-up), the normalised one after."""
 
     def __init__(self, encoder: GE2EEncoder, layers: Sequence[int], mean: np.ndarray, scale: np.ndarray,
                  plain: tuple[np.ndarray, np.ndarray], normalised: tuple[np.ndarray, np.ndarray]) -> None:
@@ -100,14 +110,36 @@ class VoiceEmotionModel(nn.Module):
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
         self.plain_head, self.normalised_head = (_linear(*plain), _linear(*normalised))
 
-    def forward(self, frames: torch.Tensor, speaker_offset: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(probabilities with the offset removed, probabilities of the plain head, features, speaker embedding)."""
-        states = self.encoder(frames)
-        features = (pool(states, self.layer_ids) - self.mean) / self.scale
-        return (torch.softmax(self.normalised_head(features - speaker_offset), dim=1),
+    def forward(self, frames: torch.Tensor, h: torch.Tensor, c: torch.Tensor, sums: torch.Tensor,
+                count: torch.Tensor, speaker_offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(new h, new c, new sums, new count; probabilities with the offset removed, probabilities of the plain
+        head, features, speaker embedding - the last four of the state given)."""
+        x, new_h, new_c, step_sums, step_squares = frames, [], [], [], []
+        for i, layer in enumerate(self.encoder.layers):
+            x, (h_i, c_i) = layer(x, (h[i:i + 1], c[i:i + 1]))
+            new_h.append(h_i)
+            new_c.append(c_i)
+            states = x[0].double()
+            step_sums.append(states.sum(dim=0))
+            step_squares.append((states * states).sum(dim=0))
+        step = torch.stack([torch.cat(step_sums), torch.cat(step_squares)])
+        new_count = count + torch.ones_like(frames[0, :, 0], dtype=torch.float64).sum().reshape(1)
+        features = (pooled_from_sums(sums, count, self.layer_ids) - self.mean) / self.scale
+        return (torch.cat(new_h), torch.cat(new_c), sums + step, new_count,
+                torch.softmax(self.normalised_head(features - speaker_offset), dim=1),
                 torch.softmax(self.plain_head(features), dim=1), features,
-                self.encoder.speaker_embedding(states[-1]))
+                self.encoder.speaker_embedding(h[LAYERS - 1:LAYERS].transpose(0, 1)))
+
+
+def pooled_from_sums(sums: torch.Tensor, count: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:
+    """`pool` from running sums (2 x 768 float64): (1, len(layers) * 512) float32."""
+    mean = sums[0] / count
+    variance = (sums[1] / count - mean * mean).clamp_min(1e-8)
+    parts = []
+    for index in layers:
+        block = slice(index * HIDDEN, (index + 1) * HIDDEN)
+        parts += [mean[block], variance[block].sqrt()]
+    return torch.cat(parts).float()[None]
 
 
 def _linear(weight: np.ndarray, bias: np.ndarray) -> nn.Linear:

@@ -27,21 +27,25 @@ def layer_columns(layers: Sequence[int]) -> np.ndarray:
 
 def clip_features(paths: Sequence[str | Path], cache_dir: str | Path, tag: str = "clean",
                   transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  progress: bool = True, frontend_version: int = FRONTEND_VERSION) -> tuple[np.ndarray, np.ndarray]:
     """(pooled (n, 1536), speaker embeddings (n, 256)) for clips, computed once per clip content and `tag`.
 
     `transform(audio, index)` degrades a clip before the front end (rooms, noise); give each transform its own
-    `tag`, since the cache cannot see what it does."""
+    `tag`, since the cache cannot see what it does. Another `frontend_version` only reads a cache an earlier
+    version of this package filled (before/after comparisons, bench/voice.py --parts frontend)."""
     import torch
 
     from .voice_encoder import GE2EEncoder, embed_utterance, pooled_features
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    store_path = cache_dir / f"ge2e-{ENCODER_SHA256[:12]}-fe{FRONTEND_VERSION}-{tag}.npz"
+    store_path = cache_dir / f"ge2e-{ENCODER_SHA256[:12]}-fe{frontend_version}-{tag}.npz"
     store: dict[str, np.ndarray] = dict(np.load(store_path)) if store_path.exists() else {}
     keys = [file_digest(p) for p in paths]
     missing = [(i, k) for i, k in enumerate(keys) if k not in store]
+    if missing and frontend_version != FRONTEND_VERSION:
+        raise FileNotFoundError(f"{store_path}: {len(missing)} clip(s) lack front end {frontend_version}'s features; "
+                                "only the package version with that front end can compute them")
     if missing:
         torch.set_num_threads(1)
         encoder = GE2EEncoder.pretrained()

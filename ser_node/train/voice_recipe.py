@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from ..inference.adaptation import SpeakerAdapter
+from ..inference.voice_stream import HEAD_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS
 from ..inference.voice_frontend import ENCODER_PACKAGE, ENCODER_SHA256, ENCODER_VERSION, MEL_CONFIG
 from ..labels import EMOTIONS
 from ..settings import check_known_fields
@@ -90,8 +91,11 @@ class VoiceData:
                          self.corpora[mask], [p for p, m in zip(self.paths, mask) if m], self.target)
 
 
-def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: bool = True) -> VoiceData:
-    """Loads the corpora (paths relative to `base`) and their cached features (computed where missing)."""
+def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: bool = True,
+                    frontend_version: int | None = None) -> VoiceData:
+    """Loads the corpora (paths relative to `base`) and their cached features (computed where missing; with an
+    earlier `frontend_version`, read from its cache only)."""
+    version = {} if frontend_version is None else {"frontend_version": frontend_version}
     features, embeddings, labels, speakers, corpora, paths = [], [], [], [], [], []
     for spec in recipe.corpora:
         spec = dict(spec)
@@ -100,7 +104,7 @@ def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: boo
         entry = load_corpus_entry(spec)
         clips = entry.corpus.clips
         x, e = clip_features([c.path for c in clips], Path(recipe.cache_dir).expanduser() / "voice",
-                             progress=progress)
+                             progress=progress, **version)
         features.append(x)
         embeddings.append(e)
         labels += [c.label for c in clips]
@@ -241,26 +245,31 @@ def build_torch_model(heads: VoiceHeads, weights_path: str | Path | None = None)
 
 
 def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path, training: dict[str, Any],
-                       model_id: str = "ser-default-ge2e-heads-v0.2") -> Path:
-    """The node's model file: one ONNX graph (opset 17, dynamic time axis) with ser_node metadata naming the
-    encoder's source (package, version, sha256 of the weights) and the recipe."""
+                       model_id: str = "ser-default-ge2e-heads-v0.3") -> Path:
+    """The node's model file: one ONNX graph (opset 17, dynamic time axis): the encoder's streaming step and the
+    heads (see VoiceEmotionModel), with ser_node metadata naming the encoder's source (package, version, sha256 of
+    the weights), the recipe and the step's state."""
     import onnx
     import torch
 
     from ..inference.model_file import ModelMetadata, write_metadata
     from ..inference.voice_frontend import FRONTEND_VERSION
     from .export import _atomic_save
+    from .voice_encoder import HIDDEN, LAYERS
 
     model = build_torch_model(heads)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = torch.from_numpy(np.random.default_rng(0).random((1, 120, MEL_CONFIG.n_mels), dtype=np.float32))
-    offset = torch.zeros((1, len(heads.mean)))
+    rng = np.random.default_rng(0)
+    example = (torch.from_numpy(rng.random((1, 120, MEL_CONFIG.n_mels), dtype=np.float32)),
+               torch.zeros((LAYERS, 1, HIDDEN)), torch.zeros((LAYERS, 1, HIDDEN)),
+               torch.ones((2, LAYERS * HIDDEN), dtype=torch.float64), torch.ones(1, dtype=torch.float64),
+               torch.zeros((1, len(heads.mean))))
     tmp = path.with_name(path.name + ".export.onnx")
     with warnings.catch_warnings():  # the tracer's notes on LSTM shapes: batch is fixed at 1, time is dynamic
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (frames, offset), str(tmp), input_names=["frames", "speaker_offset"],
-                          output_names=["probabilities", "probabilities_plain", "features", "speaker_embedding"],
+        torch.onnx.export(model, example, str(tmp), input_names=list(STEP_INPUTS),
+                          output_names=list(STEP_OUTPUTS) + list(HEAD_OUTPUTS),
                           # One utterance per run; several candidate offsets (one per known voice) in one run.
                           dynamic_axes={"frames": {1: "time"}, "speaker_offset": {0: "candidates"},
                                         "probabilities": {0: "candidates"}},
@@ -268,8 +277,13 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
     graph = onnx.load(str(tmp))
     tmp.unlink()
     metadata = ModelMetadata(
-        model_id=model_id, classes=list(EMOTIONS), features=MEL_CONFIG, variant=MODEL_KIND, version="0.2.0",
+        model_id=model_id, classes=list(EMOTIONS), features=MEL_CONFIG, variant=MODEL_KIND, version="0.3.0",
         model={"kind": MODEL_KIND, "layers": list(heads.layers), "frontend_version": FRONTEND_VERSION,
+               "graph": {"kind": "stream_step", "state": {"h": [LAYERS, 1, HIDDEN], "c": [LAYERS, 1, HIDDEN],
+                                                         "sums": [2, LAYERS * HIDDEN], "count": [1]},
+                         "note": "step: frames and state in, h_next c_next sums_next count_next out; heads: the "
+                                 "outputs probabilities.. speaker_embedding judge the state given (feed one dummy "
+                                 "frame); initial state zeros"},
                "feature_size": int(len(heads.mean)),
                "encoder": {"name": "GE2E speaker encoder", "package": ENCODER_PACKAGE, "version": ENCODER_VERSION,
                            "file": "resemblyzer/pretrained.pt", "sha256": ENCODER_SHA256, "license": "Apache-2.0"},
@@ -284,7 +298,8 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
 AUGMENTED = "augmented"  # corpus name of the augmentation copies (weighted by augment_weight)
 
 
-def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> list[np.ndarray]:
+def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True,
+                     frontend_version: int | None = None) -> list[np.ndarray]:
     """Pooled features of `augment_copies` degraded copies of every target clip, cached per copy. Rooms are
     simulated with room seeds 1 and 2 (bench/robustness.py measures in room seed 0); each clip's condition and
     seed follow from its file name, speaker and copy number, so the copies are the same in every run."""
@@ -305,7 +320,8 @@ def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True
             simulator = simulators.setdefault(room, AcousticSimulator(babble, room_seed=1 + room))
             return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
         copies.append(clip_features(paths, Path(recipe.cache_dir).expanduser() / "voice", tag=f"augment{copy}",
-                                    transform=transform, progress=progress)[0])
+                                    transform=transform, progress=progress,
+                                    **({} if frontend_version is None else {"frontend_version": frontend_version}))[0])
     return copies
 
 

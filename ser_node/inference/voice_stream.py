@@ -1,0 +1,103 @@
+"""The voice encoder run while people speak: each utterance's state stepped chunk by chunk as its audio arrives.
+
+The encoder is recurrent, so it need not wait for the utterance's end: `UtteranceEncoder` listens to the segmenter
+(audio/segmenter.py's listener) and steps the model's encoder graph on every few frames the causal front end
+(voice_frontend.StreamingFrontEnd) makes final; the pooling is kept as running sums inside the state. At the end of
+the utterance only the front end's last frames, one step and the heads remain, so the time from the VAD's decision
+to the result no longer grows with the utterance's length. The state an utterance ends with travels on the
+Utterance (`encoded`) to the worker, which runs the heads under the speaker normalisation.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .voice_frontend import StreamingFrontEnd
+
+log = logging.getLogger(__name__)
+
+# The voice model graph (train/voice_encoder.py, VoiceEmotionModel): a step and the heads in one graph.
+STEP_INPUTS = ("frames", "h", "c", "sums", "count", "speaker_offset")
+STEP_OUTPUTS = ("h_next", "c_next", "sums_next", "count_next")
+HEAD_OUTPUTS = ("probabilities", "probabilities_plain", "features", "speaker_embedding")
+LAYERS, HIDDEN = 3, 256
+
+
+@dataclass
+class EncoderState:
+    """Where the encoder stands in an utterance: LSTM states and the running sums of every layer's outputs.
+    `model` is the classifier that made it (a state from another model means nothing to the current one)."""
+
+    h: np.ndarray = field(default_factory=lambda: np.zeros((LAYERS, 1, HIDDEN), np.float32))
+    c: np.ndarray = field(default_factory=lambda: np.zeros((LAYERS, 1, HIDDEN), np.float32))
+    sums: np.ndarray = field(default_factory=lambda: np.zeros((2, LAYERS * HIDDEN), np.float64))
+    count: np.ndarray = field(default_factory=lambda: np.zeros(1, np.float64))
+    model: Any = None
+
+    @property
+    def frames(self) -> int:
+        return int(self.count[0])
+
+
+class VoiceStream:
+    """One utterance being encoded: `push(samples)` as they arrive, `finish()` for the final state."""
+
+    def __init__(self, classifier: Any) -> None:
+        self.classifier = classifier
+        self.front = StreamingFrontEnd()
+        self.state = EncoderState(model=classifier)
+
+    def push(self, samples: np.ndarray) -> None:
+        frames = self.front.push(samples)
+        if len(frames):
+            self.state = self.classifier.step(self.state, frames)
+
+    def finish(self) -> EncoderState:
+        self.state = self.classifier.step(self.state, self.front.finish())
+        return self.state
+
+
+class UtteranceEncoder:
+    """The segmenter's listener that encodes each utterance while it is spoken (see the module docstring).
+
+    `classifier()` gives the model in use when an utterance begins; nothing is done for DeepSpectrum models. An
+    error while stepping (a model that fails at run time) is counted and logged, and that utterance goes to the
+    worker without a state: the worker then encodes it from its audio, so no utterance is lost."""
+
+    def __init__(self, classifier: Callable[[], Any], on_error: Callable[[str], None] | None = None) -> None:
+        self._classifier = classifier
+        self._on_error = on_error or log.warning
+        self._stream: VoiceStream | None = None
+        self.errors = 0
+        self.step_seconds = 0.0  # time spent stepping (process CPU time of this thread's work, wall-clock)
+        self.steps = 0
+
+    def begin(self) -> None:
+        classifier = self._classifier()
+        self._stream = VoiceStream(classifier) if classifier is not None and classifier.is_voice_model else None
+
+    def audio(self, samples: np.ndarray) -> None:
+        if self._stream is not None:
+            self._guard(self._stream.push, samples)
+
+    def end(self, utterance: Any) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None and utterance is not None:
+            utterance.encoded = self._guard(stream.finish)
+
+    def _guard(self, work: Callable[..., Any], *args: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return work(*args)
+        except Exception as error:  # ORT raises several types; the worker encodes from the audio instead
+            self.errors += 1
+            self._stream = None
+            self._on_error(f"streaming encoder: {type(error).__name__}: {error}; the utterance is encoded at its end")
+            return None
+        finally:
+            self.step_seconds += time.perf_counter() - began
+            self.steps += 1
