@@ -276,7 +276,8 @@ def run_frontend(work: Path, before: int = 1) -> dict:
         system, regime = name.split(" | ")
         reference = f"{system.replace(f'front end {FRONTEND_VERSION}', f'front end {before}')} | {regime}"
         row["vs_before"] = paired(row["per_speaker"], rows[reference]["per_speaker"])
-    table = [{"row": name, "UA mean ± sd": f"{row['ua_mean']:.3f} ± {row['ua_std']:.3f}",
+    table = [{"system": name.split(" | ")[0], "regime": name.split(" | ")[1],
+              "UA mean ± sd": f"{row['ua_mean']:.3f} ± {row['ua_std']:.3f}",
               "vs front end 1": (f"{row['vs_before']['difference']:+.3f} ({row['vs_before']['wins']}/12 better, "
                                  f"p {row['vs_before']['wilcoxon_p']:.2f})")
               if name.split(" | ")[0].endswith(f"front end {FRONTEND_VERSION}") else ""}

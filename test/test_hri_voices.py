@@ -148,7 +148,11 @@ def test_two_upstream_voices_get_separate_states_and_outputs(voice_model, real_w
                 np.testing.assert_allclose([r.score for r in msg.results], result.probabilities, atol=1e-4)
         held = harness.node.voice_state.voices.tracker.voices
         assert held[upstream.id("alice")].utterances == 3 and held[upstream.id("bob")].utterances == 3
+        # each voice's own stream stepped its own encoder while it spoke (the scores above came from those states)
+        encoders = [v.stream.segmenter.listener for v in harness.node.hri.held.values()]
+        assert len({id(e) for e in encoders}) == 2 and all(e.steps > 0 and e.errors == 0 for e in encoders)
         values = harness.node.diagnostic_values()[2]
+        assert values["stream_encoder_errors"] == "0"
         assert values["hri_voices_held"] == "2" and values["hri_held_ids"] == f"{upstream.id('alice')},{upstream.id('bob')}"
     finally:
         harness.close()

@@ -7,9 +7,10 @@ no log). `preprocess` and `mel_frames` re-implement both without librosa or scip
 on the robot); a test checks them against the wheel's own code on real clips.
 
 The node does not wait for an utterance's end to start the encoder (inference/voice_stream.py), so what the model
-reads is `StreamingFrontEnd`: the same steps made causal. The gain is raised towards -30 dBFS by the level heard so
-far in the utterance, not by the whole utterance's; the pause trimming is the wheel's, decided as soon as its 210 ms
-of look-ahead has arrived; the STFT emits each frame as soon as its samples are in. Models are trained on features
+reads is `StreamingFrontEnd`: the same steps made causal up to a 210 ms look-ahead. The gain is raised towards
+-30 dBFS by the level heard so far in the utterance (up to 210 ms past the window it raises), not by the whole
+utterance's; the pause trimming is the wheel's, decided as soon as its look-ahead has arrived; the STFT emits each
+frame as soon as its samples are in. Models are trained on features
 computed by this same object over whole clips (`encoder_input`), so live and offline features are equal. The
 weights' file is located in the installed wheel without importing it (its package imports torch and librosa).
 """
@@ -37,7 +38,7 @@ ENCODER_PACKAGE = "resemblyzer"
 ENCODER_VERSION = "0.1.4"
 ENCODER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
 # Bump when this module changes what reaches the encoder: models record it, the classifier refuses a mismatch.
-# 1: the wheel's whole-utterance preprocessing; 2: StreamingFrontEnd (causal gain, look-ahead-bounded trimming).
+# 1: the wheel's whole-utterance preprocessing; 2: StreamingFrontEnd (gain and trimming with 210 ms look-ahead).
 FRONTEND_VERSION = 2
 # The trimming's look-ahead in VAD windows: the smoothing reaches 4 windows ahead, the dilation 3 more.
 LOOKAHEAD_WINDOWS = VAD_SMOOTHING // 2 + (VAD_MAX_SILENCE + 1) // 2
@@ -118,22 +119,25 @@ class StreamingFrontEnd:
     """One utterance's encoder input, computed as its audio arrives: `push(samples)` returns the mel frames that
     are final so far, `finish()` the rest. Fed whole or in any chunking, the frames are the same.
 
-    Per 30 ms window: the gain that brings the utterance's RMS so far (this window included) up to -30 dBFS (never
-    down, at most +40 dB); WebRTC VAD on the gained window; the wheel's smoothing and dilation, which need the flags
-    of the next LOOKAHEAD_WINDOWS windows (zeros past the end, as the wheel pads). Kept windows go through a
-    streaming STFT that reproduces `mel_frames`' centred, zero-padded framing. As in `preprocess`, an utterance the
-    VAD keeps (almost) nothing of is kept whole; the frames then all come from `finish()`."""
+    Per 30 ms window: WebRTC VAD on the window raised by the gain that brings the utterance's RMS so far (this
+    window included) up to -30 dBFS (never down, at most +40 dB); the wheel's smoothing and dilation, which need the
+    flags of the next LOOKAHEAD_WINDOWS windows (zeros past the end, as the wheel pads). A window is decided when
+    that look-ahead is in, and a kept one is raised by the gain of the utterance up to the end of its look-ahead:
+    210 ms more of the utterance than the window itself (fewer at the end), which brings the speech onsets much closer to the wheel's whole-utterance gain
+    (bench/voice.py --parts frontend) at no extra delay. Kept windows go through a streaming STFT that reproduces
+    `mel_frames`' centred, zero-padded framing. As in `preprocess`, an utterance the VAD keeps (almost) nothing of
+    is kept whole, raised by its whole gain; the frames then all come from `finish()`."""
 
     def __init__(self) -> None:
         self._vad = _fresh_vad()
         self._pending = np.zeros(0, np.float32)  # raw samples short of a whole window
         self._energy = 0.0  # sum of squares of the windows so far (float64)
         self._count = 0
-        self._gain = 1.0
-        self._waiting: list[np.ndarray] = []  # gained windows whose keep decision waits for look-ahead
+        self._waiting: list[np.ndarray] = []  # raw windows whose keep decision waits for look-ahead
         self._flags: list[float] = []  # VAD flag per window, all of them (a byte per 30 ms)
+        self._gains: list[np.float32] = []  # per window: the gain of the utterance up to and with it
         self._decided = 0  # windows decided so far
-        self._gained: list[np.ndarray] = []  # every gained window: the whole utterance, should nothing be kept
+        self._raw: list[np.ndarray] = []  # every window: the whole utterance, should nothing be kept
         self._stft = np.zeros(MEL_CONFIG.n_fft // 2, np.float32)  # from the next frame's first sample (zero pad)
         self.kept = 0  # samples that passed the trimming
 
@@ -149,21 +153,28 @@ class StreamingFrontEnd:
         """The remaining frames (at least one). The last partial window is dropped, as the wheel drops it."""
         frames = self._release(final=True)
         if self.kept < MEL_CONFIG.hop_length:  # nothing (or under 10 ms) was speech to the VAD: keep it whole
-            whole = self._gained + [self._pending * np.float32(self._gain)]
-            return mel_frames(np.concatenate(whole)) if sum(w.size for w in whole) else mel_frames(np.zeros(1))
+            whole = np.concatenate(self._raw + [self._pending])
+            return mel_frames(normalise_volume(whole) if whole.size else np.zeros(1, np.float32))
         pad = np.zeros(MEL_CONFIG.n_fft // 2, np.float32)
         return np.concatenate([frames, self._frames(np.concatenate([self._stft, pad]), final=True)])
 
+    @staticmethod
+    def _gain(energy: float, count: int) -> np.float32:
+        """Raise-only gain to -30 dBFS for an RMS of sqrt(energy / count), at most MAX_GAIN."""
+        rms = np.sqrt(energy / count) if count else 0.0
+        return np.float32(np.clip(10.0 ** (TARGET_DBFS / 20.0) / rms, 1.0, MAX_GAIN) if rms > 0 else MAX_GAIN)
+
     def _add_window(self, window: np.ndarray) -> None:
+        window = window.copy()
         self._energy += float(np.dot(window.astype(np.float64), window))
         self._count += window.size
-        rms = np.sqrt(self._energy / self._count)
-        self._gain = float(np.clip(10.0 ** (TARGET_DBFS / 20.0) / rms, 1.0, MAX_GAIN)) if rms > 0 else MAX_GAIN
-        gained = (window * np.float32(self._gain)).astype(np.float32)
+        gain = self._gain(self._energy, self._count)
+        self._gains.append(gain)  # window j's decision uses the gain of window j + LOOKAHEAD_WINDOWS
+        gained = window * gain
         pcm = np.clip(np.round(gained * INT16_MAX), -INT16_MAX - 1, INT16_MAX).astype("<i2")
         self._flags.append(float(self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE)))
-        self._waiting.append(gained)
-        self._gained.append(gained)
+        self._waiting.append(window)
+        self._raw.append(window)
 
     def _keep(self, i: int, n: int) -> bool:
         """The wheel's mask for window i of n (flags past n are zero): any smoothed flag within 3 windows."""
@@ -182,7 +193,7 @@ class StreamingFrontEnd:
         while self._decided < ready:
             window = self._waiting.pop(0)
             if self._keep(self._decided, n):  # short of the end, the look-ahead never reaches n
-                kept.append(window)
+                kept.append(window * self._gains[min(self._decided + LOOKAHEAD_WINDOWS, n - 1)])
             self._decided += 1
         if not kept:
             return np.zeros((0, MEL_CONFIG.n_mels), np.float32)

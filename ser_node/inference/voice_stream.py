@@ -25,6 +25,7 @@ STEP_INPUTS = ("frames", "h", "c", "sums", "count", "speaker_offset")
 STEP_OUTPUTS = ("h_next", "c_next", "sums_next", "count_next")
 HEAD_OUTPUTS = ("probabilities", "probabilities_plain", "features", "speaker_embedding")
 LAYERS, HIDDEN = 3, 256
+STEP_FRAMES = 10  # frames (10 ms each) gathered before a step of the graph
 
 
 @dataclass
@@ -44,21 +45,35 @@ class EncoderState:
 
 
 class VoiceStream:
-    """One utterance being encoded: `push(samples)` as they arrive, `finish()` for the final state."""
+    """One utterance being encoded: `push(samples)` as they arrive, `finish()` for the final state.
+
+    Frames are stepped STEP_FRAMES at a time: a graph run costs ~0.15 ms of overhead against ~0.05 ms per frame
+    (measured here), so stepping every 20 ms message would cost more CPU than the whole-utterance run it replaces;
+    every 100 ms leaves at most 9 frames (~0.5 ms) more for the end."""
 
     def __init__(self, classifier: Any) -> None:
         self.classifier = classifier
         self.front = StreamingFrontEnd()
         self.state = EncoderState(model=classifier)
+        self._frames: list[np.ndarray] = []
+        self._count = 0
 
     def push(self, samples: np.ndarray) -> None:
         frames = self.front.push(samples)
         if len(frames):
-            self.state = self.classifier.step(self.state, frames)
+            self._frames.append(frames)
+            self._count += len(frames)
+        if self._count >= STEP_FRAMES:
+            self._step()
 
     def finish(self) -> EncoderState:
-        self.state = self.classifier.step(self.state, self.front.finish())
+        self._frames.append(self.front.finish())
+        self._step()
         return self.state
+
+    def _step(self) -> None:
+        self.state = self.classifier.step(self.state, np.concatenate(self._frames))
+        self._frames, self._count = [], 0
 
 
 class UtteranceEncoder:
