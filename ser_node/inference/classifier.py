@@ -79,19 +79,27 @@ class Classifier:
         providers, warning = resolve_providers(device)
         if warning:
             (warn or log.warning)(warning)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or max(1, min(2, os.cpu_count() or 1))
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle threads must not spin: the robot's CPU is shared with navigation and vision.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
-        except Exception as error:
-            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({error})") from error
+        def open_session(intra_op_threads: int) -> Any:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = intra_op_threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # Idle threads must not spin: the robot's CPU is shared with navigation and vision.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            try:
+                return ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+            except Exception as error:
+                raise ModelFileError(f"{self.path}: not a loadable ONNX model ({error})") from error
+
+        automatic = max(1, min(2, os.cpu_count() or 1))
+        self.session = open_session(threads or automatic)
         self.metadata: ModelMetadata = metadata_of_session(self.session, self.path)
         self.is_voice_model = "frames" in {i.name for i in self.session.get_inputs()}
+        if self.is_voice_model and not threads and automatic > 1:
+            # An LSTM gains nothing from a second thread, and stepped in 100 ms blocks it pays for waking one at
+            # every run (in process: 20 against 14 ms of CPU per second of speech, bench/performance.py --voice).
+            self.session = open_session(1)
         if self.is_voice_model:
             self._check_voice_graph()
         else:

@@ -29,7 +29,7 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "device": ("cpu", describe("ONNX Runtime provider preference: cpu, cuda, tensorrt or a comma list; "
                                "unavailable ones fall back to CPU with a warning",
                                choices="cpu|cuda|tensorrt"), False),
-    "threads": (0, describe("ONNX Runtime intra-op threads (0 = min(2, cores))", low=0, high=64,
+    "threads": (0, describe("ONNX Runtime intra-op threads (0 = min(2, cores) for DeepSpectrum models, 1 for voice models)", low=0, high=64,
                             integer=True), False),
     "vad_backend": ("silero", describe("voice-activity detector: silero (ONNX) or webrtc",
                                        choices="silero|webrtc"), False),
