@@ -123,8 +123,9 @@ class StreamingFrontEnd:
     window included) up to -30 dBFS (never down, at most +40 dB); the wheel's smoothing and dilation, which need the
     flags of the next LOOKAHEAD_WINDOWS windows (zeros past the end, as the wheel pads). A window is decided when
     that look-ahead is in, and a kept one is raised by the gain of the utterance up to the end of its look-ahead:
-    210 ms more of the utterance than the window itself (fewer at the end), which brings the speech onsets much closer to the wheel's whole-utterance gain
-    (bench/voice.py --parts frontend) at no extra delay. Kept windows go through a streaming STFT that reproduces
+    210 ms more of the utterance than the window itself (fewer at the end), which brings the speech onsets much
+    closer to the wheel's whole-utterance gain (a gain up to the window alone cost 1.6 UA points, this one 0.6:
+    bench/voice.py --parts frontend) at no extra delay. Kept windows go through a streaming STFT that reproduces
     `mel_frames`' centred, zero-padded framing. As in `preprocess`, an utterance the VAD keeps (almost) nothing of
     is kept whole, raised by its whole gain; the frames then all come from `finish()`."""
 
