@@ -84,6 +84,8 @@ class Recorder:
         self.current.append(samples.copy())
 
     def end(self, utterance) -> None:
+        if self.current and getattr(self, "block_samples", 0):
+            assert all(piece.size >= self.block_samples for piece in self.current[:-1])
         heard = np.concatenate(self.current) if self.current else np.zeros(0, np.float32)
         self.ended.append((heard, utterance))
         self.current = None
@@ -98,12 +100,15 @@ def speech_with_pauses(clips: list[np.ndarray]) -> np.ndarray:
     return (audio + 1e-3 * rng.standard_normal(audio.size)).astype(np.float32)
 
 
+@pytest.mark.parametrize("block", [0, 3200], ids=["every_frame", "blocks"])
 @pytest.mark.parametrize("config", [SegmenterConfig(), SegmenterConfig(max_utterance_s=1.0),
                                     SegmenterConfig(min_speech_s=0.8)], ids=["default", "max_length", "too_short"])
-def test_the_listener_hears_each_utterance_exactly(clips, config):
-    """Every utterance the segmenter emits was handed to its listener sample for sample while it was spoken;
-    utterances it drops (too short) end with None; begin/end always pair."""
+def test_the_listener_hears_each_utterance_exactly(clips, config, block):
+    """Every utterance the segmenter emits was handed to its listener sample for sample while it was spoken (in
+    pieces of at least `block_samples` but the last, when the listener asks for blocks); utterances it drops (too
+    short) end with None; begin/end always pair."""
     recorder = Recorder()
+    recorder.block_samples = block
     utterances = StreamProcessor(Segmenter(make_vad("silero"), config, listener=recorder)).feed_recording(
         speech_with_pauses(clips), 16000)
     emitted = [(heard, u) for heard, u in recorder.ended if u is not None]

@@ -14,7 +14,8 @@ steady fan noise that fooled the VAD sits near 0 dB. See bench/robustness.py for
 A `listener` hears the utterance in progress while it is spoken, so work can start before its end (the voice
 encoder, inference/voice_stream.py): `begin()`, then `audio(samples)` with every sample that is sure to belong to
 the utterance (all of it except trailing silence that may still be cut), then `end(utterance)` with the utterance
-as emitted (the same samples, in order) or `end(None)` when it was dropped.
+as emitted (the same samples, in order) or `end(None)` when it was dropped. A listener with a `block_samples`
+attribute gets the audio in pieces of at least that many samples, except the last.
 """
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ class Segmenter:
                 self._voiced_energy += power * frame.size
                 self._history.clear()
                 self._notify(True, self._speech_start)
-                self._release(self._speech_samples)
+                self._release(self._speech_samples, force=False)
             else:
                 self._history.append(frame.copy())
             return None
@@ -206,7 +207,8 @@ class Segmenter:
         if self._speech_samples >= cfg.max_utterance_s * SAMPLE_RATE:
             return self._cut_at_max_length()
         # Trailing silence beyond the post-roll may still be cut off: it waits until speech resumes.
-        self._release(self._speech_samples - max(0, self._silence_samples - int(cfg.post_roll_s * SAMPLE_RATE)))
+        self._release(self._speech_samples - max(0, self._silence_samples - int(cfg.post_roll_s * SAMPLE_RATE)),
+                      force=False)
         return None
 
     def _append(self, frame: np.ndarray) -> None:
@@ -218,9 +220,12 @@ class Segmenter:
         if self.listener is not None:
             self.listener.begin()
 
-    def _release(self, upto: int) -> None:
-        """Hands the listener samples [_released, upto) of the utterance in progress (a few frames at the end)."""
+    def _release(self, upto: int, force: bool = True) -> None:
+        """Hands the listener samples [_released, upto) of the utterance in progress (a few frames at the end);
+        unless `force`d, only once they amount to the listener's `block_samples` (fewer calls, same samples)."""
         if self.listener is None or upto <= self._released:
+            return
+        if not force and upto - self._released < getattr(self.listener, "block_samples", 0):
             return
         pieces, end = [], self._speech_samples
         for frame in reversed(self._speech):

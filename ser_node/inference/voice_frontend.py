@@ -137,6 +137,7 @@ class StreamingFrontEnd:
         self._waiting: list[np.ndarray] = []  # raw windows whose keep decision waits for look-ahead
         self._flags: list[float] = []  # VAD flag per window, all of them (a byte per 30 ms)
         self._gains: list[np.float32] = []  # per window: the gain of the utterance up to and with it
+        self._smoothed: list[bool] = []  # per window whose look-ahead is in: the wheel's smoothed flag
         self._decided = 0  # windows decided so far
         self._raw: list[np.ndarray] = []  # every window: the whole utterance, should nothing be kept
         self._stft = np.zeros(MEL_CONFIG.n_fft // 2, np.float32)  # from the next frame's first sample (zero pad)
@@ -177,24 +178,26 @@ class StreamingFrontEnd:
         self._waiting.append(window)
         self._raw.append(window)
 
-    def _keep(self, i: int, n: int) -> bool:
-        """The wheel's mask for window i of n (flags past n are zero): any smoothed flag within 3 windows."""
-        reach = (VAD_MAX_SILENCE + 1) // 2
+    def _smooth(self, final: bool) -> None:
+        """The wheel's smoothed flag (at least 5 of the 8 windows around it: numpy rounds 4/8 to even, 0) of every
+        window whose 4 windows ahead are in (all of them at the end: flags past it count as zeros)."""
+        n = len(self._flags)
         before, after = (VAD_SMOOTHING - 1) // 2, VAD_SMOOTHING // 2
-        for j in range(max(0, i - reach), min(n, i + reach + 1)):
-            votes = sum(self._flags[max(0, j - before):min(n, j + after + 1)])
-            if round(votes / VAD_SMOOTHING):  # round half to even, as numpy's: 4 of 8 is not speech
-                return True
-        return False
+        while len(self._smoothed) < n and (final or len(self._smoothed) + after < n):
+            j = len(self._smoothed)
+            self._smoothed.append(bool(round(sum(self._flags[max(0, j - before):j + after + 1]) / VAD_SMOOTHING)))
 
     def _release(self, final: bool) -> np.ndarray:
         n = len(self._flags)
+        self._smooth(final)
         ready = n if final else max(0, n - LOOKAHEAD_WINDOWS)
+        reach = (VAD_MAX_SILENCE + 1) // 2
         kept = []
         while self._decided < ready:
+            i = self._decided
             window = self._waiting.pop(0)
-            if self._keep(self._decided, n):  # short of the end, the look-ahead never reaches n
-                kept.append(window * self._gains[min(self._decided + LOOKAHEAD_WINDOWS, n - 1)])
+            if any(self._smoothed[max(0, i - reach):i + reach + 1]):  # the wheel's dilation: 3 windows either side
+                kept.append(window * self._gains[min(i + LOOKAHEAD_WINDOWS, n - 1)])
             self._decided += 1
         if not kept:
             return np.zeros((0, MEL_CONFIG.n_mels), np.float32)

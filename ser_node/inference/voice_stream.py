@@ -100,6 +100,8 @@ class UtteranceEncoder:
     error while stepping (a model that fails at run time) is counted and logged, and that utterance goes to the
     worker without a state: the worker then encodes it from its audio, so no utterance is lost."""
 
+    block_samples = PUSH_SAMPLES  # the segmenter hands audio over in such blocks (fewer calls; see VoiceStream)
+
     def __init__(self, classifier: Callable[[], Any], on_error: Callable[[str], None] | None = None) -> None:
         self._classifier = classifier
         self._on_error = on_error or log.warning
