@@ -106,12 +106,13 @@ class Segmenter:
         # ~10 s of non-speech frame powers: the noise floor estimate.
         self._floor: deque[float] = deque(maxlen=int(NOISE_FLOOR_S * SAMPLE_RATE / self.frame))
         self.last_quality: tuple[float | None, float] | None = None  # (SNR dB, clipped share), last utterance
+        self._speaking = False
         self.reset()
 
     # -- state
     def reset(self) -> None:
         """Forgets everything in flight (used after a gap or a format change)."""
-        if getattr(self, "_speaking", False) and self.listener is not None:
+        if self._speaking and self.listener is not None:
             self.listener.end(None)
         self.vad.reset()
         self._pending = np.zeros(0, dtype=np.float32)

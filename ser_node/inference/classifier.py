@@ -21,7 +21,6 @@ from .model_file import INPUT_NAME, OUTPUT_NAME, ModelFileError, ModelMetadata, 
 from .voice_stream import HEAD_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, EncoderState, VoiceStream
 
 
-
 @dataclass
 class Inference:
     """One utterance's result: the probabilities to publish, and for voice models the pooled features (what
@@ -97,8 +96,9 @@ class Classifier:
         self.metadata: ModelMetadata = metadata_of_session(self.session, self.path)
         self.is_voice_model = "frames" in {i.name for i in self.session.get_inputs()}
         if self.is_voice_model and not threads and automatic > 1:
-            # An LSTM gains nothing from a second thread, and stepped in 100 ms blocks it pays for waking one at
-            # every run (in process: 20 against 14 ms of CPU per second of speech, bench/performance.py --voice).
+            # An LSTM gains nothing from a second thread, and stepped in blocks it pays for waking one at every
+            # run (in process, 100 ms blocks: 20 against 14 ms of CPU per second of speech on one thread). This
+            # opens the model a second time at load; the voice graph is only known once it is open.
             self.session = open_session(1)
         if self.is_voice_model:
             self._check_voice_graph()
@@ -225,10 +225,14 @@ class Classifier:
 
     def step(self, state: EncoderState, frames: np.ndarray) -> EncoderState:
         """Voice models: the encoder state after `frames` (T, n_mels) more."""
-        feed = {"frames": np.ascontiguousarray(frames[None], np.float32), "h": state.h, "c": state.c,
-                "sums": state.sums, "count": state.count, "speaker_offset": self._no_offset}
+        feed = self._voice_feed(np.ascontiguousarray(frames[None], np.float32), state, self._no_offset)
         h, c, sums, count = self.session.run(list(STEP_OUTPUTS), feed)
         return EncoderState(h, c, sums, count, model=self)
+
+    @staticmethod
+    def _voice_feed(frames: np.ndarray, state: EncoderState, offsets: np.ndarray) -> dict[str, np.ndarray]:
+        """The voice graph's inputs (STEP_INPUTS): frames, the state, speaker offsets."""
+        return dict(zip(STEP_INPUTS, (frames, state.h, state.c, state.sums, state.count, offsets)))
 
     def infer(self, prepared: Any, offsets: Sequence[np.ndarray | None] | None = None) -> list[Inference]:
         """Results for prepared inputs. Voice models: an utterance with an offset is judged by the normalised head
@@ -251,8 +255,8 @@ class Classifier:
         the state given; the graph's step part gets one dummy frame and its outputs are not fetched."""
         if state.frames < 1:
             raise ValueError("an encoder state of no frames has no features (every utterance gives at least one)")
-        feed = {"frames": self._dummy_frame, "h": state.h, "c": state.c, "sums": state.sums, "count": state.count,
-                "speaker_offset": np.ascontiguousarray(offsets, np.float32).reshape(-1, self.feature_size)}
+        feed = self._voice_feed(self._dummy_frame, state,
+                                np.ascontiguousarray(offsets, np.float32).reshape(-1, self.feature_size))
         normalised, plain, features, speaker = self.session.run(list(HEAD_OUTPUTS), feed)
         return normalised, Inference(plain[0], features[0], speaker[0])
 

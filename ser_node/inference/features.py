@@ -126,7 +126,13 @@ def stft_mel_power(audio: np.ndarray, config: FeatureConfig) -> np.ndarray:
     padded = np.pad(audio, (pad, pad))
     if padded.size < config.n_fft:
         padded = np.pad(padded, (0, config.n_fft - padded.size))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, config.n_fft)[:: config.hop_length]
+    return mel_power_of_windows(padded, config)
+
+
+def mel_power_of_windows(buffer: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Mel power (n_mels, frames) of `buffer` cut into n_fft windows at hop steps, as it is (no padding): the
+    transform of `stft_mel_power` once padded, and of the voice front end's streaming STFT block by block."""
+    frames = np.lib.stride_tricks.sliding_window_view(buffer, config.n_fft)[:: config.hop_length]
     spectrum = np.fft.rfft(frames * _hann(config.n_fft), axis=1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     fb = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)

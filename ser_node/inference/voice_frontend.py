@@ -10,9 +10,9 @@ The node does not wait for an utterance's end to start the encoder (inference/vo
 reads is `StreamingFrontEnd`: the same steps made causal up to a 210 ms look-ahead. The gain is raised towards
 -30 dBFS by the level heard so far in the utterance (up to 210 ms past the window it raises), not by the whole
 utterance's; the pause trimming is the wheel's, decided as soon as its look-ahead has arrived; the STFT emits each
-frame as soon as its samples are in. Models are trained on features
-computed by this same object over whole clips (`encoder_input`), so live and offline features are equal. The
-weights' file is located in the installed wheel without importing it (its package imports torch and librosa).
+frame as soon as its samples are in. Models are trained on features computed by this same object over whole clips
+(`encoder_input`), so live and offline features are equal. The weights' file is located in the installed wheel
+without importing it (its package imports torch and librosa).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import sha256_of
-from .features import FeatureConfig, _hann, mel_filterbank, stft_mel_power
+from .features import FeatureConfig, mel_power_of_windows, stft_mel_power
 
 SAMPLE_RATE = 16000
 MEL_CONFIG = FeatureConfig(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=40)  # 25 ms / 10 ms
@@ -134,12 +134,11 @@ class StreamingFrontEnd:
         self._pending = np.zeros(0, np.float32)  # raw samples short of a whole window
         self._energy = 0.0  # sum of squares of the windows so far (float64)
         self._count = 0
-        self._waiting: list[np.ndarray] = []  # raw windows whose keep decision waits for look-ahead
         self._flags: list[float] = []  # VAD flag per window, all of them (a byte per 30 ms)
         self._gains: list[np.float32] = []  # per window: the gain of the utterance up to and with it
         self._smoothed: list[bool] = []  # per window whose look-ahead is in: the wheel's smoothed flag
-        self._decided = 0  # windows decided so far
-        self._raw: list[np.ndarray] = []  # every window: the whole utterance, should nothing be kept
+        self._decided = 0  # windows decided so far; _raw[_decided:] wait for their look-ahead
+        self._raw: list[np.ndarray] = []  # every window (raw): the whole utterance, should nothing be kept
         self._stft = np.zeros(MEL_CONFIG.n_fft // 2, np.float32)  # from the next frame's first sample (zero pad)
         self.kept = 0  # samples that passed the trimming
 
@@ -175,7 +174,6 @@ class StreamingFrontEnd:
         gained = window * gain
         pcm = np.clip(np.round(gained * INT16_MAX), -INT16_MAX - 1, INT16_MAX).astype("<i2")
         self._flags.append(float(self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE)))
-        self._waiting.append(window)
         self._raw.append(window)
 
     def _smooth(self, final: bool) -> None:
@@ -195,9 +193,8 @@ class StreamingFrontEnd:
         kept = []
         while self._decided < ready:
             i = self._decided
-            window = self._waiting.pop(0)
             if any(self._smoothed[max(0, i - reach):i + reach + 1]):  # the wheel's dilation: 3 windows either side
-                kept.append(window * self._gains[min(i + LOOKAHEAD_WINDOWS, n - 1)])
+                kept.append(self._raw[i] * self._gains[min(i + LOOKAHEAD_WINDOWS, n - 1)])
             self._decided += 1
         if not kept:
             return np.zeros((0, MEL_CONFIG.n_mels), np.float32)
@@ -213,16 +210,8 @@ class StreamingFrontEnd:
             self._stft = buffer[count * hop:]
         if count == 0:
             return np.zeros((0, MEL_CONFIG.n_mels), np.float32)
-        return mel_frames_of_windows(buffer[: (count - 1) * hop + n_fft])
-
-
-def mel_frames_of_windows(buffer: np.ndarray) -> np.ndarray:
-    """Mel power frames of `buffer` cut into n_fft windows at hop steps, without padding (the streaming STFT)."""
-    frames = np.lib.stride_tricks.sliding_window_view(buffer, MEL_CONFIG.n_fft)[:: MEL_CONFIG.hop_length]
-    spectrum = np.fft.rfft(frames * _hann(MEL_CONFIG.n_fft), axis=1)
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-    fb = mel_filterbank(MEL_CONFIG.sample_rate, MEL_CONFIG.n_fft, MEL_CONFIG.n_mels, MEL_CONFIG.fmin, MEL_CONFIG.fmax)
-    return np.ascontiguousarray((fb @ power.T).T, dtype=np.float32)
+        power = mel_power_of_windows(buffer[: (count - 1) * hop + n_fft], MEL_CONFIG)
+        return np.ascontiguousarray(power.T, dtype=np.float32)
 
 
 def encoder_input(wav: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ Utterance (`encoded`) to the worker, which runs the heads under the speaker norm
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -53,8 +52,8 @@ class VoiceStream:
     numpy has a similar fixed cost per call. The node's CPU per second of speech (bench/performance.py --voice,
     each against the previous whole-utterance code in the same run): a step per 20 ms message on two threads 51
     against 40 ms; 100 ms blocks on one thread 41 against 38; 200 ms blocks 38 against 36. They leave at most
-    ~0.2 s of audio (~2 ms of work) for the end. The
-    front end's output does not depend on how its input is chunked, so neither does the state."""
+    ~0.2 s of audio (~2 ms of work) for the end. The front end's output does not depend on how its input is
+    chunked, so neither does the state."""
 
     def __init__(self, classifier: Any) -> None:
         self.classifier = classifier
@@ -107,8 +106,7 @@ class UtteranceEncoder:
         self._on_error = on_error or log.warning
         self._stream: VoiceStream | None = None
         self.errors = 0
-        self.step_seconds = 0.0  # time spent stepping (process CPU time of this thread's work, wall-clock)
-        self.steps = 0
+        self.steps = 0  # audio blocks and utterance ends this encoder worked on
 
     def begin(self) -> None:
         classifier = self._classifier()
@@ -124,7 +122,7 @@ class UtteranceEncoder:
             utterance.encoded = self._guard(stream.finish)
 
     def _guard(self, work: Callable[..., Any], *args: Any) -> Any:
-        began = time.perf_counter()
+        self.steps += 1
         try:
             return work(*args)
         except Exception as error:  # ORT raises several types; the worker encodes from the audio instead
@@ -132,6 +130,3 @@ class UtteranceEncoder:
             self._stream = None
             self._on_error(f"streaming encoder: {type(error).__name__}: {error}; the utterance is encoded at its end")
             return None
-        finally:
-            self.step_seconds += time.perf_counter() - began
-            self.steps += 1

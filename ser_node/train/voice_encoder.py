@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..inference.voice_frontend import encoder_weights_path
+from ..inference.voice_frontend import MEL_CONFIG, encoder_weights_path
+from ..inference.voice_stream import HIDDEN, LAYERS  # the run time's state shapes: one definition
 
-HIDDEN = 256
-LAYERS = 3
-MEL_BANDS = 40
+MEL_BANDS = MEL_CONFIG.n_mels
 
 
 class GE2EEncoder(nn.Module):

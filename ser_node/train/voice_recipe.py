@@ -24,8 +24,8 @@ import numpy as np
 import yaml
 
 from ..inference.adaptation import SpeakerAdapter
-from ..inference.voice_stream import HEAD_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS
-from ..inference.voice_frontend import ENCODER_PACKAGE, ENCODER_SHA256, ENCODER_VERSION, MEL_CONFIG
+from ..inference.voice_frontend import ENCODER_PACKAGE, ENCODER_SHA256, ENCODER_VERSION, FRONTEND_VERSION, MEL_CONFIG
+from ..inference.voice_stream import HEAD_OUTPUTS, HIDDEN, LAYERS, STEP_INPUTS, STEP_OUTPUTS
 from ..labels import EMOTIONS
 from ..settings import check_known_fields
 from .corpora import load_corpus_entry
@@ -92,10 +92,9 @@ class VoiceData:
 
 
 def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: bool = True,
-                    frontend_version: int | None = None) -> VoiceData:
+                    frontend_version: int = FRONTEND_VERSION) -> VoiceData:
     """Loads the corpora (paths relative to `base`) and their cached features (computed where missing; with an
     earlier `frontend_version`, read from its cache only)."""
-    version = {} if frontend_version is None else {"frontend_version": frontend_version}
     features, embeddings, labels, speakers, corpora, paths = [], [], [], [], [], []
     for spec in recipe.corpora:
         spec = dict(spec)
@@ -104,7 +103,7 @@ def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: boo
         entry = load_corpus_entry(spec)
         clips = entry.corpus.clips
         x, e = clip_features([c.path for c in clips], Path(recipe.cache_dir).expanduser() / "voice",
-                             progress=progress, **version)
+                             progress=progress, frontend_version=frontend_version)
         features.append(x)
         embeddings.append(e)
         labels += [c.label for c in clips]
@@ -253,9 +252,7 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
     import torch
 
     from ..inference.model_file import ModelMetadata, write_metadata
-    from ..inference.voice_frontend import FRONTEND_VERSION
     from .export import _atomic_save
-    from .voice_encoder import HIDDEN, LAYERS
 
     model = build_torch_model(heads)
     path = Path(path)
@@ -299,7 +296,7 @@ AUGMENTED = "augmented"  # corpus name of the augmentation copies (weighted by a
 
 
 def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True,
-                     frontend_version: int | None = None) -> list[np.ndarray]:
+                     frontend_version: int = FRONTEND_VERSION) -> list[np.ndarray]:
     """Pooled features of `augment_copies` degraded copies of every target clip, cached per copy. Rooms are
     simulated with room seeds 1 and 2 (bench/robustness.py measures in room seed 0); each clip's condition and
     seed follow from its file name, speaker and copy number, so the copies are the same in every run."""
@@ -320,8 +317,7 @@ def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True
             simulator = simulators.setdefault(room, AcousticSimulator(babble, room_seed=1 + room))
             return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
         copies.append(clip_features(paths, Path(recipe.cache_dir).expanduser() / "voice", tag=f"augment{copy}",
-                                    transform=transform, progress=progress,
-                                    **({} if frontend_version is None else {"frontend_version": frontend_version}))[0])
+                                    transform=transform, progress=progress, frontend_version=frontend_version)[0])
     return copies
 
 
