@@ -360,6 +360,18 @@ def bootstrap_ci(values: list[float], q: float, resamples: int = 2000, seed: int
     return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
 
 
+def paired_cpu_ratio(rows: list[list[tuple[float, float]]], resamples: int = 2000, seed: int = 0) -> dict:
+    """CPU per second of speech of row 0 over row 1, from rounds in which both had the same clips (end_to_end's
+    cpu_rounds), with a 95 % bootstrap interval over the rounds: machine noise that hits one round hits both."""
+    pairs = np.array([(a[0] / a[1], b[0] / b[1]) for a, b in zip(*rows)])
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(pairs), (resamples, len(pairs)))
+    ratios = pairs[picks, 0].sum(axis=1) / pairs[picks, 1].sum(axis=1)
+    return {"ratio": float(pairs[:, 0].sum() / pairs[:, 1].sum()), "low": float(np.percentile(ratios, 2.5)),
+            "high": float(np.percentile(ratios, 97.5)), "rounds": len(pairs),
+            "rounds_row0_cheaper": int((pairs[:, 0] < pairs[:, 1]).sum())}
+
+
 def ms_ci(values: list[float]) -> dict[str, float]:
     """p50 / p95 / p99 in ms, each with its bootstrap interval (`p95_low`, `p95_high` ...)."""
     out = ms(values)
@@ -403,6 +415,7 @@ class NodeTarget:
         self.sent: list[tuple[float, float, float]] = []  # (utterance start stamp, wall end, wall decision)
         self.audio_s = 0.0
         self.cpu_s = 0.0
+        self.cpu_rounds: list[tuple[float, float]] = []  # per round of the speech phase: (CPU s, audio s)
 
     def _arrived(self, msg) -> None:
         self.arrivals.setdefault(round(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9, 4), time.monotonic())
@@ -502,11 +515,12 @@ def end_to_end(targets: list[tuple], waveforms: list[np.ndarray], idle_s: float,
         profiler = start_profiler(nodes[0].process.pid, profile) if profile else None
         clip = 0
         while any(len(n.sent) < n.utterances for n in nodes):
+            # One round: every row gets the same clips, so each round's CPU is a paired comparison between rows.
+            chosen = [waveforms[(clip + k) % len(waveforms)] for k in range(block)]
+            clip += block
             for node in nodes:
                 if len(node.sent) >= node.utterances:
                     continue
-                chosen = [waveforms[(clip + k) % len(waveforms)] for k in range(block)]
-                clip += block
                 stream, bounds = speech_stream(chosen, silence_s=1.0)
                 decided = decision_messages(stream)  # offset of utterance start -> deciding message index
                 messages = typed_chunks(stream, 16000, 1, "int16", 0.02, node.stream_time)
@@ -529,7 +543,8 @@ def end_to_end(targets: list[tuple], waveforms: list[np.ndarray], idle_s: float,
                     node.sent.append((round(node.stream_time + start, 4), sent_at[end_message], sent_at[index],
                                       end - start))
                 spin(0.3)
-                node.cpu_s += _proc_cpu_seconds(node.process.pid) - cpu0
+                node.cpu_rounds.append((_proc_cpu_seconds(node.process.pid) - cpu0, stream.size / 16000))
+                node.cpu_s += node.cpu_rounds[-1][0]
                 node.audio_s += stream.size / 16000
                 node.stream_time += stream.size / 16000 + 1.0
             done = sum(len(n.sent) for n in nodes)
@@ -558,6 +573,7 @@ def end_to_end(targets: list[tuple], waveforms: list[np.ndarray], idle_s: float,
                 "utterances_by_length": {k: len(v) for k, v in by_length.items()},
                 "utterances": {"sent": len(node.sent), "received": len(from_decision)},
                 "speech": {"cpu_ms_per_audio_s": node.cpu_s / max(node.audio_s, 1e-9) * 1000,
+                           "cpu_rounds": node.cpu_rounds,
                            "rss_mb": _proc_rss_mb(node.process.pid)},
                 "node_inference_ms": {k: float(node.diagnostics[f"latency_ms_{k}"]) for k in ("p50", "p95")
                                       if f"latency_ms_{k}" in node.diagnostics},
@@ -711,17 +727,22 @@ def run_voice(args: argparse.Namespace, waveforms: list[np.ndarray], results: di
     if args.compare_code:
         new, old = (results["end_to_end"][targets[i][0]]["latency_from_decision_ms"]["p95"] for i in (0, 1))
         cpu_new, cpu_old = (results["end_to_end"][targets[i][0]]["speech"]["cpu_ms_per_audio_s"] for i in (0, 1))
-        results["ratios"] = {"decision_to_arrival_p95": new / old, "cpu_per_speech_s": cpu_new / cpu_old}
+        paired = paired_cpu_ratio([results["end_to_end"][targets[i][0]]["speech"]["cpu_rounds"] for i in (0, 1)])
+        results["ratios"] = {"decision_to_arrival_p95": new / old, "cpu_per_speech_s": cpu_new / cpu_old,
+                             "cpu_per_speech_s_paired": paired}
         ratio_lines.append(f"This code against {args.compare_code.name}'s, same run: decision->arrival p95 x"
-                           f"{new / old:.2f}, CPU per second of speech x{cpu_new / cpu_old:.2f}.\n\n")
+                           f"{new / old:.2f}, CPU per second of speech x{cpu_new / cpu_old:.2f}; paired over "
+                           f"{paired['rounds']} rounds of the same clips x{paired['ratio']:.3f} [95% CI "
+                           f"{paired['low']:.3f}, {paired['high']:.3f}], this code cheaper in "
+                           f"{paired['rounds_row0_cheaper']} of them.\n\n")
     inference = results["inference"]
     voices = "; ".join(f"{r['voices']} at once: {r['cpu_ms_per_audio_s_per_voice']:.1f} ms per voice-second "
                        f"= {r['voices_per_core']:.0f} voices per core" for r in inference["voices_at_once"])
     text = (f"# The voice-encoder default in the node ({results['date']}, {results['machine']['cpu']}, "
             f"{results['machine']['cores']} cores)\n\n`.venv/bin/python bench/performance.py --voice"
             f"{' --compare-code ' + str(args.compare_code.name) if args.compare_code else ''}`: one ser_node "
-            f"process per row, interleaved blocks of 10 utterances (real time near each utterance end, 8x "
-            f"elsewhere), {count} utterances per row, short (one clip, 2-4 s) and long (two clips 0.15 s apart, "
+            f"process per row, interleaved rounds of 10 clips, the same clips for every row in a round (real time near "
+            f"each utterance end, 8x elsewhere), {count} utterances per row, short (one clip, 2-4 s) and long (two clips 0.15 s apart, "
             f"5-8 s) alternating. CPU ms per second of speech: the node process's CPU time over the audio it was "
             "fed during the speech phase.\n\n" + format_table(rows, list(rows[0]))
             + f"\n\nGoals: decision->arrival p95 <= {VOICE_GOALS['decision_to_arrival_p95_ms']:.0f} ms, the node "

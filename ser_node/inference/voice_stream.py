@@ -24,8 +24,8 @@ STEP_INPUTS = ("frames", "h", "c", "sums", "count", "speaker_offset")
 STEP_OUTPUTS = ("h_next", "c_next", "sums_next", "count_next")
 HEAD_OUTPUTS = ("probabilities", "probabilities_plain", "features", "speaker_embedding")
 LAYERS, HIDDEN = 3, 256
-STEP_FRAMES = 20  # frames (10 ms each) gathered before a step of the graph
-PUSH_SAMPLES = 3200  # audio (200 ms at 16 kHz) gathered before the front end runs
+STEP_FRAMES = 40  # frames (10 ms each) gathered before a step of the graph
+PUSH_SAMPLES = 6400  # audio (400 ms at 16 kHz) gathered before the front end runs
 
 
 @dataclass
@@ -49,11 +49,12 @@ class VoiceStream:
 
     Work is done in blocks: audio goes to the front end once PUSH_SAMPLES have gathered, and frames to the graph
     once STEP_FRAMES have. A graph run costs ~0.15 ms of overhead against ~0.05 ms per frame, and the front end's
-    numpy has a similar fixed cost per call. The node's CPU per second of speech (bench/performance.py --voice,
-    each against the previous whole-utterance code in the same run): a step per 20 ms message on two threads 51
-    against 40 ms; 100 ms blocks on one thread 41 against 38; 200 ms blocks 38 against 36. They leave at most
-    ~0.2 s of audio (~2 ms of work) for the end. The front end's output does not depend on how its input is
-    chunked, so neither does the state."""
+    numpy and the segmenter's hand-over have a fixed cost per call too. The node's CPU per second of speech
+    (bench/performance.py --voice, each against the previous whole-utterance code in the same run): a step per
+    20 ms message on two threads 51 against 40 ms; 100 ms blocks on one thread 41 against 38; 200 ms blocks 38
+    against 36 and 40 against 38. In this process (one thread, 40 uem-es clips) 200 ms blocks cost 9.4 ms per
+    second of audio, 400 ms blocks 8.5. They leave at most ~0.4 s of audio (~3 ms of work) for the end. The front
+    end's output does not depend on how its input is chunked, so neither does the state."""
 
     def __init__(self, classifier: Any) -> None:
         self.classifier = classifier
