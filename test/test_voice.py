@@ -203,8 +203,8 @@ def test_node_normalises_per_speaker_and_resets(voice_model, real_waveforms):
     stream, bounds = speech_stream(waveforms, silence_s=1.0)
     messages = typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0)
     harness = Harness({"model_path": str(voice_model["path"]), "reliability": "reliable", "vad_backend": "webrtc",
-                       "speaker_adaptation": True, "adaptation_warmup": 2, "publish_utterance": True,
-                       "voice_tracking": False})
+                       "speaker_adaptation": True, "adaptation_warmup": 0, "publish_utterance": True,
+                       "voice_tracking": False})  # 0: the model's own warm-up, 2 in the fixture's recipe
     utterances = collect_utterances(harness)
     try:
         harness.publish(messages, speed=8.0)
@@ -416,11 +416,47 @@ def test_augmentation_copies_follow_their_clips(corpus_dir, tmp_path):
     data = load_voice_data(recipe, progress=False)
     (copy,) = augmented_copies(data, recipe, progress=False)
     clean = data.features[data.corpora == "target"]
-    assert copy.shape == clean.shape and not np.allclose(copy, clean, atol=1e-3)
+    assert copy.features.shape == clean.shape and not np.allclose(copy.features, clean, atol=1e-3)
     (again,) = augmented_copies(data, recipe, progress=False)
-    np.testing.assert_array_equal(again, copy)
+    np.testing.assert_array_equal(again.features, copy.features)
     train = data.speakers != "target/s01"
     fold = with_augmentation(data, [copy], train)
     augmented = fold.corpora == AUGMENTED
     assert augmented.sum() == 3 and set(fold.speakers[augmented]) == {"target/s00"}
     assert "target/s01" not in set(fold.speakers)
+
+
+def test_room_copies_hear_each_speaker_in_one_room(corpus_dir, tmp_path):
+    """Room copies: every clip of a speaker is heard in the same simulated room per copy (a person talks to the
+    robot in one room), never the benchmark's room seed 0; each copy is its own voice for the normalised head
+    (centred with that speaker's other clips in that room); only the training speakers' copies join a fold, with
+    room_weight; the copies are deterministic (cached) and differ from the clean clips."""
+    from ser_node.train.acoustics import Condition
+    from ser_node.train.voice_recipe import (ROOM_SEEDS, ROOMS, VoiceRecipe, load_voice_data, room_copies,
+                                             sample_weights, speaker_room, with_augmentation)
+
+    rows = ["path,label,speaker"] + [f"{corpus_dir / s / f'{stem}.flac'},{stem.split('_')[0]},{s}"
+                                     for s in ("s00", "s01") for stem in ("Ira_01", "Neutro_01", "Alegria_01")]
+    (tmp_path / "target.csv").write_text("\n".join(rows) + "\n")
+    recipe = VoiceRecipe(corpora=[{"name": "target", "kind": "manifest", "path": str(tmp_path / "target.csv")}],
+                         cache_dir=str(tmp_path / "cache"), room_copies=2, room_weight=0.5)
+    data = load_voice_data(recipe, progress=False)
+    copies = room_copies(data, recipe, progress=False)
+    assert [c.corpus for c in copies] == [ROOMS, ROOMS]
+    for number, copy in enumerate(copies):
+        assert copy.features.shape == data.features.shape and not np.allclose(copy.features, data.features, atol=1e-3)
+        assert list(copy.speakers) == [f"{s}@room{number}" for s in data.speakers]
+        condition, seed = speaker_room("target/s00", number)
+        assert seed in ROOM_SEEDS and seed != 0 and condition.rt60_s > 0 and condition.noise == "none"
+        assert speaker_room("target/s00", number) == (condition, seed)  # one room per speaker and copy
+    assert speaker_room("target/s00", 0) != speaker_room("target/s00", 1) or speaker_room("target/s01", 0) != \
+        speaker_room("target/s01", 1)
+    assert isinstance(condition, Condition)
+    np.testing.assert_array_equal(room_copies(data, recipe, progress=False)[1].features, copies[1].features)
+    train = data.speakers != "target/s01"
+    fold = with_augmentation(data, copies, train)
+    rooms = fold.corpora == ROOMS
+    assert rooms.sum() == 6 and set(fold.speakers[rooms]) == {"target/s00@room0", "target/s00@room1"}
+    np.testing.assert_array_equal(fold.labels[rooms], np.tile(data.labels[train], 2))
+    assert "target/s01" not in {s.split("@")[0] for s in fold.speakers}
+    np.testing.assert_array_equal(sample_weights(fold, recipe), np.where(rooms, 0.5, recipe.target_weight))

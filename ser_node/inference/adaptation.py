@@ -14,10 +14,13 @@ from collections import deque
 import numpy as np
 
 
+DEFAULT_WARMUP = 5  # utterances before adapting, for models that do not recommend their own
+
+
 class SpeakerAdapter:
     """Running-mean normalisation of one speaker's utterance vectors; `reset()` when the speaker may change."""
 
-    def __init__(self, warmup: int = 5, history: int = 50, shrinkage: float = 5.0) -> None:
+    def __init__(self, warmup: int = DEFAULT_WARMUP, history: int = 50, shrinkage: float = 5.0) -> None:
         if warmup < 1 or history < warmup or shrinkage < 0:
             raise ValueError(f"need warmup >= 1, history >= warmup, shrinkage >= 0; got {warmup}, {history}, "
                              f"{shrinkage}")

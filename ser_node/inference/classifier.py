@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .adaptation import DEFAULT_WARMUP
 from .features import FeatureExtractor
 from .model_file import INPUT_NAME, OUTPUT_NAME, ModelFileError, ModelMetadata, metadata_of_session
 from .voice_stream import HEAD_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, EncoderState, VoiceStream
@@ -167,6 +168,12 @@ class Classifier:
         measured with); empty for models without them (the adapter's own defaults apply)."""
         normalisation = self.metadata.model.get("normalisation", {})
         return {k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation}
+
+    @property
+    def recommended_warmup(self) -> int:
+        """Utterances of a voice before its normalisation starts, as the model's LOSO figures were measured (a voice
+        model's recipe warm-up); 5 for models that do not say."""
+        return int(self.metadata.model.get("normalisation", {}).get("warmup", DEFAULT_WARMUP))
 
     @property
     def feature_size(self) -> int:

@@ -89,8 +89,9 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                           "DeepSpectrum models: the running mean of log-probabilities removed. "
                                           "Until adaptation_warmup utterances are in, results are unnormalised"),
                            True),
-    "adaptation_warmup": (5, describe("utterances heard before adaptation starts (until then: unadapted)", low=1,
-                                      high=100, integer=True), True),
+    "adaptation_warmup": (0, describe("utterances heard before adaptation starts (until then: unadapted); 0: the "
+                                      "model's own (a voice model's recipe warm-up, in its metadata; 5 for "
+                                      "other models)", low=0, high=100, integer=True), True),
     "voice_tracking": (True, describe("voice-encoder models: keep a normalisation state per voice, told apart by "
                                       "the model's speaker embedding (ser_node/inference/voices.py; "
                                       "bench/conversations.py), "

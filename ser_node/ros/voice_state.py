@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 from std_srvs.srv import Trigger
 
-from ..inference.adaptation import SpeakerAdapter, adapt_log_probabilities, starts_new_speaker
+from ..inference.adaptation import DEFAULT_WARMUP, SpeakerAdapter, adapt_log_probabilities, starts_new_speaker
 from ..inference.classifier import Classifier, Inference
 from ..inference.voices import VoiceNormaliser, VoiceSettings, VoiceTracker, load_voices, save_voices
 from .worker import Pending
@@ -29,7 +29,7 @@ class VoiceState:
     def __init__(self, node: Any, param: Callable[[str], Any], classifier: Callable[[], Classifier | None]) -> None:
         self.node, self.p, self._classifier = node, param, classifier
         self.lock = threading.Lock()  # the worker adapts, a service call resets
-        self.adapter = SpeakerAdapter(warmup=int(param("adaptation_warmup")))
+        self.adapter = SpeakerAdapter(warmup=self._warmup())
         self.voices: VoiceNormaliser | None = None  # the voices heard (memory only unless voices_file)
         self.on_own_voices: Callable[[list[str]], None] = lambda _held: None
         self.on_forget: Callable[[list[str] | None], None] = lambda _ids: None  # what else forgets voices (moods)
@@ -97,17 +97,24 @@ class VoiceState:
             self.adapter = self._new_adapter()
             self.voices = None
 
-    def _new_adapter(self) -> SpeakerAdapter:
-        """Warm-up from the parameter; history and shrinkage from a voice model's metadata (what its LOSO figures
-        were measured with), the log-probability adapter's own defaults otherwise."""
+    def _warmup(self) -> int:
+        """The adaptation_warmup parameter, or with 0 the model's own (Classifier.recommended_warmup)."""
+        chosen = int(self.p("adaptation_warmup"))
+        if chosen:
+            return chosen
         classifier = self._classifier()
-        return SpeakerAdapter(warmup=int(self.p("adaptation_warmup")),
-                              **(classifier.adapter_settings if classifier else {}))
+        return classifier.recommended_warmup if classifier else DEFAULT_WARMUP
+
+    def _new_adapter(self) -> SpeakerAdapter:
+        """Warm-up from the parameter (or the model); history and shrinkage from a voice model's metadata (what its
+        LOSO figures were measured with), the log-probability adapter's own defaults otherwise."""
+        classifier = self._classifier()
+        return SpeakerAdapter(warmup=self._warmup(), **(classifier.adapter_settings if classifier else {}))
 
     def _current_adapter(self, item: Pending) -> SpeakerAdapter:
         """The current speaker's adapter (call with the lock held): a fresh one after `adaptation_reset_s` without
         an utterance (a new speaker is likely), or when its settings changed."""
-        if self.adapter.warmup != int(self.p("adaptation_warmup")) or starts_new_speaker(
+        if self.adapter.warmup != self._warmup() or starts_new_speaker(
                 item.utterance.start, self._last_utterance_end, float(self.p("adaptation_reset_s"))):
             self.adapter = self._new_adapter()
         self._last_utterance_end = item.utterance.end
@@ -120,7 +127,7 @@ class VoiceState:
                                                      float(self.p("voice_threshold"))),
                              confident_similarity=float(self.p("voice_confident_similarity")),
                              merge_threshold=float(self.p("voice_merge_threshold")),
-                             max_voices=int(self.p("max_voices")), warmup=int(self.p("adaptation_warmup")),
+                             max_voices=int(self.p("max_voices")), warmup=self._warmup(),
                              **(classifier.adapter_settings if classifier else {}))
 
     def _normaliser(self) -> VoiceNormaliser:
