@@ -20,6 +20,11 @@ Parts (--parts, default all):
               normalised, the shipped recipe and ComParE + SVM (C 1e-4, as bench/accuracy.py --methods loco).
   robustness  room RT60 0.6 s at 2 m and robot noise at 10 dB (ser_node/train/acoustics.py, the robustness bench's
               conditions and seeds) against clean: each clip by its own fold's model.
+  rooms       multi-condition training: recipe variants with room copies (each training speaker heard in one
+              simulated room per copy), each judged clean, in the test room and under robot noise; and a variant
+              chosen per test speaker on the other 11 speakers' folds (honest selection).
+  warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
+              honest choice.
   attention   attentive pooling over the encoder's frames, trained per fold (uem-es only), then the linear heads.
   finetune    the same with the encoder's layer 3 fine-tuned at a low learning rate (~40 min on one core).
   report      bench/results/voice.md and voice.png from voice.json.
@@ -375,28 +380,43 @@ def run_loco(work: Path) -> dict:
                         "C = 1e-4", "corpora": out}
 
 
-def run_robustness(work: Path) -> dict:
-    from robustness import Condition, Degrader, compare_features
+def test_conditions():
+    from robustness import Condition
+
+    return {"clean": Condition(), "room RT60 0.6 s at 2 m": Condition(rt60_s=0.6, distance_m=2.0),
+            "robot noise 10 dB": Condition(noise="robot", snr_db=10.0)}
+
+
+def condition_features(target: VoiceData, recipe: VoiceRecipe):
+    """The robustness bench's Degrader (its seeds, room seed 0) and the encoder features of every uem-es clip under
+    each test condition (cached per condition)."""
+    from robustness import Degrader
 
     from ser_node.train.corpora import load_emomatch
     from ser_node.train.voice_features import clip_features
 
-    recipe = shipped_recipe()
-    data = load_voice_data(recipe)
-    target = data.subset(data.corpora == data.target)
     clips = load_emomatch(DATA / "uem-es").clips
     assert [str(c.path) for c in clips] == list(target.paths)
     degrader = Degrader(clips)
-    conditions = {"clean": Condition(), "room RT60 0.6 s at 2 m": Condition(rt60_s=0.6, distance_m=2.0),
-                  "robot noise 10 dB": Condition(noise="robot", snr_db=10.0)}
-    robust_work = work / "robustness"
-    robust_work.mkdir(parents=True, exist_ok=True)
     features = {}
-    for name, condition in conditions.items():
+    for name, condition in test_conditions().items():
         transform: Callable | None = None if name == "clean" else (lambda audio, i, c=condition: degrader(i, c))
         features[name] = clip_features(target.paths, Path(recipe.cache_dir).expanduser() / "voice",
                                        tag="clean" if name == "clean" else condition.name.replace(" ", "_"),
                                        transform=transform)[0]
+    return degrader, features
+
+
+def run_robustness(work: Path) -> dict:
+    from robustness import compare_features
+
+    recipe = shipped_recipe()
+    data = load_voice_data(recipe)
+    target = data.subset(data.corpora == data.target)
+    degrader, features = condition_features(target, recipe)
+    conditions = test_conditions()
+    robust_work = work / "robustness"
+    robust_work.mkdir(parents=True, exist_ok=True)
     clean_recipe = dataclasses.replace(recipe, augment_copies=0)
     copies = augmented_copies(data, recipe)
     compare = {name: compare_features(degrader, c, robust_work) for name, c in conditions.items()}
@@ -423,6 +443,131 @@ def run_robustness(work: Path) -> dict:
                         "augmentation copies); one random order per speaker for normalisation",
             "rows": {name: {k: v for k, v in records.summary(name).items() if k in ("ua_mean", "ua_std")}
                      for name in records.rows}}
+
+
+ROOM_VARIANTS = {  # name -> (recipe changes, with the other corpora)
+    "simple recipe (uem-es only, no augmentation)": ({"augment_copies": 0}, False),
+    "simple recipe + 2 room copies": ({"augment_copies": 0, "room_copies": 2}, False),
+    "shipped recipe": ({}, True),
+    "shipped + 1 room copy of uem-es": ({"room_copies": 1, "room_corpora": ["uem-es"]}, True),
+    "shipped + 2 room copies of uem-es": ({"room_copies": 2, "room_corpora": ["uem-es"]}, True),
+    "shipped + 1 room copy of every corpus": ({"room_copies": 1}, True),
+    "shipped + 2 room copies of every corpus": ({"room_copies": 2}, True),
+    "shipped + 2 room copies of every corpus, weight 0.5": ({"room_copies": 2, "room_weight": 0.5}, True),
+}
+SELECTION_CONDITIONS = ("clean", "room RT60 0.6 s at 2 m")  # what a variant is chosen by (normalised UA)
+
+
+def run_rooms(work: Path) -> dict:
+    """Multi-condition training: each recipe variant's LOSO folds judged on clean uem-es clips, in the test room
+    (room seed 0, never trained on) and under robot noise, plain and normalised, 5 orders per speaker; then an
+    honest choice: for each test speaker, the variant with the best mean normalised UA (clean and room) over the
+    other 11 speakers' folds, scored on that speaker only."""
+    from ser_node.train.voice_recipe import AUGMENTED, ROOMS, training_copies
+
+    base = shipped_recipe()
+    recipes = {name: (dataclasses.replace(base, **changes), pooled) for name, (changes, pooled) in ROOM_VARIANTS.items()}
+    base_all = dataclasses.replace(base, room_copies=max(r.room_copies for r, _ in recipes.values()))
+    data = load_voice_data(base)
+    target = data.subset(data.corpora == data.target)
+    _, features = condition_features(target, base)
+    copies_all = training_copies(data, base_all)  # computes (and caches) every room copy once
+    records = Records()
+    began = time.perf_counter()
+    for t in sorted(set(target.speakers)):
+        test = np.where(target.speakers == t)[0]
+        for name, (recipe, pooled) in recipes.items():
+            rooms = [c if recipe.room_corpora is None else _rows_of(c, np.isin(data.corpora[c.rows],
+                                                                               recipe.room_corpora))
+                     for c in copies_all if c.corpus == ROOMS][:recipe.room_copies]
+            copies = [c for c in copies_all if c.corpus == AUGMENTED][:recipe.augment_copies] + rooms
+            heads = fold_heads(data, recipe, t, pooled, copies)
+            for order in speaker_orders(len(test), t):
+                rows = test[order]
+                for condition, x in features.items():
+                    z = heads.standardise(x[rows])
+                    for mode, normalise in (("plain", False), ("normalised", True)):
+                        records.add(f"{name} | {condition} | {mode}", t, target.labels[rows],
+                                    predict_in_order(heads, z, recipe, normalise))
+        print(f"rooms: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
+    rows = {name: records.summary(name) for name in records.rows}
+    speakers = sorted(set(target.speakers))
+    chosen, _ = honest_choice({name: {s: np.mean([rows[f"{name} | {c} | normalised"]["per_speaker"][s]
+                                                  for c in SELECTION_CONDITIONS]) for s in speakers}
+                               for name in recipes})
+    selected = {}
+    for condition in features:
+        for mode in ("plain", "normalised"):
+            per = {t: rows[f"{chosen[t]} | {condition} | {mode}"]["per_speaker"][t] for t in speakers}
+            selected[f"{condition} | {mode}"] = {"ua_mean": float(np.mean(list(per.values()))),
+                                                 "ua_std": float(np.std(list(per.values()))), "per_speaker": per}
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
+            "protocol": "LOSO over the 12 speakers of uem-es; test clips clean, in room seed 0 (RT60 0.6 s at 2 m, "
+                        "a room no training copy is heard in) and with robot noise at 10 dB (bench/robustness.py's "
+                        "seeds); normalised: 5 random orders per speaker, centred by the speaker's earlier clips "
+                        "heard in the same condition; room copies: each training speaker heard in one room per "
+                        "copy (RT60 0.3-0.9 s, 0.5-3 m, room seeds 1-4)",
+            "variants": {name: {"changes": ROOM_VARIANTS[name][0], "other_corpora": ROOM_VARIANTS[name][1]}
+                         for name in recipes},
+            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
+                     for name, row in rows.items()},
+            "selection": {"rule": "per test speaker, the variant with the best mean normalised UA over clean and "
+                                  "room on the other 11 speakers' folds", "chosen": chosen, "rows": selected}}
+
+
+WARMUP_GRID = [(w, s) for w in (1, 2, 3, 5) for s in (0.0, 1.0, 3.0)]
+
+
+def run_warmup(work: Path) -> dict:
+    """A new voice's first utterances: the normalised head from the `warmup`-th utterance on, with the offset
+    shrunk by n / (n + shrinkage), against the plain head for the first 5 (today's). The shipped recipe's LOSO
+    folds and 5 orders; then an honest choice per test speaker (the best mean normalised UA over the other 11
+    speakers' folds), scored on that speaker."""
+    recipe = shipped_recipe()
+    data = load_voice_data(recipe)
+    target = data.subset(data.corpora == data.target)
+    copies = augmented_copies(data, recipe)
+    records = Records()
+    for t in sorted(set(target.speakers)):
+        test = np.where(target.speakers == t)[0]
+        heads = fold_heads(data, recipe, t, True, copies)
+        for order in speaker_orders(len(test), t):
+            rows = test[order]
+            z = heads.standardise(target.features[rows])
+            for warmup, shrinkage in WARMUP_GRID:
+                r = dataclasses.replace(recipe, warmup=warmup, shrinkage=shrinkage)
+                records.add(f"warmup {warmup}, shrinkage {shrinkage:g}", t, target.labels[rows],
+                            predict_in_order(heads, z, r, normalise=True))
+        print(f"warmup: fold {t} done", flush=True)
+    rows = {name: records.summary(name) for name in records.rows}
+    chosen, per = honest_choice({name: row["per_speaker"] for name, row in rows.items()})
+    table = [{"setting": name, "UA": f"{row['ua_mean']:.3f} ± {row['ua_std']:.3f}",
+              **{f"UA at {k}": f"{v:.3f}" for k, v in row["ua_by_rank"].items()}} for name, row in rows.items()]
+    print(format_table(table, list(table[0])), flush=True)
+    print(f"chosen per test speaker: {chosen}; UA {np.mean(list(per.values())):.3f}", flush=True)
+    return {"date": time.strftime("%Y-%m-%d %H:%M"),
+            "protocol": "LOSO over the 12 speakers of uem-es, the shipped recipe's fold heads, 5 random orders per "
+                        "speaker; the normalised head answers from the warmup-th utterance with the offset of the "
+                        "earlier ones shrunk by n / (n + shrinkage), the plain head before",
+            "rows": {name: {k: row[k] for k in ("ua_mean", "ua_std", "per_speaker", "ua_by_rank")}
+                     for name, row in rows.items()},
+            "selection": {"rule": "per test speaker, the best mean UA over the other 11 speakers' folds",
+                          "chosen": chosen, "ua_mean": float(np.mean(list(per.values()))), "per_speaker": per}}
+
+
+def honest_choice(per_speaker: dict[str, dict[str, float]]) -> tuple[dict[str, str], dict[str, float]]:
+    """For each speaker, the option with the best mean over the other speakers, and that option's score on the
+    speaker: a choice never made on the speaker it is scored on."""
+    speakers = sorted(next(iter(per_speaker.values())))
+    chosen = {t: max(per_speaker, key=lambda name: np.mean([per_speaker[name][s] for s in speakers if s != t]))
+              for t in speakers}
+    return chosen, {t: per_speaker[chosen[t]][t] for t in speakers}
+
+
+def _rows_of(copies, keep: np.ndarray):
+    """Copies restricted to some of their rows."""
+    return dataclasses.replace(copies, features=copies.features[keep], rows=copies.rows[keep],
+                               speakers=copies.speakers[keep])
 
 
 def encoder_states(paths: list[str], cache: Path) -> list[np.ndarray]:
@@ -651,6 +796,7 @@ def main() -> int:
     args = parser.parse_args()
     path = args.out / "voice.json"
     runners = {"loso": run_loso, "frontend": run_frontend, "skew": run_skew, "loco": run_loco, "robustness": run_robustness,
+               "rooms": run_rooms, "warmup": run_warmup,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

@@ -59,6 +59,13 @@ class VoiceRecipe:
     # weighted augment_weight (the clean target clips keep target_weight).
     augment_copies: int = 0
     augment_weight: float = 1.0
+    # Room copies: this many copies of the clips of `room_corpora` (None: every corpus), each speaker's clips heard
+    # in one simulated room and distance per copy, as a person talks to a robot in one room. A copy is centred
+    # with the other clips of its speaker in the same room, as the node's per-voice offset centres a person heard
+    # in one room. Each copy weighted room_weight.
+    room_copies: int = 0
+    room_corpora: list[str] | None = None
+    room_weight: float = 1.0
     seed: int = 0
     cache_dir: str = "~/.cache/ser_node"
 
@@ -188,14 +195,20 @@ def _logistic_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float) 
     return weight.astype(np.float32), (model.intercept_ - weight @ centre).astype(np.float32)
 
 
+def sample_weights(data: VoiceData, recipe: VoiceRecipe) -> np.ndarray:
+    """Per training row: target_weight for the target corpus, augment_weight and room_weight for the copies, 1 for
+    the other corpora."""
+    return np.select([data.corpora == data.target, data.corpora == AUGMENTED, data.corpora == ROOMS],
+                     [recipe.target_weight, recipe.augment_weight, recipe.room_weight], 1.0)
+
+
 def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None = None) -> VoiceHeads:
     """Both heads on every clip of `data` (target clips weighted by target_weight), on the recipe's layers'
     columns (or the given `columns`, for features other than the cached pooling)."""
     pooled = data.features[:, layer_columns(recipe.layers) if columns is None else columns].astype(np.float64)
     mean, scale = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
     z = (pooled - mean) / scale
-    weights = np.where(data.corpora == data.target, recipe.target_weight,
-                       np.where(data.corpora == AUGMENTED, recipe.augment_weight, 1.0))
+    weights = sample_weights(data, recipe)
     plain = _logistic_head(z, data.labels, weights, recipe.c)
     if recipe.history_neutral_share is None:
         normalised = _logistic_head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.c)
@@ -293,20 +306,37 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
 
 
 AUGMENTED = "augmented"  # corpus name of the augmentation copies (weighted by augment_weight)
+ROOMS = "rooms"  # corpus name of the room copies (weighted by room_weight)
+# The rooms the room copies are heard in: RT60, distance and one of four simulated rooms, drawn per speaker and
+# copy. bench/robustness.py and bench/voice.py measure in room seed 0, which training never uses.
+ROOM_RT60_S = (0.3, 0.45, 0.6, 0.75, 0.9)
+ROOM_DISTANCE_M = (0.5, 1.0, 1.5, 2.0, 3.0)
+ROOM_SEEDS = (1, 2, 3, 4)
+
+
+@dataclass
+class Copies:
+    """Degraded copies of some clips of a VoiceData, to join training beside them."""
+
+    features: np.ndarray  # (k, 1536) pooled features of the copies
+    rows: np.ndarray  # (k,) the clip (row of the VoiceData) each copy is of
+    speakers: np.ndarray  # (k,) the voice each copy is centred with for the normalised head
+    corpus: str  # AUGMENTED or ROOMS: the weight the copies take
 
 
 def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True,
-                     frontend_version: int = FRONTEND_VERSION) -> list[np.ndarray]:
-    """Pooled features of `augment_copies` degraded copies of every target clip, cached per copy. Rooms are
-    simulated with room seeds 1 and 2 (bench/robustness.py measures in room seed 0); each clip's condition and
-    seed follow from its file name, speaker and copy number, so the copies are the same in every run."""
+                     frontend_version: int = FRONTEND_VERSION) -> list[Copies]:
+    """`augment_copies` degraded copies of every target clip, cached per copy. Rooms are simulated with room seeds
+    1 and 2 (bench/robustness.py measures in room seed 0); each clip's condition and seed follow from its file
+    name, speaker and copy number, so the copies are the same in every run."""
     from .acoustics import AcousticSimulator, AugmentRanges, random_condition, stable_seed
     from .corpora import Clip
 
     target = data.corpora == data.target
     babble = [Clip(Path(p), str(label), str(speaker), str(corpus)) for p, label, speaker, corpus, keep
               in zip(data.paths, data.labels, data.speakers, data.corpora, ~target) if keep]
-    paths = [p for p, m in zip(data.paths, target) if m]
+    rows = np.where(target)[0]
+    paths = [data.paths[r] for r in rows]
     speakers = data.speakers[target]
     ranges, simulators = AugmentRanges(probability=1.0), {}
     copies = []
@@ -316,21 +346,60 @@ def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True
             condition, room = random_condition(ranges, rng)
             simulator = simulators.setdefault(room, AcousticSimulator(babble, room_seed=1 + room))
             return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
-        copies.append(clip_features(paths, Path(recipe.cache_dir).expanduser() / "voice", tag=f"augment{copy}",
-                                    transform=transform, progress=progress, frontend_version=frontend_version)[0])
+        features = clip_features(paths, Path(recipe.cache_dir).expanduser() / "voice", tag=f"augment{copy}",
+                                 transform=transform, progress=progress, frontend_version=frontend_version)[0]
+        copies.append(Copies(features, rows, speakers, AUGMENTED))
     return copies
 
 
-def with_augmentation(data: VoiceData, copies: Sequence[np.ndarray], train: np.ndarray) -> VoiceData:
-    """The training rows of `data` plus the augmentation copies of its target clips (same speakers and labels;
-    corpus AUGMENTED, so they take augment_weight)."""
-    target_rows = np.where(data.corpora == data.target)[0]
-    keep = train[target_rows]
+def speaker_room(speaker: str, copy: int):
+    """The room a speaker's clips are heard in for room copy `copy`: (Condition, room seed), the same in every run."""
+    from .acoustics import Condition, stable_seed
+
+    rng = np.random.default_rng(stable_seed(speaker, "room", copy))
+    condition = Condition(rt60_s=float(rng.choice(ROOM_RT60_S)), distance_m=float(rng.choice(ROOM_DISTANCE_M)))
+    return condition, int(rng.choice(ROOM_SEEDS))
+
+
+def room_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> list[Copies]:
+    """`room_copies` copies of the clips of `room_corpora`, each speaker heard in one room per copy (speaker_room),
+    centred as the voice "<speaker>@room<copy>". Cached per copy (tag room<copy>)."""
+    from .acoustics import AcousticSimulator
+
+    corpora = recipe.room_corpora if recipe.room_corpora is not None else [c["name"] for c in recipe.corpora]
+    rows = np.where(np.isin(data.corpora, corpora))[0]
+    paths = [data.paths[r] for r in rows]
+    speakers = data.speakers[rows]
+    simulators: dict[int, AcousticSimulator] = {}
+    copies = []
+    for copy in range(recipe.room_copies):
+        def transform(audio: np.ndarray, i: int, copy: int = copy) -> np.ndarray:
+            condition, seed = speaker_room(str(speakers[i]), copy)
+            return simulators.setdefault(seed, AcousticSimulator(room_seed=seed))(audio, condition)
+        features = clip_features(paths, Path(recipe.cache_dir).expanduser() / "voice", tag=f"room{copy}",
+                                 transform=transform, progress=progress)[0]
+        copies.append(Copies(features, rows, np.char.add(speakers.astype(str), f"@room{copy}"), ROOMS))
+    return copies
+
+
+def training_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> list[Copies]:
+    """Every copy the recipe trains with: the augmentation copies and the room copies."""
+    return augmented_copies(data, recipe, progress) + room_copies(data, recipe, progress)
+
+
+def with_augmentation(data: VoiceData, copies: Sequence[Copies], train: np.ndarray) -> VoiceData:
+    """The training rows of `data` plus the copies of its training rows (labels of the clips they copy; corpus
+    AUGMENTED or ROOMS, so they take that weight)."""
     parts = [data.subset(train)]
     for copy in copies:
-        part = data.subset(np.isin(np.arange(len(data.labels)), target_rows[keep]))
-        part.features = copy[keep]
-        part.corpora = np.full(len(part.labels), AUGMENTED)
+        keep = train[copy.rows]
+        part = data.subset(np.zeros(len(data.labels), dtype=bool))
+        part.features = copy.features[keep]
+        part.speaker_embeddings = data.speaker_embeddings[copy.rows[keep]]
+        part.labels = data.labels[copy.rows[keep]]
+        part.speakers = copy.speakers[keep]
+        part.corpora = np.full(int(keep.sum()), copy.corpus)
+        part.paths = [data.paths[r] for r in copy.rows[keep]]
         parts.append(part)
     return VoiceData(np.concatenate([p.features for p in parts]),
                      np.concatenate([p.speaker_embeddings for p in parts]), np.concatenate([p.labels for p in parts]),
@@ -342,15 +411,16 @@ def train_and_export(recipe: VoiceRecipe, out: Path, base: Path | None = None) -
     """Fits the heads on every clip of the recipe's corpora and writes out/model.onnx, heads.npz and report.json."""
     began = time.perf_counter()
     data = load_voice_data(recipe, base)
-    copies = augmented_copies(data, recipe)
+    copies = training_copies(data, recipe)
     heads = fit_heads(with_augmentation(data, copies, np.ones(len(data.labels), dtype=bool)) if copies else data,
                       recipe)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "heads.npz", mean=heads.mean, scale=heads.scale, plain_w=heads.plain[0], plain_b=heads.plain[1],
              norm_w=heads.normalised[0], norm_b=heads.normalised[1], layers=np.array(heads.layers))
     counts = {str(c): int((data.corpora == c).sum()) for c in np.unique(data.corpora)}
-    training = {"recipe": recipe.to_mapping(), "clips": counts, "augmented_copies": len(copies) * int(counts.get(
-                    data.target, 0)), "speakers": int(len(np.unique(data.speakers))),
+    copy_counts = {kind: sum(len(c.rows) for c in copies if c.corpus == kind) for kind in (AUGMENTED, ROOMS)}
+    training = {"recipe": recipe.to_mapping(), "clips": counts, "copies": copy_counts,
+                "speakers": int(len(np.unique(data.speakers))),
                 "date": time.strftime("%Y-%m-%d"), "protocol": "all speakers (the shipped model)",
                 "accuracy": "see models/MODEL_CARD.md and bench/results/voice.md (LOSO)"}
     export_voice_model(heads, recipe, out / "model.onnx", training)
