@@ -926,7 +926,7 @@ def write_report(results: dict, out: Path) -> None:
               "received)", "", *e2e_tables(results), "",
               "Each row is its own ser_node process (console script); blocks of 10 utterances go to each in turn, "
               "so machine noise hits every row alike. Audio is paced at real time within 0.4 s of each utterance "
-              "end and at 8x elsewhere. Latency from the utterance end includes the `min_silence_s` (0.3 s) of "
+              "end and at 8x elsewhere. Latency from the utterance end includes the `min_silence_s` (0.5 s by default) of "
               "silence the segmenter must hear before it can close an utterance (a design choice, tunable). "
               "*decision->arrival* starts at the publication of the audio message that let the segmenter close "
               "the utterance: the pipeline's own cost. `idle_batch_s=0` is the node taking every audio message "

@@ -21,6 +21,9 @@ Parts (--parts, default all):
   babble        what a higher Silero vad_threshold buys against babble (false alarms) and costs (recall)
   node          the same streams through a running ser_node (each speaker's fold model, 10x real time):
                 segmentation precision/recall against the clean reference and UA of what the node published
+  pauses        one clip, one utterance? Every uem-es clip alone (1 s of silence after it) through the segmenter
+                (Silero) at several min_silence_s: the share of clips cut into several utterances by a pause
+                inside them, against the time the result waits after the speech ends
   report        only rewrite robustness.md from the results present (every part does it too)
 
   .venv/bin/python bench/robustness.py --parts compare,offline
@@ -252,11 +255,20 @@ def node_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pauses_table(result: dict) -> str:
+    lines = [f"## One clip, one utterance? Pauses inside utterances ({result['date']}; {result['protocol']})", "",
+             "| min_silence_s | clips | one utterance | several | none |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['min_silence_s']:g} | {r['clips']} | {r['one']:.3f} | {r['several']:.3f} | "
+                     f"{r['none']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(out: Path) -> None:
     """robustness.md from whichever parts have results."""
     parts = [("robustness.json", offline_table), ("robustness_segmentation.json", segmentation_table),
              ("robustness_false_alarms.json", false_alarm_table), ("robustness_babble.json", babble_table),
-             ("robustness_node.json", node_table)]
+             ("robustness_node.json", node_table), ("robustness_pauses.json", pauses_table)]
     sections = ["# Robustness: noise, reverberation, false alarms (bench/robustness.py)", ""]
     for name, table in parts:
         if (out / name).exists():
@@ -421,6 +433,32 @@ def run_segmentation(degrader: Degrader) -> dict:
     return {"date": time.strftime("%Y-%m-%d"), "rows": rows,
             "protocol": f"{CLIPS_PER_EMOTION} clips per emotion x 12 speakers of uem-es, 1-2 s pauses, offline "
                         "through the node's StreamProcessor + Segmenter (default parameters)"}
+
+
+# ------------------------------------------------------------------ pauses inside an utterance
+
+PAUSE_SETTINGS = (0.3, 0.4, 0.5, 0.6, 0.8)  # min_silence_s
+
+
+def run_pauses(clips) -> dict:
+    """Every clip alone, then 1 s of silence, through StreamProcessor + Segmenter (Silero, the node's defaults
+    but min_silence_s): how many clips come out as one utterance, several, or none."""
+    from ser_node.audio.segmenter import Segmenter, SegmenterConfig
+    from ser_node.audio.stream import StreamProcessor
+    from ser_node.audio.vad import make_vad
+
+    audio = [np.concatenate([load_audio(c.path), np.zeros(16000, np.float32)]) for c in clips]
+    rows = []
+    for min_silence in PAUSE_SETTINGS:
+        counts = np.array([len(StreamProcessor(Segmenter(make_vad("silero"), SegmenterConfig(
+            min_silence_s=min_silence))).feed_recording(a, 16000, 0.02)) for a in audio])
+        rows.append({"min_silence_s": min_silence, "clips": len(audio), "one": float(np.mean(counts == 1)),
+                     "several": float(np.mean(counts > 1)), "none": float(np.mean(counts == 0))})
+        print(f"min_silence_s {min_silence:.1f}: {rows[-1]['one']:.3f} one utterance, {rows[-1]['several']:.3f} "
+              f"several, {rows[-1]['none']:.3f} none", flush=True)
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows,
+            "protocol": "every uem-es clip alone, followed by 1 s of silence, through StreamProcessor + Segmenter "
+                        "(Silero, default parameters but min_silence_s), 20 ms messages"}
 
 
 # ------------------------------------------------------------------ false alarms
@@ -642,6 +680,8 @@ def main() -> int:
             write_json(args.out / "robustness_babble.json", run_babble_thresholds(degrader, args.hours))
         elif part == "node":
             write_json(args.out / "robustness_node.json", run_node(degrader, args))
+        elif part == "pauses":
+            write_json(args.out / "robustness_pauses.json", run_pauses(clips))
         elif part == "report":
             pass  # rewrites robustness.md from the results there are
         elif part == "offline":

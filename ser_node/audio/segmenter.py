@@ -51,7 +51,7 @@ class SegmenterConfig:
     threshold: float = 0.5
     negative_threshold: float = 0.35  # hysteresis: speech continues until probability drops below this
     min_speech_s: float = 0.25
-    min_silence_s: float = 0.3
+    min_silence_s: float = 0.5  # bench/robustness.py --parts pauses: 5.1 % of clips cut in two at 0.3 s, 2.0 % at 0.5
     pre_roll_s: float = 0.2
     post_roll_s: float = 0.15
     max_utterance_s: float = 10.0

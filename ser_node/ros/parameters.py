@@ -38,7 +38,7 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "vad_negative_threshold": (0.35, describe("speech continues until the probability falls below this",
                                               low=0.01, high=0.99), True),
     "min_speech_s": (0.25, describe("shorter speech is ignored", low=0.0, high=5.0), True),
-    "min_silence_s": (0.3, describe("silence that ends an utterance", low=0.03, high=5.0), True),
+    "min_silence_s": (0.5, describe("silence that ends an utterance", low=0.03, high=5.0), True),
     "min_snr_db": (SNR_GATE_OFF, describe("drop utterances whose SNR estimate over the noise floor is below this "
                                           f"({SNR_GATE_OFF:g} = off; bench/robustness.py measures each setting)",
                                           low=SNR_GATE_OFF, high=60.0), True),
