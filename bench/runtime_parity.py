@@ -65,7 +65,7 @@ def run(audio_path: Path, models_dir: Path) -> dict:
     from ser_node.inference.voice_stream import UtteranceEncoder
     from ser_node.inference.voices import VoiceSettings
 
-    # Three plays, a second apart: enough utterances for per-voice normalisation to start (its warm-up is 5).
+    # Three plays, a second apart: enough utterances for per-voice normalisation to start (warm-up 3 to 5).
     clip = load_audio(audio_path)
     audio = np.concatenate([np.concatenate([clip, np.zeros(16000, np.float32)])] * 3)
     classifiers = {name: Classifier(models_dir / name, threads=1) for name in MODELS}
@@ -77,8 +77,8 @@ def run(audio_path: Path, models_dir: Path) -> dict:
         for name, classifier in classifiers.items():
             entry["models"][name] = classifier.predict([u.audio for u in utterances]).tolist()
             if classifier.is_voice_model:  # the node's default: per-voice normalisation
-                entry["models"][name + "+voices"] = classify_in_order(classifier, timed,
-                                                                      voices=VoiceSettings()).tolist()
+                voices = VoiceSettings(warmup=classifier.recommended_warmup, **classifier.adapter_settings)
+                entry["models"][name + "+voices"] = classify_in_order(classifier, timed, voices=voices).tolist()
                 # and the node's live path: the encoder stepped while each utterance streams in
                 listener = UtteranceEncoder(lambda classifier=classifier: classifier)
                 streamed = StreamProcessor(Segmenter(make_vad(backend), listener=listener)).feed_recording(

@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-speaker-adaptation", dest="speaker_adaptation", action="store_false",
                        help="score every utterance on its own (the node's speaker_adaptation: false); by default "
                             "each is judged against the speaker's earlier ones, as the node does by default")
-        p.add_argument("--adaptation-warmup", type=int, default=5, help="the node's adaptation_warmup")
+        p.add_argument("--adaptation-warmup", type=int, default=0,
+                       help="the node's adaptation_warmup (0: the model's own)")
         p.add_argument("--adaptation-reset-s", type=float, default=30.0, help="the node's adaptation_reset_s")
 
     evaluate = sub.add_parser("evaluate", help="run the node's pipeline over a bag, offline, faster than real time")

@@ -292,13 +292,15 @@ class Classifier:
 
 
 def classify_in_order(classifier: Classifier, utterances: Sequence[tuple[float, float, np.ndarray]],
-                      speaker_adaptation: bool = True, warmup: int = 5, reset_s: float = 30.0,
+                      speaker_adaptation: bool = True, warmup: int = 0, reset_s: float = 30.0,
                       voices: Any = None) -> np.ndarray:
     """Probabilities for (start, end, audio) utterances in time order, as the node publishes them: with speaker
     adaptation, each judged against the speaker's earlier utterances: per voice with `voices` (VoiceSettings, voice
-    models), else one state reset after `reset_s` without speech. The node's parameters of the same names; used by
-    the bag evaluator, so offline scores equal live ones."""
+    models), else one state reset after `reset_s` without speech. The node's parameters of the same names (warmup 0:
+    the model's own); used by the bag evaluator, so offline scores equal live ones."""
     from .adaptation import SpeakerAdapter, starts_new_speaker
+
+    warmup = warmup or classifier.recommended_warmup
 
     if not utterances:
         return np.zeros((0, len(classifier.classes)), dtype=np.float32)
