@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from conftest import ROOT
 
 from ser_node.audio.decode import load_audio
@@ -34,7 +35,11 @@ def test_default_metadata_names_the_encoder_and_its_recipe():
     assert metadata.features == MEL_CONFIG and metadata.variant == "ge2e_heads"
     assert metadata.model["encoder"]["sha256"] == ENCODER_SHA256 and metadata.model["encoder"]["version"] == "0.1.4"
     assert set(metadata.training["clips"]) == {"uem-es", "emovo", "emodb", "ased"}
-    assert metadata.model["normalisation"]["warmup"] == 5
+    recipe = yaml.safe_load((ROOT / "config" / "train_voice.yaml").read_text())  # the shipped model's recipe
+    assert {k: metadata.model["normalisation"][k] for k in ("warmup", "history", "shrinkage")} == \
+        {k: recipe[k] for k in ("warmup", "history", "shrinkage")}
+    assert metadata.training["copies"] == {"augmented": 986 * recipe["augment_copies"],
+                                           "rooms": 986 * recipe["room_copies"]}
 
 
 def test_ds_am_metadata_matches_the_feature_code():
@@ -79,6 +84,6 @@ def test_the_node_loads_the_shipped_model_by_default():
     try:
         classifier = harness.node.classifier
         assert classifier.path.name == "ser_default.onnx" and classifier.is_voice_model
-        assert classifier.model_id == "ser-default-ge2e-heads-v0.3"
+        assert classifier.model_id == "ser-default-ge2e-heads-v0.4"
     finally:
         harness.close()

@@ -40,7 +40,8 @@ def test_nothing_heard_while_the_robot_speaks_is_classified_or_joins_a_voice(voi
         time.sleep(0.2)
         speak(harness, real_waveforms[1], 200.0)  # the robot's sentence, as the microphone hears it
         robot.publish(Bool(data=False))
-        speak(harness, real_waveforms[2], 300.0)  # starts ~0.2 s after: the 0.8 s lead-in outlasts the echo tail
+        time.sleep(0.3)  # the hangover is wall time: at 4x the 0.8 s lead-in alone lasts only 0.2 s of it
+        speak(harness, real_waveforms[2], 300.0)  # speech starts ~0.5 s after: past the 0.3 s echo tail
         expressions = harness.wait_for("expression", 2)
         values = harness.node.diagnostic_values()[2]
         assert len(expressions) == 2 and values["utterances_not_a_person_robot_speaking"] == "1"

@@ -60,14 +60,17 @@ def main(argv: list[str] | None = None) -> int:
                                                   Parameter("reliability", value="reliable")])
     player = rclpy.create_node("ser_demo_player")
     behaviour = None
-    if not args.no_behaviour:  # the example behaviour, as empathy_demo.launch.py target:=voices starts it
+    # The example behaviour, as empathy_demo.launch.py target:=voices starts it; the demo's synthetic voice carries
+    # little emotion, so the behaviour here answers a mood of confidence 0.2 (its default is 0.25).
+    if not args.no_behaviour:
         from std_msgs.msg import String
 
         from .empathy import make_behaviour_class
 
         behaviour = make_behaviour_class()(parameter_overrides=[Parameter("target", value="voices"),
                                                                 Parameter("require_engagement", value=False),
-                                                                Parameter("hold_s", value=3.0)])
+                                                                Parameter("hold_s", value=3.0),
+                                                                Parameter("min_confidence", value=0.2)])
         player.create_subscription(String, "/ser_empathy/suggested_response",
                                    lambda msg: print(f"           robot (ser_empathy): \"{msg.data}\"", flush=True), 10)
     scores: dict[tuple[int, int], list[float]] = {}
