@@ -407,42 +407,56 @@ def condition_features(target: VoiceData, recipe: VoiceRecipe):
     return degrader, features
 
 
+PREVIOUS = {"room_copies": 0, "warmup": 5, "shrinkage": 0.0}  # model v0.3's recipe and serving, against this one's
+
+
 def run_robustness(work: Path) -> dict:
+    """The shipped recipe, model v0.3's (no room copies; warm-up 5, no shrinkage) and ComParE + SVM, clean, in the
+    test room and under robot noise, on the same LOSO folds and 5 orders per speaker."""
     from robustness import compare_features
 
+    from ser_node.train.voice_recipe import training_copies
+
     recipe = shipped_recipe()
+    previous = dataclasses.replace(recipe, **PREVIOUS)
     data = load_voice_data(recipe)
     target = data.subset(data.corpora == data.target)
     degrader, features = condition_features(target, recipe)
     conditions = test_conditions()
     robust_work = work / "robustness"
     robust_work.mkdir(parents=True, exist_ok=True)
-    clean_recipe = dataclasses.replace(recipe, augment_copies=0)
-    copies = augmented_copies(data, recipe)
+    systems = {"shipped recipe": (recipe, training_copies(data, recipe)),
+               "model v0.3's recipe": (previous, training_copies(data, previous))}
     compare = {name: compare_features(degrader, c, robust_work) for name, c in conditions.items()}
     svms = compare_baseline(work, target)[1]
     records = Records()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
-        heads = {"shipped recipe": fold_heads(data, recipe, t, True, copies),
-                 "the same without augmentation": fold_heads(data, clean_recipe, t, True)}
-        for order in speaker_orders(len(test), t)[:1]:
+        heads = {label: (r, fold_heads(data, r, t, True, copies)) for label, (r, copies) in systems.items()}
+        for order in speaker_orders(len(test), t):
             rows = test[order]
             truth = target.labels[rows]
             for name in conditions:
-                for label, h in heads.items():
+                for label, (r, h) in heads.items():
                     z = h.standardise(features[name][rows])
-                    records.add(f"{label} plain | {name}", t, truth, predict_in_order(h, z, recipe, False))
-                    records.add(f"{label} normalised | {name}", t, truth, predict_in_order(h, z, recipe, True))
+                    records.add(f"{label} plain | {name}", t, truth, predict_in_order(h, z, r, False))
+                    records.add(f"{label} normalised | {name}", t, truth, predict_in_order(h, z, r, True))
                 margins, normalised = compare_scores(svms[t], compare[name][rows].astype(np.float64), recipe)
                 records.add(f"ComParE + SVM plain | {name}", t, truth, margins)
                 records.add(f"ComParE + SVM normalised | {name}", t, truth, normalised)
+        print(f"robustness: fold {t} done", flush=True)
+    rows = {name: records.summary(name) for name in records.rows}
+    for name, row in rows.items():
+        regime, condition = name.split(" | ")[0].rsplit(" ", 1)[1], name.split(" | ")[1]
+        row["vs_compare"] = paired(row["per_speaker"], rows[f"ComParE + SVM {regime} | {condition}"]["per_speaker"])
     return {"date": time.strftime("%Y-%m-%d %H:%M"),
-            "protocol": "LOSO, uem-es, every clip of the test speaker under the condition (seeds and rooms of "
-                        "bench/robustness.py), each by its own fold's model, trained on clean audio (or with the "
-                        "augmentation copies); one random order per speaker for normalisation",
-            "rows": {name: {k: v for k, v in records.summary(name).items() if k in ("ua_mean", "ua_std")}
-                     for name in records.rows}}
+            "protocol": "LOSO, uem-es, every clip of the test speaker under the condition (seeds and room seed 0 of "
+                        "bench/robustness.py, never heard in training), each by its own fold's model; 5 random "
+                        "orders per speaker for normalisation (each judged against the speaker's earlier clips in "
+                        "the same condition); model v0.3's recipe: no room copies, warm-up 5, no shrinkage",
+            "recipe": recipe.to_mapping(),
+            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker", "vs_compare")}
+                     for name, row in rows.items()}}
 
 
 ROOM_VARIANTS = {  # name -> (recipe changes, with the other corpora)
@@ -547,8 +561,8 @@ def run_warmup(work: Path) -> dict:
     print(f"chosen per test speaker: {chosen}; UA {np.mean(list(per.values())):.3f}", flush=True)
     return {"date": time.strftime("%Y-%m-%d %H:%M"),
             "protocol": "LOSO over the 12 speakers of uem-es, the shipped recipe's fold heads, 5 random orders per "
-                        "speaker; the normalised head answers from the warmup-th utterance with the offset of the "
-                        "earlier ones shrunk by n / (n + shrinkage), the plain head before",
+                        "speaker; the normalised head answers once `warmup` earlier utterances of the speaker are in, "
+                        "with their mean shrunk by n / (n + shrinkage) as the offset; the plain head before",
             "rows": {name: {k: row[k] for k in ("ua_mean", "ua_std", "per_speaker", "ua_by_rank")}
                      for name, row in rows.items()},
             "selection": {"rule": "per test speaker, the best mean UA over the other 11 speakers' folds",
@@ -738,6 +752,19 @@ def report(out: Path) -> str:
                                                       f" ({robust['rows'][f'{system} | {c}']['ua_mean'] - clean:+.3f})"))
                                                for c in conditions}})
         text += format_table(table, list(table[0])) + "\n"
+    rooms = results.get("rooms")
+    if rooms:
+        text += rooms_section(rooms)
+    warmup = results.get("warmup")
+    if warmup:
+        text += (f"\n## A new voice's first utterances ({warmup['date']})\n\n`--parts warmup`: {warmup['protocol']}. "
+                 f"Chosen per test speaker on the other 11 speakers' folds: "
+                 f"{', '.join(sorted(set(warmup['selection']['chosen'].values())))}; UA of the choices "
+                 f"{warmup['selection']['ua_mean']:.3f}.\n\n")
+        table = [{"setting": name, "UA": f"{r['ua_mean']:.3f} ± {r['ua_std']:.3f}",
+                  **{f"UA at {k}": f"{r['ua_by_rank'][k]:.3f}" for k in RANK_NAMES}}
+                 for name, r in warmup["rows"].items()]
+        text += format_table(table, list(table[0])) + "\n"
     pooling = [(part, results[part]) for part in ("attention", "finetune") if part in results]
     if pooling and loso:
         text += ("\n## Attentive pooling and fine-tuning the encoder (uem-es only)\n\nThe `attention` and `finetune` "
@@ -760,7 +787,57 @@ def report(out: Path) -> str:
     (out / "voice.md").write_text(text)
     if loso:
         plot(loso, out / "voice.png")
+    if rooms:
+        plot_rooms(rooms, out / "voice_rooms.png")
     return text
+
+
+def rooms_section(rooms: dict) -> str:
+    """The rooms part as a table: per variant, clean / room / noise UA normalised and plain, the drops from clean,
+    and the honest choice's row."""
+    conditions = ["clean", "room RT60 0.6 s at 2 m", "robot noise 10 dB"]
+
+    def cells(get) -> dict:
+        out = {}
+        for mode in ("normalised", "plain"):
+            clean = get(f"clean | {mode}")
+            for c in conditions:
+                value = get(f"{c} | {mode}")
+                out[f"{c}, {mode}"] = f"{value:.3f}" + ("" if c == "clean" else f" ({value - clean:+.3f})")
+        return out
+
+    table = [{"variant": name, **cells(lambda key, n=name: rooms["rows"][f"{n} | {key}"]["ua_mean"])}
+             for name in rooms["variants"]]
+    choice = rooms["selection"]
+    table.append({"variant": "chosen per test speaker (honest)", **cells(lambda key: choice["rows"][key]["ua_mean"])})
+    chosen = ", ".join(f"{v} ({list(choice['chosen'].values()).count(v)})" for v in dict.fromkeys(choice["chosen"].values()))
+    return (f"\n## Multi-condition training: room copies ({rooms['date']})\n\n`--parts rooms`: {rooms['protocol']}. "
+            f"The choice: {choice['rule']}; chosen (test speakers): {chosen}.\n\n" + format_table(table, list(table[0]))
+            + "\n")
+
+
+def plot_rooms(rooms: dict, path: Path) -> None:
+    """Clean against room UA (normalised) per variant: the trade-off multi-condition training moves along."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for name in rooms["variants"]:
+        clean = rooms["rows"][f"{name} | clean | normalised"]["ua_mean"]
+        room = rooms["rows"][f"{name} | room RT60 0.6 s at 2 m | normalised"]["ua_mean"]
+        ax.scatter(clean, room)
+        ax.annotate(name, (clean, room), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    low, high = ax.get_xlim()
+    ax.plot([low, high], [low - 0.08, high - 0.08], color="grey", linestyle="--", label="8 points below clean")
+    ax.set_xlabel("clean UA, normalised (LOSO, 12 speakers)")
+    ax.set_ylabel("room RT60 0.6 s at 2 m UA, normalised")
+    ax.legend(fontsize=7)
+    ax.set_title(f"uem-es, room copies in training ({rooms['date']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot(loso: dict, path: Path) -> None:
