@@ -40,7 +40,7 @@ from ser_node.inference.adaptation import SpeakerAdapter  # noqa: E402
 from ser_node.inference.voices import VoiceSettings, VoiceTracker  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.train.reports import compute_metrics, format_table, write_json  # noqa: E402
-from ser_node.train.voice_recipe import VoiceData, augmented_copies, fit_heads, load_voice_data, with_augmentation  # noqa: E402
+from ser_node.train.voice_recipe import VoiceData, fit_heads, load_voice_data, training_copies, with_augmentation  # noqa: E402
 
 RANK_FIRST = RANK_NAMES[0]
 SYSTEMS = ("none", "reset on silence", "estimated identity", "oracle identity")
@@ -185,7 +185,7 @@ def calibrate(chosen: list[int], tracked: dict[int, list[list[tuple]]], none: di
 def build_sessions(data: VoiceData, recipe, repeats: int, rng: np.random.Generator) -> list[Session]:
     """Partitions of the target speakers into groups of 1-4, `repeats` times; heads trained without the group."""
     lengths = durations(data.paths)
-    copies = augmented_copies(data, recipe)
+    copies = training_copies(data, recipe)
     target_speakers = sorted(set(data.speakers[data.corpora == data.target]))
     sessions = []
     for _ in range(repeats):

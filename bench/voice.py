@@ -66,6 +66,7 @@ from ser_node.train.voice_recipe import (  # noqa: E402
     load_voice_data,
     predict_in_order,
     speaker_orders,
+    training_copies,
     with_augmentation,
 )
 
@@ -73,7 +74,7 @@ DATA = ROOT.parent / "shared" / "data"
 SKEWS = {"balanced": None, "50 % neutral": 0.5, "70 % neutral": 0.7}
 SKEWED_TRAINING = (1 / 7, 0.7)  # neutral share of the training histories, drawn uniformly per history
 SKEWED_NAME = "recipe trained on histories of 14-70 % neutral"
-SHIPPED = "encoder, shipped recipe (+ 3 corpora, 1 augmented copy)"
+SHIPPED = "encoder, shipped recipe (+ 3 corpora, 1 augmented copy, 2 room copies)"  # config/train_voice.yaml
 
 
 def shipped_recipe() -> VoiceRecipe:
@@ -194,8 +195,8 @@ def fold_heads(data: VoiceData, recipe: VoiceRecipe, test_speaker: str, pooled_c
 
 def variants(recipe: VoiceRecipe) -> dict[str, tuple[VoiceRecipe, bool]]:
     """The ablation: name -> (recipe, with the other corpora)."""
-    clean = dataclasses.replace(recipe, augment_copies=0)
-    heavy = dataclasses.replace(recipe, augment_copies=2, augment_weight=recipe.target_weight)
+    clean = dataclasses.replace(recipe, augment_copies=0, room_copies=0)
+    heavy = dataclasses.replace(recipe, augment_copies=2, augment_weight=recipe.target_weight, room_copies=0)
     return {"encoder, uem-es only, no augmentation": (clean, False),
             "encoder, + 3 corpora, no augmentation": (clean, True),
             SHIPPED: (recipe, True),
@@ -209,7 +210,7 @@ def run_loso(work: Path) -> dict:
     clips_x, compare = compare_baseline(work, target)
     dsam = dsam_predictions()
     systems = variants(recipe)
-    copies = {name: augmented_copies(data, r) for name, (r, _) in systems.items()}
+    copies = {name: training_copies(data, r) for name, (r, _) in systems.items()}
     records = Records()
     began = time.perf_counter()
     for t in sorted(set(target.speakers)):
@@ -257,7 +258,7 @@ def run_frontend(work: Path, before: int = 1) -> dict:
     package filled: run its bench/voice.py or ser_train_voice first) and of this version's."""
     from ser_node.inference.voice_frontend import FRONTEND_VERSION
 
-    recipe = shipped_recipe()
+    recipe = dataclasses.replace(shipped_recipe(), room_copies=0)  # front end 1 caches hold no room copies
     systems = {name: value for name, value in variants(recipe).items()
                if name in (SHIPPED, "encoder, uem-es only, no augmentation")}
     records = Records()
@@ -303,7 +304,7 @@ def run_skew(work: Path, history: int = 20) -> dict:
     target = data.subset(data.corpora == data.target)
     clips_x, compare = compare_baseline(work, target)
     skewed = dataclasses.replace(recipe, history_neutral_share=list(SKEWED_TRAINING))
-    copies = augmented_copies(data, recipe)
+    copies = training_copies(data, recipe)
     records = Records()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
@@ -344,7 +345,7 @@ def run_loco(work: Path) -> dict:
     recipe = shipped_recipe()
     data = load_voice_data(recipe)
     x = opensmile_functionals(data.paths, "ComParE_2016", work / "cache" / "opensmile")
-    loco_copies = augmented_copies(data, recipe)
+    loco_copies = training_copies(data, recipe)
     out = {}
     for held in np.unique(data.corpora):
         train, test = data.corpora != held, np.where(data.corpora == held)[0]
@@ -415,8 +416,6 @@ def run_robustness(work: Path) -> dict:
     test room and under robot noise, on the same LOSO folds and 5 orders per speaker."""
     from robustness import compare_features
 
-    from ser_node.train.voice_recipe import training_copies
-
     recipe = shipped_recipe()
     previous = dataclasses.replace(recipe, **PREVIOUS)
     data = load_voice_data(recipe)
@@ -459,7 +458,7 @@ def run_robustness(work: Path) -> dict:
                      for name, row in rows.items()}}
 
 
-ROOM_VARIANTS = {  # name -> (recipe changes, with the other corpora)
+ROOM_VARIANTS = {  # name -> (changes to model v0.3's recipe ("shipped" when this ran), with the other corpora)
     "simple recipe (uem-es only, no augmentation)": ({"augment_copies": 0}, False),
     "simple recipe + 2 room copies": ({"augment_copies": 0, "room_copies": 2}, False),
     "shipped recipe": ({}, True),
@@ -477,9 +476,9 @@ def run_rooms(work: Path) -> dict:
     (room seed 0, never trained on) and under robot noise, plain and normalised, 5 orders per speaker; then an
     honest choice: for each test speaker, the variant with the best mean normalised UA (clean and room) over the
     other 11 speakers' folds, scored on that speaker only."""
-    from ser_node.train.voice_recipe import AUGMENTED, ROOMS, training_copies
+    from ser_node.train.voice_recipe import AUGMENTED, ROOMS
 
-    base = shipped_recipe()
+    base = dataclasses.replace(shipped_recipe(), **PREVIOUS)  # the variants are changes to model v0.3's recipe
     recipes = {name: (dataclasses.replace(base, **changes), pooled) for name, (changes, pooled) in ROOM_VARIANTS.items()}
     base_all = dataclasses.replace(base, room_copies=max(r.room_copies for r, _ in recipes.values()))
     data = load_voice_data(base)
@@ -540,7 +539,7 @@ def run_warmup(work: Path) -> dict:
     recipe = shipped_recipe()
     data = load_voice_data(recipe)
     target = data.subset(data.corpora == data.target)
-    copies = augmented_copies(data, recipe)
+    copies = training_copies(data, recipe)
     records = Records()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
