@@ -223,10 +223,14 @@ def expressions_from_process(command: list[str], env: dict[str, str], mic: str, 
     side = SideNode("process_tester")
     received: list[Any] = []
     try:
-        side.node.create_subscription(Expression, expressions, received.append, 10)
+        subscription = side.node.create_subscription(Expression, expressions, received.append, 10)
         publisher = side.node.create_publisher(AudioStamped, mic,
                                                QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
         assert side.wait_for_subscriber(publisher), f"the node process never subscribed to {mic}"
+        # The node's expression publisher must be matched too, or the first result can be lost to discovery.
+        deadline = time.monotonic() + timeout
+        while subscription.get_publisher_count() == 0 and time.monotonic() < deadline:
+            side.executor.spin_once(timeout_sec=0.05)
         stream, bounds = speech_stream(waveforms)
         for msg in typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0):
             publisher.publish(msg)
