@@ -372,6 +372,11 @@ def paired_cpu_ratio(rows: list[list[tuple[float, float]]], resamples: int = 200
             "rounds_row0_cheaper": int((pairs[:, 0] < pairs[:, 1]).sum())}
 
 
+def cpu_ms_per_audio_s(rounds: list[tuple[float, float]]) -> float:
+    """CPU ms per second of audio over (CPU s, audio s) rounds."""
+    return sum(c for c, _ in rounds) / max(sum(a for _, a in rounds), 1e-9) * 1000
+
+
 def ms_ci(values: list[float]) -> dict[str, float]:
     """p50 / p95 / p99 in ms, each with its bootstrap interval (`p95_low`, `p95_high` ...)."""
     out = ms(values)
@@ -413,8 +418,6 @@ class NodeTarget:
         self.diagnostics: dict[str, str] = {}
         self.stream_time = 1000.0
         self.sent: list[tuple[float, float, float]] = []  # (utterance start stamp, wall end, wall decision)
-        self.audio_s = 0.0
-        self.cpu_s = 0.0
         self.cpu_rounds: list[tuple[float, float]] = []  # per round of the speech phase: (CPU s, audio s)
 
     def _arrived(self, msg) -> None:
@@ -544,8 +547,6 @@ def end_to_end(targets: list[tuple], waveforms: list[np.ndarray], idle_s: float,
                                       end - start))
                 spin(0.3)
                 node.cpu_rounds.append((_proc_cpu_seconds(node.process.pid) - cpu0, stream.size / 16000))
-                node.cpu_s += node.cpu_rounds[-1][0]
-                node.audio_s += stream.size / 16000
                 node.stream_time += stream.size / 16000 + 1.0
             done = sum(len(n.sent) for n in nodes)
             print(f"\r  speech: {done}/{sum(n.utterances for n in nodes)} utterances sent", end="", flush=True)
@@ -572,7 +573,7 @@ def end_to_end(targets: list[tuple], waveforms: list[np.ndarray], idle_s: float,
                 **{f"latency_from_decision_ms_{k}": ms_ci(v) for k, v in by_length.items() if len(v) >= 5},
                 "utterances_by_length": {k: len(v) for k, v in by_length.items()},
                 "utterances": {"sent": len(node.sent), "received": len(from_decision)},
-                "speech": {"cpu_ms_per_audio_s": node.cpu_s / max(node.audio_s, 1e-9) * 1000,
+                "speech": {"cpu_ms_per_audio_s": cpu_ms_per_audio_s(node.cpu_rounds),
                            "cpu_rounds": node.cpu_rounds,
                            "rss_mb": _proc_rss_mb(node.process.pid)},
                 "node_inference_ms": {k: float(node.diagnostics[f"latency_ms_{k}"]) for k in ("p50", "p95")
@@ -741,10 +742,10 @@ def run_voice(args: argparse.Namespace, waveforms: list[np.ndarray], results: di
     text = (f"# The voice-encoder default in the node ({results['date']}, {results['machine']['cpu']}, "
             f"{results['machine']['cores']} cores)\n\n`.venv/bin/python bench/performance.py --voice"
             f"{' --compare-code ' + str(args.compare_code.name) if args.compare_code else ''}`: one ser_node "
-            f"process per row, interleaved rounds of 10 clips, the same clips for every row in a round (real time near "
-            f"each utterance end, 8x elsewhere), {count} utterances per row, short (one clip, 2-4 s) and long (two clips 0.15 s apart, "
-            f"5-8 s) alternating. CPU ms per second of speech: the node process's CPU time over the audio it was "
-            "fed during the speech phase.\n\n" + format_table(rows, list(rows[0]))
+            f"process per row, interleaved rounds of 10 clips, the same clips for every row in a round (real "
+            f"time near each utterance end, 8x elsewhere), {count} utterances per row, short (one clip, 2-4 s) "
+            f"and long (two clips 0.15 s apart, 5-8 s) alternating. CPU ms per second of speech: the node "
+            "process's CPU time over the audio it was fed during the speech phase.\n\n" + format_table(rows, list(rows[0]))
             + f"\n\nGoals: decision->arrival p95 <= {VOICE_GOALS['decision_to_arrival_p95_ms']:.0f} ms, the node "
             f"<= {VOICE_GOALS['speech_cpu_percent_of_one_core']:.0f} % of one core during continuous speech.\n\n"
             + "".join(ratio_lines) +
@@ -924,10 +925,10 @@ def write_report(results: dict, out: Path) -> None:
                   "on a core whose caches have gone cold, which the last column measures.", ""]
     lines += ["## End to end (ser_node processes, interleaved blocks of 10 utterances, utterance end -> expression "
               "received)", "", *e2e_tables(results), "",
-              "Each row is its own ser_node process (console script); blocks of 10 utterances go to each in turn, "
-              "so machine noise hits every row alike. Audio is paced at real time within 0.4 s of each utterance "
-              "end and at 8x elsewhere. Latency from the utterance end includes the `min_silence_s` (0.5 s by default) of "
-              "silence the segmenter must hear before it can close an utterance (a design choice, tunable). "
+              "Each row is its own ser_node process (console script); rounds of 10 clips, the same clips for "
+              "every row, go to each in turn, so machine noise hits every row alike. Audio is paced at real time within 0.4 s of each utterance "
+              "end and at 8x elsewhere. Latency from the utterance end includes the `min_silence_s` (0.5 s by "
+              "default) of silence the segmenter must hear before it can close an utterance (a design choice, tunable). "
               "*decision->arrival* starts at the publication of the audio message that let the segmenter close "
               "the utterance: the pipeline's own cost. `idle_batch_s=0` is the node taking every audio message "
               "through the rclpy executor; the default takes them in 0.25 s batches while nobody speaks (see "

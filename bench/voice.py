@@ -402,7 +402,7 @@ def condition_features(target: VoiceData, recipe: VoiceRecipe):
     features = {}
     for name, condition in test_conditions().items():
         transform: Callable | None = None if name == "clean" else (lambda audio, i, c=condition: degrader(i, c))
-        features[name] = clip_features(target.paths, Path(recipe.cache_dir).expanduser() / "voice",
+        features[name] = clip_features(target.paths, recipe.feature_cache,
                                        tag="clean" if name == "clean" else condition.name.replace(" ", "_"),
                                        transform=transform)[0]
     return degrader, features
@@ -479,7 +479,8 @@ def run_rooms(work: Path) -> dict:
     from ser_node.train.voice_recipe import AUGMENTED, ROOMS
 
     base = dataclasses.replace(shipped_recipe(), **PREVIOUS)  # the variants are changes to model v0.3's recipe
-    recipes = {name: (dataclasses.replace(base, **changes), pooled) for name, (changes, pooled) in ROOM_VARIANTS.items()}
+    recipes = {name: (dataclasses.replace(base, **changes), pooled)
+               for name, (changes, pooled) in ROOM_VARIANTS.items()}
     base_all = dataclasses.replace(base, room_copies=max(r.room_copies for r, _ in recipes.values()))
     data = load_voice_data(base)
     target = data.subset(data.corpora == data.target)
@@ -809,7 +810,8 @@ def rooms_section(rooms: dict) -> str:
              for name in rooms["variants"]]
     choice = rooms["selection"]
     table.append({"variant": "chosen per test speaker (honest)", **cells(lambda key: choice["rows"][key]["ua_mean"])})
-    chosen = ", ".join(f"{v} ({list(choice['chosen'].values()).count(v)})" for v in dict.fromkeys(choice["chosen"].values()))
+    picks = list(choice["chosen"].values())
+    chosen = ", ".join(f"{v} ({picks.count(v)})" for v in dict.fromkeys(picks))
     return (f"\n## Multi-condition training: room copies ({rooms['date']})\n\n`--parts rooms`: {rooms['protocol']}. "
             f"The choice: {choice['rule']}; chosen (test speakers): {chosen}.\n\n" + format_table(table, list(table[0]))
             + "\n")

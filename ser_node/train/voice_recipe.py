@@ -77,6 +77,11 @@ class VoiceRecipe:
     def to_mapping(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def feature_cache(self) -> Path:
+        """Where the encoder features of the clips and of their copies are cached (voice_features.clip_features)."""
+        return Path(self.cache_dir).expanduser() / "voice"
+
     def adapter(self) -> SpeakerAdapter:
         return SpeakerAdapter(warmup=self.warmup, history=self.history, shrinkage=self.shrinkage)
 
@@ -109,7 +114,7 @@ def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: boo
             spec["path"] = str((base / spec["path"]).resolve())
         entry = load_corpus_entry(spec)
         clips = entry.corpus.clips
-        x, e = clip_features([c.path for c in clips], Path(recipe.cache_dir).expanduser() / "voice",
+        x, e = clip_features([c.path for c in clips], recipe.feature_cache,
                              progress=progress, frontend_version=frontend_version)
         features.append(x)
         embeddings.append(e)
@@ -346,7 +351,7 @@ def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True
             condition, room = random_condition(ranges, rng)
             simulator = simulators.setdefault(room, AcousticSimulator(babble, room_seed=1 + room))
             return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
-        features = clip_features(paths, Path(recipe.cache_dir).expanduser() / "voice", tag=f"augment{copy}",
+        features = clip_features(paths, recipe.feature_cache, tag=f"augment{copy}",
                                  transform=transform, progress=progress, frontend_version=frontend_version)[0]
         copies.append(Copies(features, rows, speakers, AUGMENTED))
     return copies
@@ -376,7 +381,7 @@ def room_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> 
         def transform(audio: np.ndarray, i: int, copy: int = copy) -> np.ndarray:
             condition, seed = speaker_room(str(speakers[i]), copy)
             return simulators.setdefault(seed, AcousticSimulator(room_seed=seed))(audio, condition)
-        features = clip_features(paths, Path(recipe.cache_dir).expanduser() / "voice", tag=f"room{copy}",
+        features = clip_features(paths, recipe.feature_cache, tag=f"room{copy}",
                                  transform=transform, progress=progress)[0]
         copies.append(Copies(features, rows, np.char.add(speakers.astype(str), f"@room{copy}"), ROOMS))
     return copies
@@ -393,14 +398,10 @@ def with_augmentation(data: VoiceData, copies: Sequence[Copies], train: np.ndarr
     parts = [data.subset(train)]
     for copy in copies:
         keep = train[copy.rows]
-        part = data.subset(np.zeros(len(data.labels), dtype=bool))
-        part.features = copy.features[keep]
-        part.speaker_embeddings = data.speaker_embeddings[copy.rows[keep]]
-        part.labels = data.labels[copy.rows[keep]]
-        part.speakers = copy.speakers[keep]
-        part.corpora = np.full(int(keep.sum()), copy.corpus)
-        part.paths = [data.paths[r] for r in copy.rows[keep]]
-        parts.append(part)
+        rows = copy.rows[keep]
+        parts.append(VoiceData(copy.features[keep], data.speaker_embeddings[rows], data.labels[rows],
+                               copy.speakers[keep], np.full(len(rows), copy.corpus), [data.paths[r] for r in rows],
+                               data.target))
     return VoiceData(np.concatenate([p.features for p in parts]),
                      np.concatenate([p.speaker_embeddings for p in parts]), np.concatenate([p.labels for p in parts]),
                      np.concatenate([p.speakers for p in parts]), np.concatenate([p.corpora for p in parts]),
