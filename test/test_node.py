@@ -411,7 +411,7 @@ def test_utterance_audio_is_published_for_asr(exported_models, three_utterances)
 def test_snr_gate_and_quality_diagnostics(exported_models, three_utterances):
     """min_snr_db (live) drops utterances below the gate, counts them and publishes nothing for them; the noise
     floor and the last utterance's SNR and clipped share are in diagnostics; switching the gate off restores
-    the expressions."""
+    the expressions; the foreground gate (live, range-checked) keeps them all in a quiet room."""
     from rclpy.parameter import Parameter
 
     stream, bounds = three_utterances
@@ -431,6 +431,15 @@ def test_snr_gate_and_quality_diagnostics(exported_models, three_utterances):
         harness.publish(typed_chunks(noisy, 16000, 1, "int16", 0.02, T0 + 100.0), speed=8.0)
         check_one_expression_per_utterance(harness.wait_for("expression", len(bounds)), bounds, T0 + 100.0)
         assert harness.node.diagnostic_values()[2]["utterances_low_snr"] == str(len(bounds))
+        # foreground_db (live): in a quiet room the background is the floor, and every utterance still comes out
+        assert not harness.node.set_parameters([Parameter("foreground_db", value=50.0)])[0].successful
+        assert harness.node.set_parameters([Parameter("foreground_db", value=6.0)])[0].successful
+        harness.publish(typed_chunks(noisy, 16000, 1, "int16", 0.02, T0 + 200.0), speed=8.0)
+        check_one_expression_per_utterance(harness.wait_for("expression", 2 * len(bounds))[len(bounds):], bounds,
+                                           T0 + 200.0)
+        values = harness.node.diagnostic_values()[2]
+        assert -60 < float(values["background_level_dbfs"]) < -40  # the floor: 0.003 RMS is -50.5 dBFS
+        assert int(values["background_speech_frames"]) < 0.1 * noisy.size / 512  # word edges near the floor only
     finally:
         harness.close()
 

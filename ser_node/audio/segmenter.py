@@ -11,6 +11,13 @@ the VAD called non-speech; it outlives gaps, since it belongs to the room, not t
 samples at full scale. With `min_snr_db`, utterances not that far above the floor are dropped (counted): a robot's
 steady fan noise that fooled the VAD sits near 0 dB. See bench/robustness.py for what each threshold costs.
 
+With `foreground_db`, a frame counts as speech only if its level (~100 ms smoothed) is that far above the stream's
+background level: a low percentile of the levels of the last ~20 s, speech or not. A television or a crowd talks
+all the time, so the VAD hears speech everywhere and a person's utterances would merge with it into long
+utterances that are mostly not theirs; their level, though, becomes the background, and a person near the robot
+stands out of it. In a quiet room the background is the room's noise, and the gate changes nothing. Frames the
+gate takes from the VAD are counted (`background_frames`); bench/scenes.py measures what it costs the person.
+
 A `listener` hears the utterance in progress while it is spoken, so work can start before its end (the voice
 encoder, inference/voice_stream.py): `begin()`, then `audio(samples)` with every sample that is sure to belong to
 the utterance (all of it except trailing silence that may still be cut), then `end(utterance)` with the utterance
@@ -28,6 +35,10 @@ import numpy as np
 SAMPLE_RATE = 16000
 NOISE_FLOOR_S = 10.0
 MIN_FLOOR_FRAMES = 15  # ~0.5 s of non-speech before an SNR is estimated
+BACKGROUND_S = 20.0  # the foreground gate's memory of the stream's levels
+BACKGROUND_PERCENTILE = 10.0
+MIN_BACKGROUND_S = 2.0  # no gating before this much of the stream was heard
+LEVEL_FRAMES = 3  # ~100 ms of frames smooth a frame's level
 
 
 class FrameVad(Protocol):
@@ -56,6 +67,7 @@ class SegmenterConfig:
     post_roll_s: float = 0.15
     max_utterance_s: float = 10.0
     min_snr_db: float | None = None  # drop utterances whose SNR estimate is below this (None = keep all)
+    foreground_db: float | None = None  # speech only this far above the stream's background level (None = off)
 
     def validate(self) -> None:
         if not 0 < self.negative_threshold <= self.threshold < 1:
@@ -64,6 +76,8 @@ class SegmenterConfig:
             raise ValueError("durations must not be negative")
         if self.max_utterance_s <= self.min_speech_s:
             raise ValueError("max_utterance_s must exceed min_speech_s")
+        if self.foreground_db is not None and not 0 < self.foreground_db <= 40:
+            raise ValueError("foreground_db must lie in (0, 40] dB (or be None: off)")
 
 
 @dataclass
@@ -88,6 +102,7 @@ class SegmenterStats:
     cut_at_max_length: int = 0
     gaps: int = 0
     low_snr: int = 0  # dropped by min_snr_db
+    background_frames: int = 0  # frames the VAD called speech that the foreground gate took for background
 
 
 class Segmenter:
@@ -105,6 +120,11 @@ class Segmenter:
         self.frame = vad.frame_samples
         # ~10 s of non-speech frame powers: the noise floor estimate.
         self._floor: deque[float] = deque(maxlen=int(NOISE_FLOOR_S * SAMPLE_RATE / self.frame))
+        # the stream's recent frame levels (dB, smoothed), for the foreground gate
+        self._levels: deque[float] = deque(maxlen=int(BACKGROUND_S * SAMPLE_RATE / self.frame))
+        self._recent_power: deque[float] = deque(maxlen=LEVEL_FRAMES)
+        self._background: float | None = None
+        self._level_count = 0  # frames heard, for refreshing the background every few frames
         self.last_quality: tuple[float | None, float] | None = None  # (SNR dB, clipped share), last utterance
         self._speaking = False
         self.reset()
@@ -136,6 +156,22 @@ class Segmenter:
     def noise_floor(self) -> float | None:
         """Median power of the recent non-speech frames (None before ~0.5 s of them was heard)."""
         return float(np.median(self._floor)) if len(self._floor) >= MIN_FLOOR_FRAMES else None
+
+    def background_level(self) -> float | None:
+        """The stream's background level in dB (a low percentile of the recent frame levels; None too early)."""
+        return self._background
+
+    def _foreground(self, power: float) -> bool:
+        """Tracks the stream's levels; whether this frame stands out of the background by foreground_db."""
+        self._recent_power.append(power)
+        level = float(10 * np.log10(sum(self._recent_power) / len(self._recent_power) + 1e-12))
+        self._levels.append(level)
+        self._level_count += 1
+        if self._level_count % 8 == 0 or self._background is None:  # a percentile every ~0.25 s is enough
+            if len(self._levels) >= MIN_BACKGROUND_S * SAMPLE_RATE / self.frame:
+                self._background = float(np.percentile(self._levels, BACKGROUND_PERCENTILE))
+        margin = self.config.foreground_db
+        return margin is None or self._background is None or level >= self._background + margin
 
     # -- input
     def push(self, samples: np.ndarray, start_time: float) -> list[Utterance]:
@@ -173,6 +209,9 @@ class Segmenter:
     def _step(self, frame: np.ndarray, time: float, probability: float) -> Utterance | None:
         cfg = self.config
         power = float(np.dot(frame, frame)) / frame.size
+        if not self._foreground(power) and probability >= cfg.negative_threshold:
+            self.stats.background_frames += 1
+            probability = 0.0
         if probability < cfg.negative_threshold:
             self._floor.append(power)
         if not self._speaking:

@@ -301,6 +301,9 @@ class AudioIntake:
             values["audio_seconds"] = f"{stats.seconds:.1f}"
             values["utterances_too_short"] = str(segmenter.stats.too_short)
             values["utterances_low_snr"] = str(segmenter.stats.low_snr)
+            values["background_speech_frames"] = str(segmenter.stats.background_frames)
+            background = segmenter.background_level()
+            values["background_level_dbfs"] = "unknown" if background is None else f"{background:.1f}"
             floor = segmenter.noise_floor()
             values["noise_floor_dbfs"] = "unknown" if floor is None else f"{10 * math.log10(max(floor, 1e-12)):.1f}"
             if segmenter.last_quality is not None:

@@ -125,7 +125,8 @@ class SerNode(LifecycleNode):
                                min_speech_s=get("min_speech_s"), min_silence_s=get("min_silence_s"),
                                pre_roll_s=get("pre_roll_s"), post_roll_s=get("post_roll_s"),
                                max_utterance_s=get("max_utterance_s"),
-                               min_snr_db=None if gate <= SNR_GATE_OFF else gate)
+                               min_snr_db=None if gate <= SNR_GATE_OFF else gate,
+                               foreground_db=get("foreground_db") or None)
 
     def _apply_live(self, values: dict[str, Any]) -> None:
         """Segmenter thresholds are read frame by frame, so replacing the config object is safe."""

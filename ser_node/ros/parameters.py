@@ -42,6 +42,10 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "min_snr_db": (SNR_GATE_OFF, describe("drop utterances whose SNR estimate over the noise floor is below this "
                                           f"({SNR_GATE_OFF:g} = off; bench/robustness.py measures each setting)",
                                           low=SNR_GATE_OFF, high=60.0), True),
+    "foreground_db": (0.0, describe("a frame is speech only this far above the stream's background level (a low "
+                                    "percentile of the last 20 s), so a crowd or a TV that talks all the time is not "
+                                    "a person (0 = off; bench/scenes.py measures each setting)", low=0.0, high=40.0),
+                      True),
     "pre_roll_s": (0.2, describe("audio kept before speech onset", low=0.0, high=2.0), False),
     "post_roll_s": (0.15, describe("audio kept after speech end", low=0.0, high=2.0), True),
     "max_utterance_s": (10.0, describe("longer speech is cut into consecutive utterances", low=1.0,
