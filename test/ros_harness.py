@@ -79,7 +79,7 @@ class Harness:
         self.executor.add_node(self.node)
         self.executor.add_node(self.tester)
         self.received: dict[str, list[Any]] = {"expression": [], "classification": [], "is_speaking": [],
-                                               "diagnostics": [], "label_info": []}
+                                               "diagnostics": [], "label_info": [], "rejected": []}
         self._lock = threading.Lock()
         from audio_common_msgs.msg import AudioStamped
 
@@ -101,7 +101,7 @@ class Harness:
     def subscribe_outputs(self, namespace: str = "") -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from hri_msgs.msg import Expression
-        from std_msgs.msg import Bool
+        from std_msgs.msg import Bool, String
         from vision_msgs.msg import Classification, LabelInfo
 
         base = f"{namespace}/ser_node" if namespace else "/ser_node"
@@ -111,6 +111,7 @@ class Harness:
                                      ("classification", Classification, f"{base}/classification", 50),
                                      ("is_speaking", Bool, f"{base}/is_speaking", 50),
                                      ("label_info", LabelInfo, f"{base}/label_info", latched),
+                                     ("rejected", String, f"{base}/rejected", 50),
                                      ("diagnostics", DiagnosticArray, "/diagnostics", 50)):
             self.tester.create_subscription(cls, topic, self._collector(key), qos)
 

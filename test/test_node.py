@@ -1,6 +1,8 @@
 """The live node over real rclpy: real Spanish speech in, one expression per utterance out."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -410,20 +412,24 @@ def test_utterance_audio_is_published_for_asr(exported_models, three_utterances)
 
 def test_snr_gate_and_quality_diagnostics(exported_models, three_utterances):
     """min_snr_db (live) drops utterances below the gate, counts them and publishes nothing for them; the noise
-    floor and the last utterance's SNR and clipped share are in diagnostics; switching the gate off restores
+    floor and the last utterance's SNR and clipped share are in diagnostics, the drops on ~/rejected; switching the gate off restores
     the expressions; the foreground gate (live, range-checked) keeps them all in a quiet room."""
     from rclpy.parameter import Parameter
 
     stream, bounds = three_utterances
     rng = np.random.default_rng(0)
     noisy = (stream + 0.003 * rng.standard_normal(stream.size)).astype(np.float32)  # a floor to measure
-    harness = Harness(node_params(exported_models, min_snr_db=60.0))
+    harness = Harness(node_params(exported_models, min_snr_db=60.0, publish_rejected=True))
     try:
         harness.publish(typed_chunks(noisy, 16000, 1, "int16", 0.02, T0), speed=8.0)
         harness.wait_idle()
         assert harness.wait_for("expression", 1, timeout=3.0) == []
         _level, _message, values = harness.node.diagnostic_values()
-        assert values["utterances_low_snr"] == str(len(bounds))
+        assert values["utterances_low_snr"] == values["utterances_not_a_person_low_snr"] == str(len(bounds))
+        rejected = [json.loads(m.data) for m in harness.wait_for("rejected", len(bounds))]  # ~/rejected, JSON
+        assert [r["reason"] for r in rejected] == ["low_snr"] * len(bounds)
+        for r, (start, end) in zip(rejected, bounds):
+            assert start - 0.45 <= r["start"] - T0 <= start + 0.6 and end - 0.6 <= r["end"] - T0 <= end + 0.45
         assert -60 < float(values["noise_floor_dbfs"]) < -40  # 0.003 RMS is -50.5 dBFS
         assert 10 < float(values["last_utterance_snr_db"]) < 60
         assert float(values["last_utterance_clipped_percent"]) == 0.0

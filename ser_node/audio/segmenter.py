@@ -110,8 +110,10 @@ class Segmenter:
 
     def __init__(self, vad: FrameVad, config: SegmenterConfig | None = None,
                  on_speaking: Callable[[bool, float], None] | None = None,
-                 listener: UtteranceListener | None = None) -> None:
+                 listener: UtteranceListener | None = None,
+                 on_dropped: Callable[[Utterance, str], None] | None = None) -> None:
         self.vad = vad
+        self.on_dropped = on_dropped  # (utterance, reason): what a gate dropped, for whoever reports it
         self.listener = listener
         self.config = config or SegmenterConfig()
         self.config.validate()
@@ -334,6 +336,8 @@ class Segmenter:
         minimum = self.config.min_snr_db
         if minimum is not None and utterance.snr_db is not None and utterance.snr_db < minimum:
             self.stats.low_snr += 1
+            if self.on_dropped is not None:
+                self.on_dropped(utterance, "low_snr")
             return None
         self.stats.utterances += 1
         return utterance

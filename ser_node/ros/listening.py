@@ -11,7 +11,8 @@
   (voice-encoder models; utterances of upstream ROS4HRI voices are left to robot_speaking).
 - **Engagement** (`listen_to: engaged`): results are published only for voices matched to a ROS4HRI person whose
   engagement is ENGAGED (moods.py follows the persons); the others are counted.
-Every drop is counted by reason in diagnostics and, with `publish_rejected`, published on `~/rejected`.
+Every drop is counted by reason in diagnostics and, with `publish_rejected`, published on `~/rejected`; so are the
+segmenter's (`low_snr`: below `min_snr_db`, the SNR over the floor or, with `foreground_db`, over the background).
 """
 from __future__ import annotations
 

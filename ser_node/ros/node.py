@@ -175,7 +175,8 @@ class SerNode(LifecycleNode):
         vad = vad or make_vad(self.p("vad_backend"), webrtc_aggressiveness=self.p("webrtc_aggressiveness"))
         encoder = UtteranceEncoder(lambda: self.classifier if self.p("encode_while_speaking") else None,
                                    self._encoder_error)
-        return StreamProcessor(Segmenter(vad, self._segmenter_config(), listener=encoder),
+        dropped = (lambda utterance, reason: self.listening.count(reason, utterance.start, utterance.end))
+        return StreamProcessor(Segmenter(vad, self._segmenter_config(), listener=encoder, on_dropped=dropped),
                                StreamConfig(self.p("channel"), self.p("max_chunk_s"), self.p("gap_tolerance_s")))
 
     def _encoder_error(self, text: str) -> None:
