@@ -26,6 +26,7 @@ attribute gets the audio in pieces of at least that many samples, except the las
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -166,10 +167,10 @@ class Segmenter:
     def _foreground(self, power: float) -> bool:
         """Tracks the stream's levels; whether this frame stands out of the background by foreground_db."""
         self._recent_power.append(power)
-        level = float(10 * np.log10(sum(self._recent_power) / len(self._recent_power) + 1e-12))
+        level = 10 * math.log10(sum(self._recent_power) / len(self._recent_power) + 1e-12)
         self._levels.append(level)
         self._level_count += 1
-        if self._level_count % 8 == 0 or self._background is None:  # a percentile every ~0.25 s is enough
+        if self._level_count % 16 == 0 or self._background is None:  # a percentile every ~0.5 s is enough
             if len(self._levels) >= MIN_BACKGROUND_S * SAMPLE_RATE / self.frame:
                 self._background = float(np.percentile(self._levels, BACKGROUND_PERCENTILE))
         margin = self.config.foreground_db
