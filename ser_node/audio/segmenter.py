@@ -11,7 +11,7 @@ the VAD called non-speech; it outlives gaps, since it belongs to the room, not t
 samples at full scale. With `min_snr_db`, utterances not that far above the floor are dropped (counted): a robot's
 steady fan noise that fooled the VAD sits near 0 dB. See bench/robustness.py for what each threshold costs.
 
-With `foreground_db`, a frame counts as speech only if its level (~100 ms smoothed) is that far above the stream's
+With `foreground_db` (the background gate), a frame counts as speech only if its level (~100 ms smoothed) is that far above the stream's
 background level: a low percentile of the levels of the last ~20 s, speech or not. A television or a crowd talks
 all the time, so the VAD hears speech everywhere and a person's utterances would merge with it into long
 utterances that are mostly not theirs; their level, though, becomes the background, and a person near the robot
@@ -36,7 +36,7 @@ import numpy as np
 SAMPLE_RATE = 16000
 NOISE_FLOOR_S = 10.0
 MIN_FLOOR_FRAMES = 15  # ~0.5 s of non-speech before an SNR is estimated
-BACKGROUND_S = 20.0  # the foreground gate's memory of the stream's levels
+BACKGROUND_S = 20.0  # the background gate's memory of the stream's levels
 BACKGROUND_PERCENTILE = 10.0
 MIN_BACKGROUND_S = 2.0  # no gating before this much of the stream was heard
 LEVEL_FRAMES = 3  # ~100 ms of frames smooth a frame's level
@@ -103,7 +103,7 @@ class SegmenterStats:
     cut_at_max_length: int = 0
     gaps: int = 0
     low_snr: int = 0  # dropped by min_snr_db
-    background_frames: int = 0  # frames the VAD called speech that the foreground gate took for background
+    background_frames: int = 0  # frames the VAD called speech that the background gate took for background
 
 
 class Segmenter:
@@ -123,7 +123,7 @@ class Segmenter:
         self.frame = vad.frame_samples
         # ~10 s of non-speech frame powers: the noise floor estimate.
         self._floor: deque[float] = deque(maxlen=int(NOISE_FLOOR_S * SAMPLE_RATE / self.frame))
-        # the stream's recent frame levels (dB, smoothed), for the foreground gate
+        # the stream's recent frame levels (dB, smoothed), for the background gate
         self._levels: deque[float] = deque(maxlen=int(BACKGROUND_S * SAMPLE_RATE / self.frame))
         self._recent_power: deque[float] = deque(maxlen=LEVEL_FRAMES)
         self._background: float | None = None
