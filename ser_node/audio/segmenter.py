@@ -11,12 +11,12 @@ the VAD called non-speech; it outlives gaps, since it belongs to the room, not t
 samples at full scale. With `min_snr_db`, utterances not that far above the floor are dropped (counted): a robot's
 steady fan noise that fooled the VAD sits near 0 dB. See bench/robustness.py for what each threshold costs.
 
-With `foreground_db` (the background gate), a frame counts as speech only if its level (~100 ms smoothed) is that far above the stream's
-background level: a low percentile of the levels of the last ~20 s, speech or not. A television or a crowd talks
-all the time, so the VAD hears speech everywhere and a person's utterances would merge with it into long
-utterances that are mostly not theirs; their level, though, becomes the background, and a person near the robot
-stands out of it. In a quiet room the background is the room's noise, and the gate changes nothing. Frames the
-gate takes from the VAD are counted (`background_frames`); bench/scenes.py measures what it costs the person.
+With `foreground_db` (the background gate), a frame counts as speech only if its level (~100 ms smoothed) is that
+far above the stream's background level: a low percentile of the levels of the last ~20 s, speech or not. A
+television or a crowd talks all the time, so the VAD hears speech everywhere and a person's utterances would merge
+with it into long utterances that are mostly not theirs; their level, though, becomes the background, and a person
+near the robot stands out of it. In a quiet room the background is the room's noise, and the gate changes nothing.
+Frames the gate takes from the VAD are counted (`background_frames`); bench/scenes.py measures what it costs.
 
 A `listener` hears the utterance in progress while it is spoken, so work can start before its end (the voice
 encoder, inference/voice_stream.py): `begin()`, then `audio(samples)` with every sample that is sure to belong to
