@@ -9,14 +9,15 @@ A person talks to the robot at 1 m (uem-es speakers, 10 clips each, a room of RT
 Every scene is streamed through the node's own segmenter (StreamProcessor, Silero) and the shipped model. A result
 is false when less than half of it lies on the person's clips (it is not the person); a person's clip is lost when
 no published result matches it (overlap at least half of the shorter, one to one), split when a second one lands
-on it too. Policies (what the node can do): none; the robot_speaking gate (the TTS intervals,
-0.3 s hangover); the enrolled self voice (2 other sentences of each TTS voice, nearest enrolled sentence, thresholds 0.75 and
-0.65); a level gate (utterances more than `d` dB below the loudest recent speech are taken for distant talkers);
+on it too. Policies (what the node can do): none; the robot_speaking gate (the TTS intervals, 0.3 s hangover); the
+enrolled self voice (2 other sentences of each TTS voice, nearest enrolled sentence, thresholds 0.75 and 0.65); a
+level gate (utterances more than `d` dB below the loudest recent speech are taken for distant talkers);
 a target voice (the person the robot talks to, enrolled from 3 other clips of theirs: keep what sounds like
 them); and the node's own segmenter parameters, the scene segmented again with each: `foreground_db` (the
 background gate: speech must stand 6 dB above a low percentile of the last 20 s of levels), `min_speech_s` and
-`min_snr_db` (the SNR over that background). UA of the person's matched utterances is against the same clips alone; the shipped model heard these
-speakers in training, so UA compares scenes with each other, not with LOSO figures.
+`min_snr_db` (the SNR over that background). UA of the person's matched utterances is against the same clips
+alone; the shipped model heard these speakers in training, so UA compares scenes with each other, not with LOSO
+figures.
 
   .venv/bin/python bench/scenes.py     # ~10 minutes; needs espeak-ng (apt install espeak-ng)
 Writes bench/results/scenes.{json,md,png} (with --seed N other than 5: scenes_seedN.*, a second draw that confirms
@@ -340,7 +341,8 @@ def main() -> int:
               "seed": args.seed, "person_clips": len(person), "rows": rows,
               "enrolment_within": enrolled.within}
     write_json(args.out / f"{stem}.json", result)
-    table = [{"scene: policy": k.replace(" | ", ": "), "published": str(r["published"]), "false results per hour": f"{r['false_per_hour']:.0f}",
+    table = [{"scene: policy": k.replace(" | ", ": "), "published": str(r["published"]),
+              "false results per hour": f"{r['false_per_hour']:.0f}",
               "person's clips split in two": str(r["splits"]),
               "person's utterances lost": f"{100 * r['person_lost']:.1f} %",
               "UA (same clips alone)": f"{r['ua']:.3f} ({r['ua_alone']:.3f})"}

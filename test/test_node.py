@@ -412,8 +412,9 @@ def test_utterance_audio_is_published_for_asr(exported_models, three_utterances)
 
 def test_snr_gate_and_quality_diagnostics(exported_models, three_utterances):
     """min_snr_db (live) drops utterances below the gate, counts them and publishes nothing for them; the noise
-    floor and the last utterance's SNR and clipped share are in diagnostics, the drops on ~/rejected; switching the gate off restores
-    the expressions; the background gate (foreground_db: live, range-checked) keeps them all in a quiet room."""
+    floor and the last utterance's SNR and clipped share are in diagnostics, the drops on ~/rejected; switching the
+    gate off restores the expressions; the background gate (foreground_db: live, range-checked) keeps them all in a
+    quiet room."""
     from rclpy.parameter import Parameter
 
     stream, bounds = three_utterances

@@ -158,7 +158,8 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                        "ROS4HRI person whose engagement_status is ENGAGED (needs follow_persons)",
                                        choices="everyone|engaged"), True),
     "publish_rejected": (False, describe("publish what is not classified or published (the robot's speech, its "
-                                         "voice, not engaged, below min_snr_db) on ~/rejected (std_msgs/String, JSON) for debugging"),
+                                         "voice, not engaged, below min_snr_db) on ~/rejected (std_msgs/String, "
+                                         "JSON) for debugging"),
                          False),
     "adaptation_reset_s": (30.0, describe("no utterance for this long: assume a new speaker, forget the estimate "
                                           "(also ~/reset_adaptation)", low=1.0, high=3600.0), True),
