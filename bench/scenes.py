@@ -19,7 +19,7 @@ background gate: speech must stand 6 dB above a low percentile of the last 20 s 
 alone; the shipped model heard these speakers in training, so UA compares scenes with each other, not with LOSO
 figures.
 
-  .venv/bin/python bench/scenes.py     # ~10 minutes; needs espeak-ng (apt install espeak-ng)
+  .venv/bin/python bench/scenes.py     # ~4 minutes; needs espeak-ng (apt install espeak-ng)
 Writes bench/results/scenes.{json,md,png} (with --seed N other than 5: scenes_seedN.*, a second draw that confirms
 settings chosen on the first).
 """
