@@ -508,25 +508,25 @@ def run_babble_thresholds(degrader: Degrader, hours: float) -> dict:
     hour of babble alone) and costs (recall of the target speech in clean and babble streams)."""
     from ser_node.bags.evaluate import DetectedUtterance, score_against_reference
 
-    thresholds = {f"vad_threshold {t:g}": {"threshold": t, "negative_threshold": min(0.35, t)} for t in (0.5, 0.7, 0.9)}
+    settings = {f"vad_threshold {t:g}": {"threshold": t, "negative_threshold": min(0.35, t)} for t in (0.5, 0.7, 0.9)}
     # the background gate (README, Listening to people), alone and with the per-utterance limits beside it
-    thresholds["foreground_db 6"] = {"foreground_db": 6.0}
-    thresholds["foreground_db 6, min_snr_db 5, min_speech_s 1.25"] = {"foreground_db": 6.0, "min_snr_db": 5.0,
-                                                                     "min_speech_s": 1.25}
+    settings["foreground_db 6"] = {"foreground_db": 6.0}
+    settings["foreground_db 6, min_snr_db 5, min_speech_s 1.25"] = {"foreground_db": 6.0, "min_snr_db": 5.0,
+                                                                   "min_speech_s": 1.25}
     speech_rms = float(np.median([np.sqrt(np.mean(a ** 2)) for a in degrader.clean[::7]]))
     rows = []
     for snr in (10.0, 0.0):
         level = speech_rms * 10 ** (-snr / 20)
         found = segment_offline(lambda: noise_blocks(degrader.simulator, "babble", hours * 3600, level, 2),
-                                "silero", thresholds)
+                                "silero", settings)
         rows += [{"input": f"babble alone, as loud as at SNR {snr:g} dB", "setting": t,
                   "false_alarms_per_hour": len(spans) / hours} for t, spans in found.items()]
     for condition in (Condition(), Condition(noise="babble", snr_db=10.0)):
-        totals = {t: [0, 0, 0] for t in thresholds}
+        totals = {t: [0, 0, 0] for t in settings}
         for speaker in sorted({c.speaker for c in degrader.clips}):
             stream, segments = degraded_stream(degrader, stream_clips(degrader.clips, speaker), condition,
                                                stable_seed(speaker, condition.name))
-            for t, spans in segment_offline(lambda: [stream], "silero", thresholds).items():
+            for t, spans in segment_offline(lambda: [stream], "silero", settings).items():
                 _m, seg = score_against_reference([DetectedUtterance(a, b, "neutral", []) for a, b in spans],
                                                   segments, EMOTIONS)
                 for k, key in enumerate(("references", "detected", "matched")):
@@ -547,8 +547,7 @@ def babble_table(result: dict) -> str:
         fa = f"{r['false_alarms_per_hour']:.0f}" if "false_alarms_per_hour" in r else ""
         p = f"{r['precision']:.3f}" if "precision" in r else ""
         rc = f"{r['recall']:.3f}" if "recall" in r else ""
-        setting = r.get("setting") or f"vad_threshold {r['threshold']:g}"  # runs before 2026-12-02 swept only that
-        lines.append(f"| {r['input']} | {setting} | {fa} | {p} | {rc} |")
+        lines.append(f"| {r['input']} | {r['setting']} | {fa} | {p} | {rc} |")
     return "\n".join(lines) + "\n"
 
 

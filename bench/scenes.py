@@ -19,7 +19,7 @@ background gate: speech must stand 6 dB above a low percentile of the last 20 s 
 alone; the shipped model heard these speakers in training, so UA compares scenes with each other, not with LOSO
 figures.
 
-  .venv/bin/python bench/scenes.py     # ~4 minutes; needs espeak-ng (apt install espeak-ng)
+  .venv/bin/python bench/scenes.py     # ~3 minutes; needs espeak-ng (apt install espeak-ng)
 Writes bench/results/scenes.{json,md,png} (with --seed N other than 5: scenes_seedN.*, a second draw that confirms
 settings chosen on the first).
 """
@@ -36,6 +36,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from robustness import RecordedVad, RecordingVad  # noqa: E402
 
 from ser_node.audio.decode import load_audio  # noqa: E402
 from ser_node.audio.segmenter import Segmenter, SegmenterConfig  # noqa: E402
@@ -143,7 +146,8 @@ def scene(kind: str, person, tts_bank, other_clips, rng, level_db: float = 0.0):
     return np.clip(stream, -1, 1).astype(np.float32), segments, robot
 
 
-# Policies of the node's segmenter (its parameters): the scene is segmented again with each.
+# Policies of the node's segmenter (its parameters): the scene is segmented again with each, the VAD's
+# probabilities replayed (the VAD hears every frame whatever the segmenter does with it).
 SEGMENTER_POLICIES = {
     "min speech 1.25 s": SegmenterConfig(min_speech_s=1.25),
     "background gate (6 dB)": SegmenterConfig(foreground_db=6.0),
@@ -153,8 +157,8 @@ SEGMENTER_POLICIES = {
 }
 
 
-def segment(stream: np.ndarray, config: SegmenterConfig | None = None) -> list:
-    return StreamProcessor(Segmenter(make_vad("silero"), config)).feed_recording(stream, RATE)
+def segment(stream: np.ndarray, vad, config: SegmenterConfig | None = None) -> list:
+    return StreamProcessor(Segmenter(vad, config)).feed_recording(stream, RATE)
 
 
 def on_person(utterance, segments) -> float:
@@ -229,7 +233,7 @@ def plot(rows: dict, path: Path) -> None:
     points = [(*key.split(" | "), r) for key, r in rows.items() if "published" in r]
     order = ("robot TTS", "television", "babble, -10", "babble, 0")  # as run (a JSON file may hold them sorted)
     scenes = sorted(dict.fromkeys(scene_name for scene_name, _p, _r in points),
-                    key=lambda n: [n.startswith(o) for o in order].index(True) if any(map(n.startswith, order)) else 9)
+                    key=lambda n: next((k for k, o in enumerate(order) if n.startswith(o)), len(order)))
     policies = list(dict.fromkeys(policy for _s, policy, _r in points))
     colours = plt.get_cmap("tab20")
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
@@ -297,7 +301,8 @@ def main() -> int:
                               ("babble, -10 dB", "babble", -10.0), ("babble, 0 dB", "babble", 0.0)):
         stream, segments, robot = scene(kind, person, tts_bank, tv_clips if kind == "television" else others, rng,
                                         level)
-        utterances = segment(stream)
+        recording = RecordingVad(make_vad("silero"))
+        utterances = segment(stream, recording)
         inferences = [classifier.infer(classifier.prepare([u.audio]))[0] for u in utterances]
         duration = stream.size / RATE
         alone = dict(enumerate(alone_labels))
@@ -329,7 +334,7 @@ def main() -> int:
         if kind != "robot TTS":
             rows[f"{name}: level cues"] = {"quartiles": cue_quartiles(utterances, segments)}
         for policy, config in SEGMENTER_POLICIES.items():
-            heard = segment(stream, config)
+            heard = segment(stream, RecordedVad(recording.frame_samples, recording.probabilities), config)
             judged = [classifier.infer(classifier.prepare([u.audio]))[0] for u in heard]
             rows[f"{name} | {policy}"] = evaluate(heard, judged, [True] * len(heard), segments, duration, alone)
         for key, r in rows.items():
