@@ -232,6 +232,11 @@ def expressions_from_process(command: list[str], env: dict[str, str], mic: str, 
         deadline = time.monotonic() + timeout
         while subscription.get_publisher_count() == 0 and time.monotonic() < deadline:
             side.executor.spin_once(timeout_sec=0.05)
+        # That count is this side's view; the node's writer learns of this reader separately, and a process still
+        # loading its models can take a while to (a CI run lost the first result once): let that side settle too.
+        settle = time.monotonic() + 2.0
+        while time.monotonic() < settle:
+            side.executor.spin_once(timeout_sec=0.05)
         stream, bounds = speech_stream(waveforms)
         for msg in typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0):
             publisher.publish(msg)
