@@ -23,6 +23,8 @@ Parts (--parts, default all):
   rooms       multi-condition training: recipe variants with room copies (each training speaker heard in one
               simulated room per copy), each judged clean, in the test room and under robot noise; and a variant
               chosen per test speaker on the other 11 speakers' folds (honest selection).
+  heads       head capacity: model v0.4's linear heads against one-hidden-layer MLP heads on the same rows, judged
+              as in rooms, with the same honest choice.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
   attention   attentive pooling over the encoder's frames, trained per fold (uem-es only), then the linear heads.
@@ -495,26 +497,10 @@ def run_rooms(work: Path) -> dict:
                                                                                recipe.room_corpora))
                      for c in copies_all if c.corpus == ROOMS][:recipe.room_copies]
             copies = [c for c in copies_all if c.corpus == AUGMENTED][:recipe.augment_copies] + rooms
-            heads = fold_heads(data, recipe, t, pooled, copies)
-            for order in speaker_orders(len(test), t):
-                rows = test[order]
-                for condition, x in features.items():
-                    z = heads.standardise(x[rows])
-                    for mode, normalise in (("plain", False), ("normalised", True)):
-                        records.add(f"{name} | {condition} | {mode}", t, target.labels[rows],
-                                    predict_in_order(heads, z, recipe, normalise))
+            judge_in_conditions(records, name, fold_heads(data, recipe, t, pooled, copies), recipe, target, test,
+                                features)
         print(f"rooms: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
     rows = {name: records.summary(name) for name in records.rows}
-    speakers = sorted(set(target.speakers))
-    chosen, _ = honest_choice({name: {s: np.mean([rows[f"{name} | {c} | normalised"]["per_speaker"][s]
-                                                  for c in SELECTION_CONDITIONS]) for s in speakers}
-                               for name in recipes})
-    selected = {}
-    for condition in features:
-        for mode in ("plain", "normalised"):
-            per = {t: rows[f"{chosen[t]} | {condition} | {mode}"]["per_speaker"][t] for t in speakers}
-            selected[f"{condition} | {mode}"] = {"ua_mean": float(np.mean(list(per.values()))),
-                                                 "ua_std": float(np.std(list(per.values()))), "per_speaker": per}
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
             "protocol": "LOSO over the 12 speakers of uem-es; test clips clean, in room seed 0 (RT60 0.6 s at 2 m, "
                         "a room no training copy is heard in) and with robot noise at 10 dB (bench/robustness.py's "
@@ -525,8 +511,75 @@ def run_rooms(work: Path) -> dict:
                          for name in recipes},
             "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
                      for name, row in rows.items()},
-            "selection": {"rule": "per test speaker, the variant with the best mean normalised UA over clean and "
-                                  "room on the other 11 speakers' folds", "chosen": chosen, "rows": selected}}
+            "selection": honest_selection(rows, list(recipes), list(features))}
+
+
+def judge_in_conditions(records: Records, name: str, heads: VoiceHeads, recipe: VoiceRecipe, target: VoiceData,
+                        test: np.ndarray, features: dict[str, np.ndarray]) -> None:
+    """One fold's heads on its test speaker's clips in each condition, 5 orders, plain and normalised: records
+    "<name> | <condition> | <mode>"."""
+    t = str(target.speakers[test[0]])
+    for order in speaker_orders(len(test), t):
+        rows = test[order]
+        for condition, x in features.items():
+            z = heads.standardise(x[rows])
+            for mode, normalise in (("plain", False), ("normalised", True)):
+                records.add(f"{name} | {condition} | {mode}", t, target.labels[rows],
+                            predict_in_order(heads, z, recipe, normalise))
+
+
+def honest_selection(rows: dict, names: list[str], conditions: list[str]) -> dict:
+    """Per test speaker, the variant with the best mean normalised UA over SELECTION_CONDITIONS on the other
+    speakers' folds, and what the chosen variants score on their own speakers, per condition and mode."""
+    speakers = sorted(rows[f"{names[0]} | clean | normalised"]["per_speaker"])
+    chosen, _ = honest_choice({name: {s: np.mean([rows[f"{name} | {c} | normalised"]["per_speaker"][s]
+                                                  for c in SELECTION_CONDITIONS]) for s in speakers}
+                               for name in names})
+    selected = {}
+    for condition in conditions:
+        for mode in ("plain", "normalised"):
+            per = {t: rows[f"{chosen[t]} | {condition} | {mode}"]["per_speaker"][t] for t in speakers}
+            selected[f"{condition} | {mode}"] = {"ua_mean": float(np.mean(list(per.values()))),
+                                                 "ua_std": float(np.std(list(per.values()))), "per_speaker": per}
+    return {"rule": "per test speaker, the variant with the best mean normalised UA over clean and room on the "
+                    "other 11 speakers' folds", "chosen": chosen, "rows": selected}
+
+
+HEAD_VARIANTS = {  # name -> changes to model v0.4's recipe (linear heads)
+    "linear heads (model v0.4)": {},
+    "MLP heads, 128 hidden": {"head_hidden": 128},
+    "MLP heads, 128 hidden, room copies weight 2": {"head_hidden": 128, "room_weight": 2.0},
+    "MLP heads, 256 hidden, 30 epochs": {"head_hidden": 256, "head_epochs": 30},
+}
+
+
+def run_heads(work: Path) -> dict:
+    """Head capacity: model v0.4's recipe (linear heads) against one-hidden-layer MLP heads on the same training
+    rows (3 corpora, the augmented and room copies), each LOSO fold judged clean, in the test room and under robot
+    noise, plain and normalised, 5 orders per speaker; and the honest choice among them."""
+    base = dataclasses.replace(shipped_recipe(), head_hidden=0)
+    recipes = {name: dataclasses.replace(base, **changes) for name, changes in HEAD_VARIANTS.items()}
+    data = load_voice_data(base)
+    target = data.subset(data.corpora == data.target)
+    _, features = condition_features(target, base)
+    copies = training_copies(data, base)
+    records = Records()
+    began = time.perf_counter()
+    for t in sorted(set(target.speakers)):
+        test = np.where(target.speakers == t)[0]
+        for name, recipe in recipes.items():
+            judge_in_conditions(records, name, fold_heads(data, recipe, t, True, copies), recipe, target, test,
+                                features)
+        print(f"heads: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
+    rows = {name: records.summary(name) for name in records.rows}
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
+            "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; every "
+                        "variant trains on the same rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room "
+                        "copies of uem-es)",
+            "variants": {name: {"changes": changes} for name, changes in HEAD_VARIANTS.items()},
+            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
+                     for name, row in rows.items()},
+            "selection": honest_selection(rows, list(recipes), list(features))}
 
 
 WARMUP_GRID = [(w, s) for w in (1, 2, 3, 5) for s in (0.0, 1.0, 3.0)]
@@ -754,7 +807,10 @@ def report(out: Path) -> str:
         text += format_table(table, list(table[0])) + "\n"
     rooms = results.get("rooms")
     if rooms:
-        text += rooms_section(rooms)
+        text += rooms_section(rooms, "Multi-condition training: room copies", "rooms")
+    heads = results.get("heads")
+    if heads:
+        text += rooms_section(heads, "Head capacity: linear against MLP heads", "heads")
     warmup = results.get("warmup")
     if warmup:
         text += (f"\n## A new voice's first utterances ({warmup['date']})\n\n`--parts warmup`: {warmup['protocol']}. "
@@ -788,13 +844,15 @@ def report(out: Path) -> str:
     if loso:
         plot(loso, out / "voice.png")
     if rooms:
-        plot_rooms(rooms, out / "voice_rooms.png")
+        plot_rooms(rooms, out / "voice_rooms.png", "room copies in training")
+    if heads:
+        plot_rooms(heads, out / "voice_heads.png", "linear against MLP heads")
     return text
 
 
-def rooms_section(rooms: dict) -> str:
-    """The rooms part as a table: per variant, clean / room / noise UA normalised and plain, the drops from clean,
-    and the honest choice's row."""
+def rooms_section(rooms: dict, title: str, part: str) -> str:
+    """A part of variants judged in conditions (rooms, heads) as a table: per variant, clean / room / noise UA
+    normalised and plain, the drops from clean, and the honest choice's row."""
     conditions = ["clean", "room RT60 0.6 s at 2 m", "robot noise 10 dB"]
 
     def cells(get) -> dict:
@@ -812,12 +870,12 @@ def rooms_section(rooms: dict) -> str:
     table.append({"variant": "chosen per test speaker (honest)", **cells(lambda key: choice["rows"][key]["ua_mean"])})
     picks = list(choice["chosen"].values())
     chosen = ", ".join(f"{v} ({picks.count(v)})" for v in dict.fromkeys(picks))
-    return (f"\n## Multi-condition training: room copies ({rooms['date']})\n\n`--parts rooms`: {rooms['protocol']}. "
+    return (f"\n## {title} ({rooms['date']})\n\n`--parts {part}`: {rooms['protocol']}. "
             f"The choice: {choice['rule']}; chosen (test speakers): {chosen}.\n\n" + format_table(table, list(table[0]))
             + "\n")
 
 
-def plot_rooms(rooms: dict, path: Path) -> None:
+def plot_rooms(rooms: dict, path: Path, title: str) -> None:
     """Clean against room UA (normalised) per variant: the trade-off multi-condition training moves along."""
     import matplotlib
 
@@ -835,7 +893,7 @@ def plot_rooms(rooms: dict, path: Path) -> None:
     ax.set_xlabel("clean UA, normalised (LOSO, 12 speakers)")
     ax.set_ylabel("room RT60 0.6 s at 2 m UA, normalised")
     ax.legend(fontsize=7)
-    ax.set_title(f"uem-es, room copies in training ({rooms['date']})", fontsize=9)
+    ax.set_title(f"uem-es, {title} ({rooms['date']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -874,7 +932,7 @@ def main() -> int:
     args = parser.parse_args()
     path = args.out / "voice.json"
     runners = {"loso": run_loso, "frontend": run_frontend, "skew": run_skew, "loco": run_loco, "robustness": run_robustness,
-               "rooms": run_rooms, "warmup": run_warmup,
+               "rooms": run_rooms, "heads": run_heads, "warmup": run_warmup,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

@@ -145,6 +145,40 @@ def test_metadata_names_the_encoder_source(voice_model):
     assert metadata.features.n_mels == 40 and metadata.features.n_fft == 400 and metadata.features.hop_length == 160
 
 
+def test_mlp_heads_export_as_the_numpy_heads_compute(voice_model, tmp_path):
+    """head_hidden > 0: each head is a one-hidden-layer MLP (torch at training only); retraining gives the same
+    heads, and the exported graph gives the numpy heads' probabilities on real clips (plain, and normalised with
+    an offset), with the layer widths in the model file."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from ser_node.inference.model_file import read_metadata
+    from ser_node.train.voice_recipe import export_voice_model, fit_heads, load_voice_data
+
+    recipe = dataclasses.replace(voice_model["recipe"], head_hidden=16, head_epochs=5)
+    data = load_voice_data(recipe, progress=False)
+    heads = fit_heads(data, recipe)
+    assert [w.shape for w, _ in heads.plain] == [(16, 1536), (7, 16)]
+    assert [w.shape for w, _ in heads.normalised] == [(16, 1536), (7, 16)]
+    again = fit_heads(data, recipe)
+    for (w, b), (w2, b2) in zip(heads.plain + heads.normalised, again.plain + again.normalised):
+        np.testing.assert_allclose(w, w2, atol=1e-6)
+        np.testing.assert_allclose(b, b2, atol=1e-6)
+    path = export_voice_model(heads, recipe, tmp_path / "mlp.onnx", {"protocol": "test"}, model_id="test-mlp")
+    assert read_metadata(path).model["heads"] == [1536, 16, 7]
+    assert read_metadata(voice_model["path"]).model["heads"] == [1536, 7]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for clip in data.paths[::12]:
+        offset = 0.3 * rng.standard_normal((1, 1536))
+        normalised, plain, features = voice_graph_by_hand(session, load_audio(clip), offset,
+                                                          ("probabilities", "probabilities_plain", "features"))
+        np.testing.assert_allclose(plain, heads.plain_probabilities(features), atol=1e-5)
+        np.testing.assert_allclose(normalised, heads.normalised_probabilities(features, offset), atol=1e-5)
+        assert not np.allclose(plain, normalised, atol=1e-3)  # the two heads differ
+
+
 def test_classifier_runs_it_and_refuses_a_foreign_front_end(voice_model, clips_of_every_speaker, tmp_path):
     import onnx
 

@@ -101,13 +101,14 @@ class VoiceEmotionModel(nn.Module):
     the plain head until it has heard enough of a voice (warm-up), the normalised one after."""
 
     def __init__(self, encoder: GE2EEncoder, layers: Sequence[int], mean: np.ndarray, scale: np.ndarray,
-                 plain: tuple[np.ndarray, np.ndarray], normalised: tuple[np.ndarray, np.ndarray]) -> None:
+                 plain: Sequence[tuple[np.ndarray, np.ndarray]],
+                 normalised: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         super().__init__()
         self.encoder = encoder
         self.layer_ids = tuple(int(i) for i in layers)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
-        self.plain_head, self.normalised_head = (_linear(*plain), _linear(*normalised))
+        self.plain_head, self.normalised_head = _head(plain), _head(normalised)
 
     def forward(self, frames: torch.Tensor, h: torch.Tensor, c: torch.Tensor, sums: torch.Tensor,
                 count: torch.Tensor, speaker_offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -141,12 +142,16 @@ def pooled_from_sums(sums: torch.Tensor, count: torch.Tensor, layers: Sequence[i
     return torch.cat(parts).float()[None]
 
 
-def _linear(weight: np.ndarray, bias: np.ndarray) -> nn.Linear:
-    layer = nn.Linear(weight.shape[1], weight.shape[0])
-    with torch.no_grad():
-        layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-        layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-    return layer
+def _head(layers: Sequence[tuple[np.ndarray, np.ndarray]]) -> nn.Sequential:
+    """A head from its (weight, bias) layers, ReLU between them (voice_recipe.head_logits in torch)."""
+    modules: list[nn.Module] = []
+    for weight, bias in layers:
+        layer = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        modules += [layer, nn.ReLU()]
+    return nn.Sequential(*modules[:-1])
 
 
 @torch.no_grad()

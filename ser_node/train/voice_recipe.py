@@ -42,7 +42,16 @@ class VoiceRecipe:
     corpora: list[dict] = field(default_factory=lambda: [
         {"name": "uem-es", "kind": "emomatch", "path": "../shared/data/uem-es"}])
     layers: list[int] = field(default_factory=lambda: list(ALL_LAYERS))  # GE2E layers pooled (0 = nearest input)
-    c: float = 1e-2  # inverse L2 strength of both logistic-regression heads
+    c: float = 1e-2  # inverse L2 strength of both logistic-regression heads (linear heads)
+    # 0: linear heads (logistic regression). N: each head is a small MLP, one hidden layer of N ReLU units,
+    # trained with dropout (head_input_dropout on the features, head_dropout on the hidden units) and weight decay:
+    # one linear map cannot hold dry and far-away speech at once without losing clean accuracy (bench/voice.py
+    # --parts heads).
+    head_hidden: int = 0
+    head_dropout: float = 0.5
+    head_input_dropout: float = 0.2
+    head_weight_decay: float = 1e-2
+    head_epochs: int = 20
     target_weight: float = 3.0  # sample weight of target-corpus clips against the other corpora's
     warmup: int = 5  # utterances of a voice before the normalised head answers
     history: int = 50  # utterances the running mean rests on (the node's SpeakerAdapter)
@@ -158,6 +167,18 @@ def centre_by_drawn_histories(z: np.ndarray, speakers: np.ndarray, labels: np.nd
     return np.stack(out), np.array(rows)
 
 
+Layers = list[tuple[np.ndarray, np.ndarray]]  # a head: (weight (out, in), bias (out,)) per layer, ReLU between
+
+
+def head_logits(layers: Layers, x: np.ndarray) -> np.ndarray:
+    """A head's logits: affine layers with ReLU between them (one layer: a linear head)."""
+    for i, (weight, bias) in enumerate(layers):
+        x = x @ weight.T + bias
+        if i < len(layers) - 1:
+            x = np.maximum(x, 0.0)
+    return x
+
+
 @dataclass
 class VoiceHeads:
     """Standardisation and the two heads, as the exported graph computes them (numpy, for evaluation)."""
@@ -165,8 +186,8 @@ class VoiceHeads:
     layers: list[int]
     mean: np.ndarray
     scale: np.ndarray
-    plain: tuple[np.ndarray, np.ndarray]  # (weight (7, d), bias (7,)) on standardised features
-    normalised: tuple[np.ndarray, np.ndarray]  # on standardised features minus the voice's offset
+    plain: Layers  # on standardised features; the last layer gives the 7 logits
+    normalised: Layers  # on standardised features minus the voice's offset
 
     def standardise(self, pooled_all_layers: np.ndarray) -> np.ndarray:
         return (pooled_all_layers[:, layer_columns(self.layers)] - self.mean) / self.scale
@@ -177,15 +198,50 @@ class VoiceHeads:
         return z / z.sum(axis=1, keepdims=True)
 
     def plain_probabilities(self, z: np.ndarray) -> np.ndarray:
-        weight, bias = self.plain
-        return self._softmax(z @ weight.T + bias)
+        return self._softmax(head_logits(self.plain, z))
 
     def normalised_probabilities(self, z: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        weight, bias = self.normalised
-        return self._softmax((z - offsets) @ weight.T + bias)
+        return self._softmax(head_logits(self.normalised, z - offsets))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array, by name (heads.npz)."""
+        out = {"mean": self.mean, "scale": self.scale, "layers": np.array(self.layers)}
+        for name, head in (("plain", self.plain), ("norm", self.normalised)):
+            for i, (weight, bias) in enumerate(head):
+                out[f"{name}_w{i}"], out[f"{name}_b{i}"] = weight, bias
+        return out
 
 
-def _logistic_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+def _mlp_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, recipe: VoiceRecipe, seed: int) -> Layers:
+    """One hidden layer of recipe.head_hidden ReLU units, trained by AdamW on minibatches of 128 with class-balanced
+    weighted cross-entropy (the logistic head's class_weight="balanced" times the sample weights)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    labels = np.array([EMOTIONS.index(v) for v in y])
+    counts = np.bincount(labels, minlength=len(EMOTIONS))
+    if np.any(counts == 0):
+        raise ValueError(f"the training clips lack {[c for c, n in zip(EMOTIONS, counts) if n == 0]}; "
+                         "the heads need every class")
+    row_weights = weights * (len(labels) / (len(EMOTIONS) * counts))[labels]
+    row_weights = torch.tensor(row_weights / row_weights.mean(), dtype=torch.float32)
+    inputs, targets = torch.tensor(x, dtype=torch.float32), torch.tensor(labels)
+    hidden, output = nn.Linear(x.shape[1], recipe.head_hidden), nn.Linear(recipe.head_hidden, len(EMOTIONS))
+    net = nn.Sequential(nn.Dropout(recipe.head_input_dropout), hidden, nn.ReLU(), nn.Dropout(recipe.head_dropout),
+                        output)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=recipe.head_weight_decay)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(recipe.head_epochs):
+        for batch in torch.randperm(len(inputs), generator=order).split(128):
+            loss = nn.functional.cross_entropy(net(inputs[batch]), targets[batch], reduction="none")
+            optimiser.zero_grad()
+            (loss * row_weights[batch]).mean().backward()
+            optimiser.step()
+    return [(layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy()) for layer in (hidden, output)]
+
+
+def _logistic_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float) -> Layers:
     """Class-balanced multinomial logistic regression on x standardised by its own spread, folded back so the
     head reads x directly (the graph standardises once, for both heads)."""
     from sklearn.linear_model import LogisticRegression
@@ -197,7 +253,7 @@ def _logistic_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float) 
     if list(model.classes_) != list(EMOTIONS):
         raise ValueError(f"the training clips cover {list(model.classes_)}; the heads need all of {EMOTIONS}")
     weight = model.coef_ / scale
-    return weight.astype(np.float32), (model.intercept_ - weight @ centre).astype(np.float32)
+    return [(weight.astype(np.float32), (model.intercept_ - weight @ centre).astype(np.float32))]
 
 
 def sample_weights(data: VoiceData, recipe: VoiceRecipe) -> np.ndarray:
@@ -214,12 +270,18 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
     mean, scale = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
     z = (pooled - mean) / scale
     weights = sample_weights(data, recipe)
-    plain = _logistic_head(z, data.labels, weights, recipe.c)
+
+    def head(x: np.ndarray, y: np.ndarray, w: np.ndarray, seed: int) -> Layers:
+        if recipe.head_hidden:
+            return _mlp_head(x, y, w, recipe, seed)
+        return _logistic_head(x, y, w, recipe.c)
+
+    plain = head(z, data.labels, weights, recipe.seed)
     if recipe.history_neutral_share is None:
-        normalised = _logistic_head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.c)
+        normalised = head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.seed + 1)
     else:
         centred, rows = centre_by_drawn_histories(z, data.speakers, data.labels, recipe)
-        normalised = _logistic_head(centred, data.labels[rows], weights[rows], recipe.c)
+        normalised = head(centred, data.labels[rows], weights[rows], recipe.seed + 1)
     return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised)
 
 
@@ -300,6 +362,8 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
                                  "outputs probabilities.. speaker_embedding judge the state given (feed one dummy "
                                  "frame); initial state zeros"},
                "feature_size": int(len(heads.mean)),
+               # the heads' layer widths, features to classes: [1536, 7] linear, [1536, 128, 7] one hidden layer
+               "heads": [int(heads.plain[0][0].shape[1])] + [int(w.shape[0]) for w, _ in heads.plain],
                "encoder": {"name": "GE2E speaker encoder", "package": ENCODER_PACKAGE, "version": ENCODER_VERSION,
                            "file": "resemblyzer/pretrained.pt", "sha256": ENCODER_SHA256, "license": "Apache-2.0"},
                "normalisation": {"warmup": recipe.warmup, "history": recipe.history,
@@ -416,8 +480,7 @@ def train_and_export(recipe: VoiceRecipe, out: Path, base: Path | None = None) -
     heads = fit_heads(with_augmentation(data, copies, np.ones(len(data.labels), dtype=bool)) if copies else data,
                       recipe)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "heads.npz", mean=heads.mean, scale=heads.scale, plain_w=heads.plain[0], plain_b=heads.plain[1],
-             norm_w=heads.normalised[0], norm_b=heads.normalised[1], layers=np.array(heads.layers))
+    np.savez(out / "heads.npz", **heads.arrays())
     counts = {str(c): int((data.corpora == c).sum()) for c in np.unique(data.corpora)}
     copy_counts = {kind: sum(len(c.rows) for c in copies if c.corpus == kind) for kind in (AUGMENTED, ROOMS)}
     training = {"recipe": recipe.to_mapping(), "clips": counts, "copies": copy_counts,
