@@ -58,6 +58,8 @@ from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.train.reports import compute_metrics, format_table, write_json  # noqa: E402
 from ser_node.train.teacher import opensmile_functionals  # noqa: E402
 from ser_node.train.voice_recipe import (  # noqa: E402
+    AUGMENTED,
+    ROOMS,
     VoiceData,
     VoiceHeads,
     VoiceRecipe,
@@ -478,8 +480,6 @@ def run_rooms(work: Path) -> dict:
     (room seed 0, never trained on) and under robot noise, plain and normalised, 5 orders per speaker; then an
     honest choice: for each test speaker, the variant with the best mean normalised UA (clean and room) over the
     other 11 speakers' folds, scored on that speaker only."""
-    from ser_node.train.voice_recipe import AUGMENTED, ROOMS
-
     base = dataclasses.replace(shipped_recipe(), **PREVIOUS)  # the variants are changes to model v0.3's recipe
     recipes = {name: (dataclasses.replace(base, **changes), pooled)
                for name, (changes, pooled) in ROOM_VARIANTS.items()}
@@ -545,10 +545,12 @@ def honest_selection(rows: dict, names: list[str], conditions: list[str]) -> dic
                     "other 11 speakers' folds", "chosen": chosen, "rows": selected}
 
 
+HEAD_BASELINE = "linear heads (model v0.4)"
 HEAD_VARIANTS = {  # name -> changes to model v0.4's recipe (linear heads)
-    "linear heads (model v0.4)": {},
+    HEAD_BASELINE: {},
     "MLP heads, 128 hidden": {"head_hidden": 128},
     "MLP heads, 128 hidden, room copies weight 2": {"head_hidden": 128, "room_weight": 2.0},
+    "MLP heads, 128 hidden, 4 room copies": {"head_hidden": 128, "room_copies": 4},
     "MLP heads, 256 hidden, 30 epochs": {"head_hidden": 256, "head_epochs": 30},
 }
 
@@ -562,20 +564,23 @@ def run_heads(work: Path) -> dict:
     data = load_voice_data(base)
     target = data.subset(data.corpora == data.target)
     _, features = condition_features(target, base)
-    copies = training_copies(data, base)
+    copies_all = training_copies(data, dataclasses.replace(base, room_copies=max(r.room_copies
+                                                                                   for r in recipes.values())))
     records = Records()
     began = time.perf_counter()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
         for name, recipe in recipes.items():
+            copies = ([c for c in copies_all if c.corpus != ROOMS]
+                      + [c for c in copies_all if c.corpus == ROOMS][:recipe.room_copies])
             judge_in_conditions(records, name, fold_heads(data, recipe, t, True, copies), recipe, target, test,
                                 features)
         print(f"heads: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
     rows = {name: records.summary(name) for name in records.rows}
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
             "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; every "
-                        "variant trains on the same rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room "
-                        "copies of uem-es)",
+                        "variant trains on model v0.4's rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room "
+                        "copies of uem-es) unless its changes say otherwise",
             "variants": {name: {"changes": changes} for name, changes in HEAD_VARIANTS.items()},
             "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
                      for name, row in rows.items()},
@@ -811,6 +816,19 @@ def report(out: Path) -> str:
     heads = results.get("heads")
     if heads:
         text += rooms_section(heads, "Head capacity: linear against MLP heads", "heads")
+        text += "\nEach variant against the linear heads, same folds and orders (paired over the 12 speakers):\n\n"
+        table = []
+        for name in heads["variants"]:
+            if name == HEAD_BASELINE:
+                continue
+            row = {"variant": name}
+            for key in ("clean | normalised", "room RT60 0.6 s at 2 m | normalised", "robot noise 10 dB | normalised",
+                        "clean | plain"):
+                v = paired(heads["rows"][f"{name} | {key}"]["per_speaker"],
+                           heads["rows"][f"{HEAD_BASELINE} | {key}"]["per_speaker"])
+                row[key.replace(" | ", ", ")] = f"{v['difference']:+.3f}, {v['wins']}/{v['speakers']}, p {v['wilcoxon_p']:.3f}"
+            table.append(row)
+        text += format_table(table, list(table[0])) + "\n"
     warmup = results.get("warmup")
     if warmup:
         text += (f"\n## A new voice's first utterances ({warmup['date']})\n\n`--parts warmup`: {warmup['protocol']}. "
