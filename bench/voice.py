@@ -488,20 +488,8 @@ def run_rooms(work: Path) -> dict:
     target = data.subset(data.corpora == data.target)
     _, features = condition_features(target, base)
     copies_all = training_copies(data, base_all)  # computes (and caches) every room copy once
-    records = Records()
-    began = time.perf_counter()
-    for t in sorted(set(target.speakers)):
-        test = np.where(target.speakers == t)[0]
-        for name, (recipe, pooled) in recipes.items():
-            rooms = [c if recipe.room_corpora is None else _rows_of(c, np.isin(data.corpora[c.rows],
-                                                                               recipe.room_corpora))
-                     for c in copies_all if c.corpus == ROOMS][:recipe.room_copies]
-            copies = [c for c in copies_all if c.corpus == AUGMENTED][:recipe.augment_copies] + rooms
-            judge_in_conditions(records, name, fold_heads(data, recipe, t, pooled, copies), recipe, target, test,
-                                features)
-        print(f"rooms: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
-    rows = {name: records.summary(name) for name in records.rows}
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
+    rows, seconds = judge_variants("rooms", data, target, features, copies_all, recipes)
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds,
             "protocol": "LOSO over the 12 speakers of uem-es; test clips clean, in room seed 0 (RT60 0.6 s at 2 m, "
                         "a room no training copy is heard in) and with robot noise at 10 dB (bench/robustness.py's "
                         "seeds); normalised: 5 random orders per speaker, centred by the speaker's earlier clips "
@@ -512,6 +500,30 @@ def run_rooms(work: Path) -> dict:
             "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
                      for name, row in rows.items()},
             "selection": honest_selection(rows, list(recipes), list(features))}
+
+
+def judge_variants(part: str, data: VoiceData, target: VoiceData, features: dict[str, np.ndarray], copies_all: list,
+                   recipes: dict[str, tuple[VoiceRecipe, bool]]) -> tuple[dict, float]:
+    """Every variant (recipe, with the other corpora) on every LOSO fold in every condition: the summary rows
+    "<variant> | <condition> | <mode>" and the seconds it took."""
+    records = Records()
+    began = time.perf_counter()
+    for t in sorted(set(target.speakers)):
+        test = np.where(target.speakers == t)[0]
+        for name, (recipe, pooled) in recipes.items():
+            copies = recipe_copies(data, copies_all, recipe)
+            judge_in_conditions(records, name, fold_heads(data, recipe, t, pooled, copies), recipe, target, test,
+                                features)
+        print(f"{part}: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
+    return {name: records.summary(name) for name in records.rows}, time.perf_counter() - began
+
+
+def recipe_copies(data: VoiceData, copies_all: list, recipe: VoiceRecipe) -> list:
+    """The copies a recipe trains with, out of every copy computed for the most demanding variant: its augmented
+    copies and its room copies (of its room corpora only)."""
+    rooms = [c if recipe.room_corpora is None else _rows_of(c, np.isin(data.corpora[c.rows], recipe.room_corpora))
+             for c in copies_all if c.corpus == ROOMS][:recipe.room_copies]
+    return [c for c in copies_all if c.corpus == AUGMENTED][:recipe.augment_copies] + rooms
 
 
 def judge_in_conditions(records: Records, name: str, heads: VoiceHeads, recipe: VoiceRecipe, target: VoiceData,
@@ -566,18 +578,9 @@ def run_heads(work: Path) -> dict:
     _, features = condition_features(target, base)
     copies_all = training_copies(data, dataclasses.replace(base, room_copies=max(r.room_copies
                                                                                    for r in recipes.values())))
-    records = Records()
-    began = time.perf_counter()
-    for t in sorted(set(target.speakers)):
-        test = np.where(target.speakers == t)[0]
-        for name, recipe in recipes.items():
-            copies = ([c for c in copies_all if c.corpus != ROOMS]
-                      + [c for c in copies_all if c.corpus == ROOMS][:recipe.room_copies])
-            judge_in_conditions(records, name, fold_heads(data, recipe, t, True, copies), recipe, target, test,
-                                features)
-        print(f"heads: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
-    rows = {name: records.summary(name) for name in records.rows}
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
+    rows, seconds = judge_variants("heads", data, target, features, copies_all,
+                                   {name: (recipe, True) for name, recipe in recipes.items()})
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds,
             "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; every "
                         "variant trains on model v0.4's rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room "
                         "copies of uem-es) unless its changes say otherwise",
