@@ -23,8 +23,8 @@ Parts (--parts, default all):
   rooms       multi-condition training: recipe variants with room copies (each training speaker heard in one
               simulated room per copy), each judged clean, in the test room and under robot noise; and a variant
               chosen per test speaker on the other 11 speakers' folds (honest selection).
-  heads       head capacity: model v0.4's linear heads against one-hidden-layer MLP heads on the same rows, judged
-              as in rooms, with the same honest choice.
+  heads       head capacity: model v0.4's linear heads against one-hidden-layer MLP heads on the same rows (both
+              heads, or the normalised one only), judged as in rooms, with the same honest choice.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
   attention   attentive pooling over the encoder's frames, trained per fold (uem-es only), then the linear heads.
@@ -564,6 +564,10 @@ HEAD_VARIANTS = {  # name -> changes to model v0.4's recipe (linear heads)
     "MLP heads, 128 hidden, room copies weight 2": {"head_hidden": 128, "room_weight": 2.0},
     "MLP heads, 128 hidden, 4 room copies": {"head_hidden": 128, "room_copies": 4},
     "MLP heads, 256 hidden, 30 epochs": {"head_hidden": 256, "head_epochs": 30},
+    # the MLP heads' plain head lost 2 points clean: an MLP for the normalised head only
+    "MLP normalised head (128 hidden), linear plain head": {"head_hidden": 128, "plain_head_hidden": 0},
+    "MLP normalised head (128 hidden), linear plain head, room copies weight 2":
+        {"head_hidden": 128, "plain_head_hidden": 0, "room_weight": 2.0},
 }
 
 

@@ -146,9 +146,9 @@ def test_metadata_names_the_encoder_source(voice_model):
 
 
 def test_mlp_heads_export_as_the_numpy_heads_compute(voice_model, tmp_path):
-    """head_hidden > 0: each head is a one-hidden-layer MLP (torch at training only); retraining gives the same
-    heads, and the exported graph gives the numpy heads' probabilities on real clips (plain, and normalised with
-    an offset), with the layer widths in the model file."""
+    """head_hidden > 0: each head is a one-hidden-layer MLP (torch at training only), or only the normalised one
+    (plain_head_hidden 0); retraining gives the same heads, and the exported graph gives the numpy heads'
+    probabilities on real clips (plain, and normalised with an offset), with each head's widths in the model file."""
     import dataclasses
 
     import onnxruntime as ort
@@ -165,18 +165,25 @@ def test_mlp_heads_export_as_the_numpy_heads_compute(voice_model, tmp_path):
     for (w, b), (w2, b2) in zip(heads.plain + heads.normalised, again.plain + again.normalised):
         np.testing.assert_allclose(w, w2, atol=1e-6)
         np.testing.assert_allclose(b, b2, atol=1e-6)
-    path = export_voice_model(heads, recipe, tmp_path / "mlp.onnx", {"protocol": "test"}, model_id="test-mlp")
-    assert read_metadata(path).model["heads"] == [1536, 16, 7]
-    assert read_metadata(voice_model["path"]).model["heads"] == [1536, 7]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # plain_head_hidden 0: a linear plain head beside the MLP normalised head, the same normalised head as above
+    hybrid = fit_heads(data, dataclasses.replace(recipe, plain_head_hidden=0))
+    assert [w.shape for w, _ in hybrid.plain] == [(7, 1536)]
+    for (w, b), (w2, b2) in zip(heads.normalised, hybrid.normalised):
+        np.testing.assert_allclose(w, w2, atol=1e-6)
+    assert read_metadata(voice_model["path"]).model["heads"] == {"plain": [1536, 7], "normalised": [1536, 7]}
     rng = np.random.default_rng(3)
-    for clip in data.paths[::12]:
-        offset = 0.3 * rng.standard_normal((1, 1536))
-        normalised, plain, features = voice_graph_by_hand(session, load_audio(clip), offset,
-                                                          ("probabilities", "probabilities_plain", "features"))
-        np.testing.assert_allclose(plain, heads.plain_probabilities(features), atol=1e-5)
-        np.testing.assert_allclose(normalised, heads.normalised_probabilities(features, offset), atol=1e-5)
-        assert not np.allclose(plain, normalised, atol=1e-3)  # the two heads differ
+    for name, fitted, widths in (("mlp", heads, [1536, 16, 7]), ("hybrid", hybrid, [1536, 7])):
+        path = export_voice_model(fitted, recipe, tmp_path / f"{name}.onnx", {"protocol": "test"},
+                                  model_id=f"test-{name}")
+        assert read_metadata(path).model["heads"] == {"plain": widths, "normalised": [1536, 16, 7]}
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for clip in data.paths[::24]:
+            offset = 0.3 * rng.standard_normal((1, 1536))
+            normalised, plain, features = voice_graph_by_hand(session, load_audio(clip), offset,
+                                                              ("probabilities", "probabilities_plain", "features"))
+            np.testing.assert_allclose(plain, fitted.plain_probabilities(features), atol=1e-5)
+            np.testing.assert_allclose(normalised, fitted.normalised_probabilities(features, offset), atol=1e-5)
+            assert not np.allclose(plain, normalised, atol=1e-3)  # the two heads differ
 
 
 def test_classifier_runs_it_and_refuses_a_foreign_front_end(voice_model, clips_of_every_speaker, tmp_path):

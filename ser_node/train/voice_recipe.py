@@ -48,6 +48,10 @@ class VoiceRecipe:
     # one linear map cannot hold dry and far-away speech at once without losing clean accuracy (bench/voice.py
     # --parts heads).
     head_hidden: int = 0
+    # The plain head's hidden units, where they should differ (None: head_hidden). The plain head judges a voice's
+    # first utterances from the features alone, where MLP heads lost 2 points: a linear plain head (0) beside an
+    # MLP normalised head keeps it.
+    plain_head_hidden: int | None = None
     head_dropout: float = 0.5
     head_input_dropout: float = 0.2
     head_weight_decay: float = 1e-2
@@ -212,8 +216,9 @@ class VoiceHeads:
         return out
 
 
-def _mlp_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, recipe: VoiceRecipe, seed: int) -> Layers:
-    """One hidden layer of recipe.head_hidden ReLU units, trained by AdamW on minibatches of 128 with class-balanced
+def _mlp_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, recipe: VoiceRecipe, hidden_units: int,
+              seed: int) -> Layers:
+    """One hidden layer of `hidden_units` ReLU units, trained by AdamW on minibatches of 128 with class-balanced
     weighted cross-entropy (the logistic head's class_weight="balanced" times the sample weights)."""
     import torch
     from torch import nn
@@ -227,7 +232,7 @@ def _mlp_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, recipe: VoiceRe
     row_weights = weights * (len(labels) / (len(EMOTIONS) * counts))[labels]
     row_weights = torch.tensor(row_weights / row_weights.mean(), dtype=torch.float32)
     inputs, targets = torch.tensor(x, dtype=torch.float32), torch.tensor(labels)
-    hidden, output = nn.Linear(x.shape[1], recipe.head_hidden), nn.Linear(recipe.head_hidden, len(EMOTIONS))
+    hidden, output = nn.Linear(x.shape[1], hidden_units), nn.Linear(hidden_units, len(EMOTIONS))
     net = nn.Sequential(nn.Dropout(recipe.head_input_dropout), hidden, nn.ReLU(), nn.Dropout(recipe.head_dropout),
                         output)
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=recipe.head_weight_decay)
@@ -271,17 +276,19 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
     z = (pooled - mean) / scale
     weights = sample_weights(data, recipe)
 
-    def head(x: np.ndarray, y: np.ndarray, w: np.ndarray, seed: int) -> Layers:
-        if recipe.head_hidden:
-            return _mlp_head(x, y, w, recipe, seed)
+    def head(x: np.ndarray, y: np.ndarray, w: np.ndarray, hidden_units: int, seed: int) -> Layers:
+        if hidden_units:
+            return _mlp_head(x, y, w, recipe, hidden_units, seed)
         return _logistic_head(x, y, w, recipe.c)
 
-    plain = head(z, data.labels, weights, recipe.seed)
+    plain_hidden = recipe.head_hidden if recipe.plain_head_hidden is None else recipe.plain_head_hidden
+    plain = head(z, data.labels, weights, plain_hidden, recipe.seed)
     if recipe.history_neutral_share is None:
-        normalised = head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.seed + 1)
+        normalised = head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.head_hidden,
+                          recipe.seed + 1)
     else:
         centred, rows = centre_by_drawn_histories(z, data.speakers, data.labels, recipe)
-        normalised = head(centred, data.labels[rows], weights[rows], recipe.seed + 1)
+        normalised = head(centred, data.labels[rows], weights[rows], recipe.head_hidden, recipe.seed + 1)
     return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised)
 
 
@@ -362,8 +369,9 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
                                  "outputs probabilities.. speaker_embedding judge the state given (feed one dummy "
                                  "frame); initial state zeros"},
                "feature_size": int(len(heads.mean)),
-               # the heads' layer widths, features to classes: [1536, 7] linear, [1536, 128, 7] one hidden layer
-               "heads": [int(heads.plain[0][0].shape[1])] + [int(w.shape[0]) for w, _ in heads.plain],
+               # each head's layer widths, features to classes: [1536, 7] linear, [1536, 128, 7] one hidden layer
+               "heads": {name: [int(head[0][0].shape[1])] + [int(w.shape[0]) for w, _ in head]
+                         for name, head in (("plain", heads.plain), ("normalised", heads.normalised))},
                "encoder": {"name": "GE2E speaker encoder", "package": ENCODER_PACKAGE, "version": ENCODER_VERSION,
                            "file": "resemblyzer/pretrained.pt", "sha256": ENCODER_SHA256, "license": "Apache-2.0"},
                "normalisation": {"warmup": recipe.warmup, "history": recipe.history,
