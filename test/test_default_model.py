@@ -76,6 +76,32 @@ def test_ds_am_classifies_real_held_out_clips_above_chance(corpus_dir):
     assert accuracy > 0.3
 
 
+def test_ds_am_int8_computes_what_its_graph_says_on_this_cpu(corpus_dir):
+    """The int8 model's integer kernels against the same QDQ graph run in float (ONNX Runtime without graph
+    optimisation does not fuse it into int8 kernels). With 8-bit weights, AVX2-only x86 CPUs saturate int16 pair
+    sums: the model of 2026-11-22 was 0.126 off its graph here; with 7-bit weights (export.py, reduce_range) 0.026,
+    rounding only, on any CPU."""
+    import onnxruntime as ort
+
+    from ser_node.inference.features import FeatureExtractor
+
+    clips = [c for c in load_emomatch(corpus_dir, check_audio=False).clips
+             if c.speaker in DS_AM_HELD_OUT and c.path.stem.endswith(("_01", "_05", "_09"))]
+    images = FeatureExtractor(read_metadata(DS_AM_INT8).features).batch([load_audio(c.path) for c in clips])
+
+    def probabilities(level: ort.GraphOptimizationLevel) -> np.ndarray:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(str(DS_AM_INT8), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+    kernels = probabilities(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    graph = probabilities(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    print(f"int8 kernels vs the QDQ graph in float on {len(clips)} clips: max |dp| {np.abs(kernels - graph).max():.3f}")
+    assert np.abs(kernels - graph).max() < 0.08
+    assert np.array_equal(kernels.argmax(1), graph.argmax(1))
+
+
 def test_the_node_loads_the_shipped_model_by_default():
     pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
     from ros_harness import Harness

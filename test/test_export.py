@@ -46,6 +46,26 @@ def test_int8_agrees_with_fp32_on_real_audio(exported_models, real_waveforms):
     assert np.array_equal(fp32.argmax(1)[clear], int8.argmax(1)[clear])
 
 
+def test_requantize_rewrites_the_int8_file_from_the_fp32_one(exported_models, real_waveforms, tmp_path, capsys):
+    """ser_export --requantize: the int8 model again from an fp32 file alone (calibrated on the corpus its
+    metadata names), as export_run makes it; a missing file is a clear error, not a traceback."""
+    import shutil
+
+    from ser_node.cli.export import main
+
+    fp32 = tmp_path / "copy.onnx"
+    shutil.copy(exported_models["fp32"], fp32)
+    assert main(["--requantize", str(fp32), "--calibration-clips", "40"]) == 0
+    int8 = tmp_path / "copy.int8.onnx"
+    assert read_metadata(int8).precision == "int8"
+    assert read_metadata(int8).model_id == read_metadata(exported_models["int8"]).model_id
+    got = Classifier(int8).predict(real_waveforms)
+    expected = Classifier(exported_models["int8"]).predict(real_waveforms)
+    np.testing.assert_allclose(got, expected, atol=1e-6)  # the same seeded calibration clips as export_run's
+    assert main(["--requantize", str(tmp_path / "absent.onnx")]) == 2
+    assert "absent.onnx" in capsys.readouterr().err
+
+
 def test_metadata_round_trip(trained_run, exported_models):
     config, _ = trained_run
     for precision, path in exported_models.items():

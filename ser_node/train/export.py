@@ -104,6 +104,11 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration_imag
             _ImageReader(batches),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            # 7-bit weights: on x86 without VNNI (AVX2 only) ONNX Runtime's u8s8 kernels add pairs of products in
+            # int16 (VPMADDUBSW), which saturates with 8-bit weights: the same model gave probabilities 0.1 apart
+            # on two x86 machines, 0.13 off its own QDQ graph on the AVX2 one. With 7 bits no pair saturates and
+            # every CPU computes what the graph says (test_default_model.py).
+            reduce_range=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
@@ -130,11 +135,9 @@ def export_run(run_dir: str | Path, output: str | Path, int8: bool = True, fold:
     Int8 is calibrated on feature images of real clips from the run's own corpus (a seeded, class-stratified
     sample), never on random data.
     """
-    from ..inference.features import FeatureExtractor
     from ..labels import EMOTIONS
     from .config import TrainConfig
     from .corpora import load_corpus
-    from .data import AudioBank
     from .loop import load_trained_network
 
     run_dir, output = Path(run_dir), Path(output)
@@ -173,10 +176,42 @@ def export_run(run_dir: str | Path, output: str | Path, int8: bool = True, fold:
         else:
             corpus = load_corpus(config.corpus)
             clips = [c for c in corpus.clips if not config.speakers or c.speaker in set(config.speakers)]
-        rng = np.random.default_rng(config.seed)
-        chosen = [clips[i] for i in rng.permutation(len(clips))[:calibration_clips]]
-        bank = AudioBank()
-        chosen = bank.load(chosen, "calibration audio")
-        images = FeatureExtractor(config.feature_config()).batch([bank[c] for c in chosen])
-        paths["int8"] = quantize_int8(output, output.with_name(output.stem + ".int8.onnx"), images)
+        images = _calibration_images(clips, config.feature_config(), calibration_clips, config.seed)
+        paths["int8"] = quantize_int8(output, int8_path_of(output), images)
     return paths
+
+
+def int8_path_of(fp32_path: Path) -> Path:
+    return fp32_path.with_name(fp32_path.stem + ".int8.onnx")
+
+
+def _calibration_images(clips: list, features, count: int, seed: int) -> np.ndarray:
+    """Feature images of `count` clips drawn at random (seeded) from `clips`."""
+    from ..inference.features import FeatureExtractor
+    from .data import AudioBank
+
+    rng = np.random.default_rng(seed)
+    chosen = [clips[i] for i in rng.permutation(len(clips))[:count]]
+    bank = AudioBank()
+    chosen = bank.load(chosen, "calibration audio")
+    return FeatureExtractor(features).batch([bank[c] for c in chosen])
+
+
+def requantize(fp32_path: str | Path, calibration_clips: int = 200, corpus: dict | None = None,
+               seed: int = 0) -> Path:
+    """The int8 version of an exported fp32 model file, beside it, calibrated on clips of `corpus` (default: the
+    corpus and speakers its metadata says it was trained on, drawn as export_run draws them): for models whose
+    training run is gone, or after a change to the quantisation."""
+    from ..inference.model_file import read_metadata
+    from .corpora import load_corpus
+
+    fp32_path = Path(fp32_path)
+    metadata = read_metadata(fp32_path)
+    training = metadata.training or {}
+    corpus = corpus or training.get("corpus")
+    if not corpus:
+        raise ValueError(f"{fp32_path}: its metadata names no training corpus; give one to calibrate on")
+    speakers = set(training.get("speakers") or [])
+    clips = [c for c in load_corpus(corpus).clips if not speakers or c.speaker in speakers]
+    return quantize_int8(fp32_path, int8_path_of(fp32_path),
+                         _calibration_images(clips, metadata.features, calibration_clips, seed))
