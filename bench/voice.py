@@ -907,17 +907,17 @@ def plot_rooms(rooms: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for name in rooms["variants"]:
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=110)
+    markers = "osD^vP*Xh"
+    for i, name in enumerate(rooms["variants"]):
         clean = rooms["rows"][f"{name} | clean | normalised"]["ua_mean"]
         room = rooms["rows"][f"{name} | room RT60 0.6 s at 2 m | normalised"]["ua_mean"]
-        ax.scatter(clean, room)
-        ax.annotate(name, (clean, room), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.scatter(clean, room, marker=markers[i % len(markers)], label=name)
     low, high = ax.get_xlim()
     ax.plot([low, high], [low - 0.08, high - 0.08], color="grey", linestyle="--", label="8 points below clean")
     ax.set_xlabel("clean UA, normalised (LOSO, 12 speakers)")
     ax.set_ylabel("room RT60 0.6 s at 2 m UA, normalised")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # names beside the plot, never over points
     ax.set_title(f"uem-es, {title} ({rooms['date']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
