@@ -204,6 +204,18 @@ class SideNode:
             self.executor.spin_once(timeout_sec=0.05)
         return publisher.get_subscription_count() > 0
 
+    def wait_for_publisher(self, subscription: Any, timeout: float = 30.0, settle: float = 2.0) -> bool:
+        """Until `subscription` sees a publisher, then `settle` s more: the count is this side's view, and the
+        other process's writer learns of this reader separately (late while it loads its models; CI runs lost
+        first results to it)."""
+        deadline = time.monotonic() + timeout
+        while subscription.get_publisher_count() == 0 and time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.05)
+        settled = time.monotonic() + settle
+        while time.monotonic() < settled:
+            self.executor.spin_once(timeout_sec=0.05)
+        return subscription.get_publisher_count() > 0
+
     def close(self) -> None:
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
@@ -229,14 +241,7 @@ def expressions_from_process(command: list[str], env: dict[str, str], mic: str, 
                                                QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
         assert side.wait_for_subscriber(publisher), f"the node process never subscribed to {mic}"
         # The node's expression publisher must be matched too, or the first result can be lost to discovery.
-        deadline = time.monotonic() + timeout
-        while subscription.get_publisher_count() == 0 and time.monotonic() < deadline:
-            side.executor.spin_once(timeout_sec=0.05)
-        # That count is this side's view; the node's writer learns of this reader separately, and a process still
-        # loading its models can take a while to (a CI run lost the first result once): let that side settle too.
-        settle = time.monotonic() + 2.0
-        while time.monotonic() < settle:
-            side.executor.spin_once(timeout_sec=0.05)
+        side.wait_for_publisher(subscription, timeout)
         stream, bounds = speech_stream(waveforms)
         for msg in typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0):
             publisher.publish(msg)

@@ -179,13 +179,9 @@ def test_repeated_sigint_shutdown_after_real_traffic_never_aborts(exported_model
                 env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             try:
                 assert side.wait_for_subscriber(publisher), "the node never subscribed"
-                # ... and its expression publisher has met our subscription (else the first result can be
-                # published before discovery completes, and is lost: volatile durability).
-                deadline = time.monotonic() + 10
-                while expressions.get_publisher_count() == 0 and time.monotonic() < deadline:
-                    side.executor.spin_once(timeout_sec=0.05)
-                assert expressions.get_publisher_count() > 0, "the node's expression publisher never appeared"
-                time.sleep(0.3)
+                # ... and its expression publisher has met our subscription, on both sides (else results can be
+                # published before discovery completes, and are lost: volatile durability).
+                assert side.wait_for_publisher(expressions, 10), "the node's expression publisher never appeared"
                 for msg in messages:
                     publisher.publish(msg)
                     side.executor.spin_once(timeout_sec=0.002)
@@ -197,6 +193,9 @@ def test_repeated_sigint_shutdown_after_real_traffic_never_aborts(exported_model
                 while classified.get(node_name, 0) < len(bounds) and time.monotonic() < deadline:
                     side.executor.spin_once(timeout_sec=0.05)
                 assert classified.get(node_name) == len(bounds), f"cycle {cycle}: {classified.get(node_name)}"
+                deadline = time.monotonic() + 5
+                while not received and time.monotonic() < deadline:
+                    side.executor.spin_once(timeout_sec=0.05)
                 assert received, f"cycle {cycle}: no expression arrived"
                 process.send_signal(signal.SIGINT)
                 output = process.communicate(timeout=20)[0]
