@@ -137,7 +137,6 @@ def export_run(run_dir: str | Path, output: str | Path, int8: bool = True, fold:
     """
     from ..labels import EMOTIONS
     from .config import TrainConfig
-    from .corpora import load_corpus
     from .loop import load_trained_network
 
     run_dir, output = Path(run_dir), Path(output)
@@ -174,15 +173,23 @@ def export_run(run_dir: str | Path, output: str | Path, int8: bool = True, fold:
             data = prepare_clips(config)
             clips = data.target + data.extra
         else:
-            corpus = load_corpus(config.corpus)
-            clips = [c for c in corpus.clips if not config.speakers or c.speaker in set(config.speakers)]
+            clips = _corpus_clips(config.corpus, config.speakers)
         images = _calibration_images(clips, config.feature_config(), calibration_clips, config.seed)
-        paths["int8"] = quantize_int8(output, int8_path_of(output), images)
+        paths["int8"] = quantize_int8(output, _int8_path_of(output), images)
     return paths
 
 
-def int8_path_of(fp32_path: Path) -> Path:
+def _int8_path_of(fp32_path: Path) -> Path:
     return fp32_path.with_name(fp32_path.stem + ".int8.onnx")
+
+
+def _corpus_clips(corpus: dict, speakers: list[str] | None) -> list:
+    """The clips of a corpus entry, only the named speakers' where a run names any: one selection for export_run
+    and requantize, so both calibrate on the same draw."""
+    from .corpora import load_corpus
+
+    wanted = set(speakers or [])
+    return [c for c in load_corpus(corpus).clips if not wanted or c.speaker in wanted]
 
 
 def _calibration_images(clips: list, features, count: int, seed: int) -> np.ndarray:
@@ -203,7 +210,6 @@ def requantize(fp32_path: str | Path, calibration_clips: int = 200, corpus: dict
     corpus and speakers its metadata says it was trained on, drawn as export_run draws them): for models whose
     training run is gone, or after a change to the quantisation."""
     from ..inference.model_file import read_metadata
-    from .corpora import load_corpus
 
     fp32_path = Path(fp32_path)
     metadata = read_metadata(fp32_path)
@@ -211,7 +217,6 @@ def requantize(fp32_path: str | Path, calibration_clips: int = 200, corpus: dict
     corpus = corpus or training.get("corpus")
     if not corpus:
         raise ValueError(f"{fp32_path}: its metadata names no training corpus; give one to calibrate on")
-    speakers = set(training.get("speakers") or [])
-    clips = [c for c in load_corpus(corpus).clips if not speakers or c.speaker in speakers]
-    return quantize_int8(fp32_path, int8_path_of(fp32_path),
+    clips = _corpus_clips(corpus, training.get("speakers"))
+    return quantize_int8(fp32_path, _int8_path_of(fp32_path),
                          _calibration_images(clips, metadata.features, calibration_clips, seed))
