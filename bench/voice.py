@@ -25,6 +25,8 @@ Parts (--parts, default all):
               chosen per test speaker on the other 11 speakers' folds (honest selection).
   heads       head capacity: model v0.4's linear heads against one-hidden-layer MLP heads on the same rows (both
               heads, or the normalised one only), judged as in rooms, with the same honest choice.
+  dereverb    front end 3 (late reverberation suppressed before the encoder) against model v0.4's front end 2,
+              every training and test clip through each, judged as in rooms, with the same honest choice.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
   attention   attentive pooling over the encoder's frames, trained per fold (uem-es only), then the linear heads.
@@ -408,7 +410,7 @@ def condition_features(target: VoiceData, recipe: VoiceRecipe):
         transform: Callable | None = None if name == "clean" else (lambda audio, i, c=condition: degrader(i, c))
         features[name] = clip_features(target.paths, recipe.feature_cache,
                                        tag="clean" if name == "clean" else condition.name.replace(" ", "_"),
-                                       transform=transform)[0]
+                                       transform=transform, frontend_version=recipe.frontend_version)[0]
     return degrader, features
 
 
@@ -592,6 +594,44 @@ def run_heads(work: Path) -> dict:
             "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
                      for name, row in rows.items()},
             "selection": honest_selection(rows, list(recipes), list(features))}
+
+
+DEREVERB_BASELINE = "front end 2 (model v0.4)"
+DEREVERB_VARIANTS = {  # name -> changes to model v0.4's recipe
+    DEREVERB_BASELINE: {},
+    "front end 3 (late reverberation suppressed)": {"frontend_version": 3},
+    "front end 3, MLP normalised head (128 hidden), linear plain head":
+        {"frontend_version": 3, "head_hidden": 128, "plain_head_hidden": 0},
+}
+
+
+def run_dereverb(work: Path) -> dict:
+    """The encoder's input with its late reverberation suppressed (front end 3, inference/dereverb.py) against
+    model v0.4's front end: every training clip, copy and test clip through each front end, the same LOSO folds,
+    conditions and orders as --parts rooms, and the honest choice among the variants."""
+    base = dataclasses.replace(shipped_recipe(), head_hidden=0)
+    recipes = {name: dataclasses.replace(base, **changes) for name, changes in DEREVERB_VARIANTS.items()}
+    rows, seconds, conditions = {}, 0.0, []
+    for version in sorted({r.frontend_version for r in recipes.values()}):
+        front = {name: r for name, r in recipes.items() if r.frontend_version == version}
+        recipe = next(iter(front.values()))
+        data = load_voice_data(recipe)
+        target = data.subset(data.corpora == data.target)
+        _, features = condition_features(target, recipe)
+        conditions = list(features)
+        copies_all = training_copies(data, recipe)
+        part_rows, part_seconds = judge_variants("dereverb", data, target, features, copies_all,
+                                                 {name: (r, True) for name, r in front.items()})
+        rows.update(part_rows)
+        seconds += part_seconds
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds,
+            "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; every "
+                        "variant trains on model v0.4's rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room "
+                        "copies of uem-es), every clip through the variant's front end",
+            "variants": {name: {"changes": changes} for name, changes in DEREVERB_VARIANTS.items()},
+            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
+                     for name, row in rows.items()},
+            "selection": honest_selection(rows, list(recipes), conditions)}
 
 
 WARMUP_GRID = [(w, s) for w in (1, 2, 3, 5) for s in (0.0, 1.0, 3.0)]
@@ -823,19 +863,11 @@ def report(out: Path) -> str:
     heads = results.get("heads")
     if heads:
         text += rooms_section(heads, "Head capacity: linear against MLP heads", "heads")
-        text += "\nEach variant against the linear heads, same folds and orders (paired over the 12 speakers):\n\n"
-        table = []
-        for name in heads["variants"]:
-            if name == HEAD_BASELINE:
-                continue
-            row = {"variant": name}
-            for key in ("clean | normalised", "room RT60 0.6 s at 2 m | normalised", "robot noise 10 dB | normalised",
-                        "clean | plain"):
-                v = paired(heads["rows"][f"{name} | {key}"]["per_speaker"],
-                           heads["rows"][f"{HEAD_BASELINE} | {key}"]["per_speaker"])
-                row[key.replace(" | ", ", ")] = f"{v['difference']:+.3f}, {v['wins']}/{v['speakers']}, p {v['wilcoxon_p']:.3f}"
-            table.append(row)
-        text += format_table(table, list(table[0])) + "\n"
+        text += paired_section(heads, HEAD_BASELINE, "the linear heads")
+    dereverb = results.get("dereverb")
+    if dereverb:
+        text += rooms_section(dereverb, "Late reverberation suppressed before the encoder", "dereverb")
+        text += paired_section(dereverb, DEREVERB_BASELINE, "model v0.4's front end")
     warmup = results.get("warmup")
     if warmup:
         text += (f"\n## A new voice's first utterances ({warmup['date']})\n\n`--parts warmup`: {warmup['protocol']}. "
@@ -872,7 +904,25 @@ def report(out: Path) -> str:
         plot_rooms(rooms, out / "voice_rooms.png", "room copies in training")
     if heads:
         plot_rooms(heads, out / "voice_heads.png", "linear against MLP heads")
+    if dereverb:
+        plot_rooms(dereverb, out / "voice_dereverb.png", "late reverberation suppressed")
     return text
+
+
+def paired_section(part: dict, baseline: str, against: str) -> str:
+    """Each variant of a part (heads, dereverb) against its baseline variant, paired over the test speakers."""
+    text = f"\nEach variant against {against}, same folds and orders (paired over the 12 speakers):\n\n"
+    table = []
+    for name in part["variants"]:
+        if name == baseline:
+            continue
+        row = {"variant": name}
+        for key in ("clean | normalised", "room RT60 0.6 s at 2 m | normalised", "robot noise 10 dB | normalised",
+                    "clean | plain"):
+            v = paired(part["rows"][f"{name} | {key}"]["per_speaker"], part["rows"][f"{baseline} | {key}"]["per_speaker"])
+            row[key.replace(" | ", ", ")] = f"{v['difference']:+.3f}, {v['wins']}/{v['speakers']}, p {v['wilcoxon_p']:.3f}"
+        table.append(row)
+    return text + format_table(table, list(table[0])) + "\n"
 
 
 def rooms_section(rooms: dict, title: str, part: str) -> str:
@@ -957,7 +1007,7 @@ def main() -> int:
     args = parser.parse_args()
     path = args.out / "voice.json"
     runners = {"loso": run_loso, "frontend": run_frontend, "skew": run_skew, "loco": run_loco, "robustness": run_robustness,
-               "rooms": run_rooms, "heads": run_heads, "warmup": run_warmup,
+               "rooms": run_rooms, "heads": run_heads, "dereverb": run_dereverb, "warmup": run_warmup,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

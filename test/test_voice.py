@@ -188,10 +188,14 @@ def test_mlp_heads_export_as_the_numpy_heads_compute(voice_model, tmp_path):
 
 
 def test_classifier_runs_it_and_refuses_a_foreign_front_end(voice_model, clips_of_every_speaker, tmp_path):
+    """The classifier runs a voice model through the front end its metadata names (a model built on front end 3
+    gets front end 3's frames, stepped as the node steps them) and refuses one it cannot compute."""
     import onnx
 
     from ser_node.inference.classifier import Classifier
     from ser_node.inference.model_file import ModelFileError, read_metadata, write_metadata
+    from ser_node.inference.voice_frontend import encoder_input
+    from ser_node.inference.voice_stream import EncoderState
 
     classifier = Classifier(voice_model["path"])
     assert classifier.is_voice_model and classifier.feature_size == 1536
@@ -201,14 +205,24 @@ def test_classifier_runs_it_and_refuses_a_foreign_front_end(voice_model, clips_o
     assert results[0].features.shape == (1536,) and results[0].speaker_embedding.shape == (256,)
     assert not np.allclose(results[0].probabilities, probabilities[0], atol=1e-3)
 
-    metadata = read_metadata(voice_model["path"])
-    metadata.model["frontend_version"] = 99
-    graph = onnx.load(str(voice_model["path"]))
-    write_metadata(graph, metadata)
-    foreign = tmp_path / "foreign.onnx"
-    onnx.save(graph, str(foreign))
+    def with_front_end(version: int) -> Classifier:
+        metadata = read_metadata(voice_model["path"])
+        metadata.model["frontend_version"] = version
+        graph = onnx.load(str(voice_model["path"]))
+        write_metadata(graph, metadata)
+        path = tmp_path / f"front_end_{version}.onnx"
+        onnx.save(graph, str(path))
+        return Classifier(path)
+
+    dereverberated = with_front_end(3)
+    assert classifier.frontend_version == 2 and dereverberated.frontend_version == 3
+    for wav in clips_of_every_speaker[:4]:
+        state = dereverberated.encode(wav)  # the node's VoiceStream: blocks of frames as audio arrives
+        whole = dereverberated.step(EncoderState(model=dereverberated), encoder_input(wav, 3))
+        np.testing.assert_allclose(state.sums, whole.sums, rtol=1e-4, atol=1e-3)
+        assert np.abs(classifier.encode(wav).sums - state.sums).max() > 1.0  # front end 2 is another input
     with pytest.raises(ModelFileError, match="front end version 99"):
-        Classifier(foreign)
+        with_front_end(99)
 
 
 def test_the_benchmark_evaluation_is_the_adapter(voice_model, clips_of_every_speaker):

@@ -140,12 +140,12 @@ class Classifier:
                 raise ModelFileError(f"{self.path}: the model's normalised outputs on a probe input are unusable")
 
     def _check_voice_graph(self) -> None:
-        from .voice_frontend import FRONTEND_VERSION
+        from .voice_frontend import COMPUTABLE_FRONTENDS
 
         version = self.metadata.model.get("frontend_version")
-        if version != FRONTEND_VERSION:
-            raise ModelFileError(f"{self.path}: built for voice front end version {version}, this ser_node has "
-                                 f"{FRONTEND_VERSION}: re-export it with this version's ser_train_voice")
+        if version not in COMPUTABLE_FRONTENDS:
+            raise ModelFileError(f"{self.path}: built for voice front end version {version}, this ser_node computes "
+                                 f"{list(COMPUTABLE_FRONTENDS)}: re-export it with this version's ser_train_voice")
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         if set(STEP_INPUTS) - set(inputs) or set(STEP_OUTPUTS + HEAD_OUTPUTS) - outputs:
@@ -174,6 +174,11 @@ class Classifier:
         """Utterances of a voice before its normalisation starts, as the model's LOSO figures were measured (a voice
         model's recipe warm-up); 5 for models that do not say."""
         return int(self.metadata.model.get("normalisation", {}).get("warmup", DEFAULT_WARMUP))
+
+    @property
+    def frontend_version(self) -> int:
+        """Voice models: what reaches the encoder (voice_frontend.StreamingFrontEnd's version) for this model."""
+        return int(self.metadata.model["frontend_version"])
 
     @property
     def feature_size(self) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import sha256_of
+from .dereverb import LateReverbSuppressor
 from .features import FeatureConfig, mel_power_of_windows, stft_mel_power
 
 SAMPLE_RATE = 16000
@@ -38,8 +39,10 @@ ENCODER_PACKAGE = "resemblyzer"
 ENCODER_VERSION = "0.1.4"
 ENCODER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
 # Bump when this module changes what reaches the encoder: models record it, the classifier refuses a mismatch.
-# 1: the wheel's whole-utterance preprocessing; 2: StreamingFrontEnd (gain and trimming with 210 ms look-ahead).
+# 1: the wheel's whole-utterance preprocessing; 2: StreamingFrontEnd (gain and trimming with 210 ms look-ahead);
+# 3: version 2's frames through a late-reverberation suppressor (inference/dereverb.py).
 FRONTEND_VERSION = 2
+COMPUTABLE_FRONTENDS = (2, 3)  # what this code can still compute (1 only lives in old caches)
 # The trimming's look-ahead in VAD windows: the smoothing reaches 4 windows ahead, the dilation 3 more.
 LOOKAHEAD_WINDOWS = VAD_SMOOTHING // 2 + (VAD_MAX_SILENCE + 1) // 2
 MAX_GAIN = 10.0 ** (40.0 / 20.0)  # +40 dB at most: the first windows (pre-roll silence) have almost no level
@@ -129,7 +132,10 @@ class StreamingFrontEnd:
     `mel_frames`' centred, zero-padded framing. As in `preprocess`, an utterance the VAD keeps (almost) nothing of
     is kept whole, raised by its whole gain; the frames then all come from `finish()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: int = FRONTEND_VERSION) -> None:
+        if version not in COMPUTABLE_FRONTENDS:
+            raise ValueError(f"front end version {version} is not one this code computes {COMPUTABLE_FRONTENDS}")
+        self._dereverb = LateReverbSuppressor() if version >= 3 else None
         self._vad = _fresh_vad()
         self._pending = np.zeros(0, np.float32)  # raw samples short of a whole window
         self._energy = 0.0  # sum of squares of the windows so far (float64)
@@ -148,16 +154,19 @@ class StreamingFrontEnd:
         for start in range(0, whole, VAD_WINDOW):
             self._add_window(self._pending[start:start + VAD_WINDOW])
         self._pending = self._pending[whole:]
-        return self._release(final=False)
+        return self._out(self._release(final=False))
 
     def finish(self) -> np.ndarray:
         """The remaining frames (at least one). The last partial window is dropped, as the wheel drops it."""
         frames = self._release(final=True)
         if self.kept < MEL_CONFIG.hop_length:  # nothing (or under 10 ms) was speech to the VAD: keep it whole
             whole = np.concatenate(self._raw + [self._pending])
-            return mel_frames(normalise_volume(whole) if whole.size else np.zeros(1, np.float32))
+            return self._out(mel_frames(normalise_volume(whole) if whole.size else np.zeros(1, np.float32)))
         pad = np.zeros(MEL_CONFIG.n_fft // 2, np.float32)
-        return np.concatenate([frames, self._frames(np.concatenate([self._stft, pad]), final=True)])
+        return self._out(np.concatenate([frames, self._frames(np.concatenate([self._stft, pad]), final=True)]))
+
+    def _out(self, frames: np.ndarray) -> np.ndarray:
+        return frames if self._dereverb is None or not len(frames) else self._dereverb(frames)
 
     @staticmethod
     def _gain(energy: float, count: int) -> np.float32:
@@ -214,9 +223,9 @@ class StreamingFrontEnd:
         return np.ascontiguousarray(power.T, dtype=np.float32)
 
 
-def encoder_input(wav: np.ndarray) -> np.ndarray:
+def encoder_input(wav: np.ndarray, version: int = FRONTEND_VERSION) -> np.ndarray:
     """What the model reads for a whole clip: the StreamingFrontEnd fed in one go (training, offline tools)."""
-    front = StreamingFrontEnd()
+    front = StreamingFrontEnd(version)
     frames = front.push(wav)
     return np.concatenate([frames, front.finish()])
 

@@ -58,7 +58,7 @@ class VoiceStream:
 
     def __init__(self, classifier: Any) -> None:
         self.classifier = classifier
-        self.front = StreamingFrontEnd()
+        self.front = StreamingFrontEnd(classifier.frontend_version)
         self.state = EncoderState(model=classifier)
         self._audio: list[np.ndarray] = []
         self._samples = 0

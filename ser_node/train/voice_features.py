@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..audio.decode import load_audio
 from ..files import file_digest, save_npz_atomic
-from ..inference.voice_frontend import ENCODER_SHA256, FRONTEND_VERSION, encoder_input, partial_frames, preprocess
+from ..inference.voice_frontend import COMPUTABLE_FRONTENDS, ENCODER_SHA256, FRONTEND_VERSION, encoder_input, partial_frames, preprocess
 
 ALL_LAYERS = (0, 1, 2)
 
@@ -31,8 +31,8 @@ def clip_features(paths: Sequence[str | Path], cache_dir: str | Path, tag: str =
     """(pooled (n, 1536), speaker embeddings (n, 256)) for clips, computed once per clip content and `tag`.
 
     `transform(audio, index)` degrades a clip before the front end (rooms, noise); give each transform its own
-    `tag`, since the cache cannot see what it does. Another `frontend_version` only reads a cache an earlier
-    version of this package filled (before/after comparisons, bench/voice.py --parts frontend)."""
+    `tag`, since the cache cannot see what it does. A `frontend_version` this code no longer computes only reads a
+    cache an earlier version of this package filled (before/after comparisons, bench/voice.py --parts frontend)."""
     import torch
 
     from .voice_encoder import GE2EEncoder, embed_utterance, pooled_features
@@ -43,7 +43,7 @@ def clip_features(paths: Sequence[str | Path], cache_dir: str | Path, tag: str =
     store: dict[str, np.ndarray] = dict(np.load(store_path)) if store_path.exists() else {}
     keys = [file_digest(p) for p in paths]
     missing = [(i, k) for i, k in enumerate(keys) if k not in store]
-    if missing and frontend_version != FRONTEND_VERSION:
+    if missing and frontend_version not in COMPUTABLE_FRONTENDS:
         raise FileNotFoundError(f"{store_path}: {len(missing)} clip(s) lack front end {frontend_version}'s features; "
                                 "only the package version with that front end can compute them")
     if missing:
@@ -54,7 +54,7 @@ def clip_features(paths: Sequence[str | Path], cache_dir: str | Path, tag: str =
             audio = load_audio(paths[i])
             if transform is not None:
                 audio = transform(audio, i)
-            pooled = pooled_features(encoder, [encoder_input(audio)])[0]
+            pooled = pooled_features(encoder, [encoder_input(audio, frontend_version)])[0]
             speaker = embed_utterance(encoder, partial_frames(preprocess(audio)))
             store[key] = np.concatenate([pooled, speaker]).astype(np.float32)
             if done % 300 == 0 or done == len(missing):

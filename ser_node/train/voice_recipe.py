@@ -79,6 +79,9 @@ class VoiceRecipe:
     room_copies: int = 0
     room_corpora: list[str] | None = None
     room_weight: float = 1.0
+    # What reaches the encoder (inference/voice_frontend.py): 2, the causal front end; 3, the same through a
+    # late-reverberation suppressor. The model file records it and the node computes the same.
+    frontend_version: int = FRONTEND_VERSION
     seed: int = 0
     cache_dir: str = "~/.cache/ser_node"
 
@@ -117,9 +120,9 @@ class VoiceData:
 
 
 def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: bool = True,
-                    frontend_version: int = FRONTEND_VERSION) -> VoiceData:
-    """Loads the corpora (paths relative to `base`) and their cached features (computed where missing; with an
-    earlier `frontend_version`, read from its cache only)."""
+                    frontend_version: int | None = None) -> VoiceData:
+    """Loads the corpora (paths relative to `base`) and their cached features through the recipe's front end
+    (computed where missing; a `frontend_version` this code no longer computes is read from its cache only)."""
     features, embeddings, labels, speakers, corpora, paths = [], [], [], [], [], []
     for spec in recipe.corpora:
         spec = dict(spec)
@@ -127,8 +130,8 @@ def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: boo
             spec["path"] = str((base / spec["path"]).resolve())
         entry = load_corpus_entry(spec)
         clips = entry.corpus.clips
-        x, e = clip_features([c.path for c in clips], recipe.feature_cache,
-                             progress=progress, frontend_version=frontend_version)
+        x, e = clip_features([c.path for c in clips], recipe.feature_cache, progress=progress,
+                             frontend_version=frontend_version or recipe.frontend_version)
         features.append(x)
         embeddings.append(e)
         labels += [c.label for c in clips]
@@ -362,7 +365,7 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
     tmp.unlink()
     metadata = ModelMetadata(
         model_id=model_id, classes=list(EMOTIONS), features=MEL_CONFIG, variant=MODEL_KIND, version="0.4.0",
-        model={"kind": MODEL_KIND, "layers": list(heads.layers), "frontend_version": FRONTEND_VERSION,
+        model={"kind": MODEL_KIND, "layers": list(heads.layers), "frontend_version": recipe.frontend_version,
                "graph": {"kind": "stream_step", "state": {"h": [LAYERS, 1, HIDDEN], "c": [LAYERS, 1, HIDDEN],
                                                          "sums": [2, LAYERS * HIDDEN], "count": [1]},
                          "note": "step: frames and state in, h_next c_next sums_next count_next out; heads: the "
@@ -402,7 +405,7 @@ class Copies:
 
 
 def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True,
-                     frontend_version: int = FRONTEND_VERSION) -> list[Copies]:
+                     frontend_version: int | None = None) -> list[Copies]:
     """`augment_copies` degraded copies of every target clip, cached per copy. Rooms are simulated with room seeds
     1 and 2 (bench/robustness.py measures in room seed 0); each clip's condition and seed follow from its file
     name, speaker and copy number, so the copies are the same in every run."""
@@ -424,7 +427,8 @@ def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True
             simulator = simulators.setdefault(room, AcousticSimulator(babble, room_seed=1 + room))
             return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
         features = clip_features(paths, recipe.feature_cache, tag=f"augment{copy}",
-                                 transform=transform, progress=progress, frontend_version=frontend_version)[0]
+                                 transform=transform, progress=progress,
+                                 frontend_version=frontend_version or recipe.frontend_version)[0]
         copies.append(Copies(features, rows, speakers, AUGMENTED))
     return copies
 
@@ -453,8 +457,8 @@ def room_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> 
         def transform(audio: np.ndarray, i: int, copy: int = copy) -> np.ndarray:
             condition, seed = speaker_room(str(speakers[i]), copy)
             return simulators.setdefault(seed, AcousticSimulator(room_seed=seed))(audio, condition)
-        features = clip_features(paths, recipe.feature_cache, tag=f"room{copy}",
-                                 transform=transform, progress=progress)[0]
+        features = clip_features(paths, recipe.feature_cache, tag=f"room{copy}", transform=transform,
+                                 progress=progress, frontend_version=recipe.frontend_version)[0]
         copies.append(Copies(features, rows, np.char.add(speakers.astype(str), f"@room{copy}"), ROOMS))
     return copies
 
