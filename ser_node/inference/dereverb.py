@@ -5,7 +5,10 @@ every syllable into the next. The statistical model of Lebart et al. (2001) says
 frame is the signal heard `delay` earlier, decayed as the room decays (60 dB per RT60), so it can be subtracted
 from the power: what is left is kept, down to `floor` times the frame. It is causal (a frame needs only the
 frames before it) and costs a subtraction per mel band, against WPE's per-frequency linear prediction (nara-wpe:
-tens of ms per second of audio, more than the whole node spends; see MODEL_CARD.md "What we tried").
+21-25 ms of CPU per second of audio, bench/wpe_cost.py, over half again what the whole node spends).
+
+Measured (bench/voice.py --parts dereverb, models/MODEL_CARD.md "What we tried"): worse than front end 2 clean
+and in the benchmark's room, so the shipped model does not use it; a recipe may (frontend_version: 3).
 
 The RT60 is assumed, not estimated: a blind estimate needs seconds of free decay, which the first utterances of
 a voice do not have. Clean speech then loses some of its own decays too; models are trained on frames through
