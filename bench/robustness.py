@@ -22,9 +22,11 @@ Parts (--parts, default all):
                 (false alarms) and costs (recall)
   node          the same streams through a running ser_node (each speaker's fold model, 10x real time):
                 segmentation precision/recall against the clean reference and UA of what the node published
-  pauses        one clip, one utterance? Every uem-es clip alone (1 s of silence after it) through the segmenter
-                (Silero) at several min_silence_s: the share of clips cut into several utterances by a pause
-                inside them, against the time the result waits after the speech ends
+  pauses        one clip, one utterance? Every uem-es clip alone (1.5 s of silence after it) through the segmenter
+                (Silero) at several min_silence_s, and with a longer wait while an utterance holds little speech
+                (short_speech_s, short_silence_s): the share of clips cut into several utterances by a pause
+                inside them, against the time the result waits after the speech ends and how often two
+                sentences said with a short pause between them merge
   report        only rewrite robustness.md from the results present (every part does it too)
 
   .venv/bin/python bench/robustness.py --parts compare,offline
@@ -257,11 +259,17 @@ def node_table(result: dict) -> str:
 
 
 def pauses_table(result: dict) -> str:
+    pauses = PAIR_PAUSES_S
     lines = [f"## One clip, one utterance? Pauses inside utterances ({result['date']}; {result['protocol']})", "",
-             "| min_silence_s | clips | one utterance | several | none |", "|---|---|---|---|---|"]
+             "| min_silence_s | short_speech_s | short_silence_s | clips | one utterance | several | none | mean wait s |"
+             + "".join(f" two sentences {p:g} s apart merged |" for p in pauses),
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(pauses)]
     for r in result["rows"]:
-        lines.append(f"| {r['min_silence_s']:g} | {r['clips']} | {r['one']:.3f} | {r['several']:.3f} | "
-                     f"{r['none']:.3f} |")
+        merged = r.get("pairs_merged", {})
+        lines.append(f"| {r['min_silence_s']:g} | {r.get('short_speech_s', 0):g} | "
+                     f"{r.get('short_silence_s', r['min_silence_s']):g} | {r['clips']} | {r['one']:.3f} | "
+                     f"{r['several']:.3f} | {r['none']:.3f} | {r.get('mean_wait_s', r['min_silence_s']):.2f} |"
+                     + "".join(f" {merged[str(p)]:.3f} |" if str(p) in merged else " |" for p in pauses))
     return "\n".join(lines) + "\n"
 
 
@@ -439,27 +447,55 @@ def run_segmentation(degrader: Degrader) -> dict:
 # ------------------------------------------------------------------ pauses inside an utterance
 
 PAUSE_SETTINGS = (0.3, 0.4, 0.5, 0.6, 0.8)  # min_silence_s
+# (short_speech_s, short_silence_s) with min_silence_s 0.5: a longer wait while an utterance holds little speech
+SHORT_SETTINGS = ((1.0, 0.7), (1.0, 0.8), (1.5, 0.7), (1.5, 0.8), (2.0, 0.8))
+PAIR_PAUSES_S = (0.6, 0.7, 0.9)  # silence between two sentences said one after the other
 
 
 def run_pauses(clips) -> dict:
-    """Every clip alone, then 1 s of silence, through StreamProcessor + Segmenter (Silero, the node's defaults
-    but min_silence_s): how many clips come out as one utterance, several, or none."""
+    """Every clip alone, then 1.5 s of silence, through the Segmenter (Silero, the node's defaults but the silence
+    settings, 20 ms pushes): how many clips come out as one utterance, several, or none; how long each result
+    waits after the last speech (the push that emits it against the utterance's end without its post-roll); and
+    how often two sentences of a speaker said with a short pause between them come out as one utterance."""
     from ser_node.audio.segmenter import Segmenter, SegmenterConfig
-    from ser_node.audio.stream import StreamProcessor
     from ser_node.audio.vad import make_vad
 
-    audio = [np.concatenate([load_audio(c.path), np.zeros(16000, np.float32)]) for c in clips]
+    audio = [load_audio(c.path) for c in clips]
+    rng = np.random.default_rng(0)
+    pairs = [(i, int(rng.choice([k for k, c in enumerate(clips) if c.speaker == clips[i].speaker and k != i])))
+             for i in range(0, len(clips), 4)]
+    settings = [{"min_silence_s": m} for m in PAUSE_SETTINGS] + [
+        {"min_silence_s": 0.5, "short_speech_s": short, "short_silence_s": wait} for short, wait in SHORT_SETTINGS]
     rows = []
-    for min_silence in PAUSE_SETTINGS:
-        counts = np.array([len(StreamProcessor(Segmenter(make_vad("silero"), SegmenterConfig(
-            min_silence_s=min_silence))).feed_recording(a, 16000, 0.02)) for a in audio])
-        rows.append({"min_silence_s": min_silence, "clips": len(audio), "one": float(np.mean(counts == 1)),
-                     "several": float(np.mean(counts > 1)), "none": float(np.mean(counts == 0))})
-        print(f"min_silence_s {min_silence:.1f}: {rows[-1]['one']:.3f} one utterance, {rows[-1]['several']:.3f} "
-              f"several, {rows[-1]['none']:.3f} none", flush=True)
+    for setting in settings:
+        config = SegmenterConfig(**setting)
+
+        def segment(a: np.ndarray) -> list[tuple[object, float]]:
+            """(utterance, seconds from its last speech to the push that emitted it)"""
+            segmenter, out, step = Segmenter(make_vad("silero"), config), [], 320
+            a = np.concatenate([a, np.zeros(24000, np.float32)])
+            for k in range(0, a.size, step):
+                now = (k + step) / 16000
+                out += [(u, now - (u.end - config.post_roll_s)) for u in segmenter.push(a[k:k + step], k / 16000)]
+            return out
+
+        heard = [segment(a) for a in audio]
+        counts = np.array([len(h) for h in heard])
+        merged = {str(p): float(np.mean([len(segment(np.concatenate([audio[i], np.zeros(int(p * 16000), np.float32),
+                                                                     audio[j]]))) == 1 for i, j in pairs]))
+                  for p in PAIR_PAUSES_S}
+        rows.append({**setting, "clips": len(audio), "one": float(np.mean(counts == 1)),
+                     "several": float(np.mean(counts > 1)), "none": float(np.mean(counts == 0)),
+                     "mean_wait_s": float(np.mean([w for h in heard for _, w in h[-1:]])),
+                     "pairs": len(pairs), "pairs_merged": merged})
+        print(f"{setting}: {rows[-1]['one']:.3f} one utterance, {rows[-1]['several']:.3f} several, "
+              f"wait {rows[-1]['mean_wait_s']:.2f} s, pairs merged {merged}", flush=True)
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows,
-            "protocol": "every uem-es clip alone, followed by 1 s of silence, through StreamProcessor + Segmenter "
-                        "(Silero, default parameters but min_silence_s), 20 ms messages"}
+            "protocol": "every uem-es clip alone, followed by 1.5 s of silence, through the Segmenter (Silero, "
+                        "default parameters but the silence settings), 20 ms pushes; wait: from the clip's last "
+                        "speech (its utterance's end less the post-roll) to the push that emitted it, mean over "
+                        "the clips' last utterances; pairs: every 4th clip, then another clip of its speaker after "
+                        "a pause of 0.6, 0.7 or 0.9 s"}
 
 
 # ------------------------------------------------------------------ false alarms

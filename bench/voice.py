@@ -586,14 +586,21 @@ def run_heads(work: Path) -> dict:
                                                                                    for r in recipes.values())))
     rows, seconds = judge_variants("heads", data, target, features, copies_all,
                                    {name: (recipe, True) for name, recipe in recipes.items()})
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds,
-            "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; every "
-                        "variant trains on model v0.4's rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room "
-                        "copies of uem-es) unless its changes say otherwise",
-            "variants": {name: {"changes": changes} for name, changes in HEAD_VARIANTS.items()},
+    return variants_outcome("unless its changes say otherwise", HEAD_VARIANTS, rows, seconds, list(features))
+
+
+V04_ROWS = ("LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; every variant trains on "
+            "model v0.4's rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room copies of uem-es) ")
+
+
+def variants_outcome(protocol_end: str, variants: dict[str, dict], rows: dict, seconds: float,
+                     conditions: list[str]) -> dict:
+    """What a part of recipe variants on model v0.4's rows (heads, dereverb) writes to voice.json."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds, "protocol": V04_ROWS + protocol_end,
+            "variants": {name: {"changes": changes} for name, changes in variants.items()},
             "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
                      for name, row in rows.items()},
-            "selection": honest_selection(rows, list(recipes), list(features))}
+            "selection": honest_selection(rows, list(variants), conditions)}
 
 
 DEREVERB_BASELINE = "front end 2 (model v0.4)"
@@ -624,14 +631,7 @@ def run_dereverb(work: Path) -> dict:
                                                  {name: (r, True) for name, r in front.items()})
         rows.update(part_rows)
         seconds += part_seconds
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds,
-            "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; every "
-                        "variant trains on model v0.4's rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room "
-                        "copies of uem-es), every clip through the variant's front end",
-            "variants": {name: {"changes": changes} for name, changes in DEREVERB_VARIANTS.items()},
-            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
-                     for name, row in rows.items()},
-            "selection": honest_selection(rows, list(recipes), conditions)}
+    return variants_outcome("through the variant's front end", DEREVERB_VARIANTS, rows, seconds, conditions)
 
 
 WARMUP_GRID = [(w, s) for w in (1, 2, 3, 5) for s in (0.0, 1.0, 3.0)]

@@ -280,3 +280,20 @@ def test_foreground_gate_hears_the_person_over_a_crowd(clips, corpus_dir):
     assert np.abs(np.array([(u.start, u.end) for u in quiet]) - [(u.start, u.end) for u in plain]).max() < 0.07
     with pytest.raises(ValueError, match="foreground_db"):
         SegmenterConfig(foreground_db=0.0).validate()
+
+
+def test_a_pause_after_few_words_does_not_end_the_sentence(clips):
+    """Real clips that a pause after their first words cuts in two at min_silence_s 0.5 (bench/robustness.py
+    --parts pauses lists them) come out whole when an utterance with under 1 s of speech waits 0.8 s; after more
+    speech than that, a 0.6 s pause between two sentences still ends the first at 0.5 s."""
+    waiting = SegmenterConfig(short_speech_s=1.0, short_silence_s=0.8)
+    for speaker, name in (("s10", "Ira_11"), ("s11", "Tristeza_11"), ("s08", "Tristeza_11")):
+        stream = np.concatenate([load_audio(corpus_clip(speaker, name)), np.zeros(24000, np.float32)])
+        assert len(run_stream(stream, 16000, 1, 0.02)[0]) == 2, name  # min_silence_s alone: cut in two
+        whole, processor = run_stream(stream, 16000, 1, 0.02, config=waiting)
+        assert len(whole) == 1 and whole[0].duration > 1.5, name
+    two = np.concatenate([np.zeros(8000, np.float32), clips[0], np.zeros(9600, np.float32), clips[1],
+                          np.zeros(24000, np.float32)])
+    assert len(run_stream(two, 16000, 1, 0.02, config=waiting)[0]) == 2
+    with pytest.raises(ValueError, match="short_silence_s"):
+        SegmenterConfig(short_speech_s=1.0, short_silence_s=0.3).validate()

@@ -1,7 +1,8 @@
 """Cuts a 16 kHz mono stream into utterances from per-frame speech probabilities.
 
 State machine with hysteresis: speech starts when a frame's probability reaches `threshold`, and ends after
-`min_silence_s` of frames below `negative_threshold`. Utterances get `pre_roll_s` of audio before the first speech
+`min_silence_s` of frames below `negative_threshold` (`short_silence_s` while it holds under `short_speech_s` of
+speech: a sentence's first words are often followed by a pause, not its end). Utterances get `pre_roll_s` of audio before the first speech
 frame and `post_roll_s` after the last; shorter than `min_speech_s` of speech is discarded (counted); longer than
 `max_utterance_s` is cut into consecutive utterances, so no audio of a monologue is lost. Times are source times
 (seconds, from the audio message headers), never arrival times.
@@ -64,6 +65,11 @@ class SegmenterConfig:
     negative_threshold: float = 0.35  # hysteresis: speech continues until probability drops below this
     min_speech_s: float = 0.25
     min_silence_s: float = 0.5  # bench/robustness.py --parts pauses: 5.1 % of clips cut in two at 0.3 s, 2.0 % at 0.5
+    # An utterance with less than short_speech_s of speech so far ends only after short_silence_s: the pause that
+    # cuts a sentence in two mostly follows its first words, and a pause after so little is rarely its end.
+    # short_speech_s 0 turns this off.
+    short_speech_s: float = 0.0
+    short_silence_s: float = 0.8
     pre_roll_s: float = 0.2
     post_roll_s: float = 0.15
     max_utterance_s: float = 10.0
@@ -73,8 +79,10 @@ class SegmenterConfig:
     def validate(self) -> None:
         if not 0 < self.negative_threshold <= self.threshold < 1:
             raise ValueError("need 0 < negative_threshold <= threshold < 1")
-        if min(self.min_speech_s, self.min_silence_s, self.pre_roll_s, self.post_roll_s) < 0:
+        if min(self.min_speech_s, self.min_silence_s, self.pre_roll_s, self.post_roll_s, self.short_speech_s) < 0:
             raise ValueError("durations must not be negative")
+        if self.short_speech_s > 0 and self.short_silence_s < self.min_silence_s:
+            raise ValueError("short_silence_s must be at least min_silence_s")
         if self.max_utterance_s <= self.min_speech_s:
             raise ValueError("max_utterance_s must exceed min_speech_s")
         if self.foreground_db is not None and not 0 < self.foreground_db <= 40:
@@ -245,7 +253,7 @@ class Segmenter:
             self._silence_samples = 0
         else:
             self._silence_samples += frame.size
-        if self._silence_samples >= cfg.min_silence_s * SAMPLE_RATE:
+        if self._silence_samples >= self._silence_needed() * SAMPLE_RATE:
             return self._finish("silence", keep_trailing=False)
         if self._speech_samples >= cfg.max_utterance_s * SAMPLE_RATE:
             return self._cut_at_max_length()
@@ -253,6 +261,13 @@ class Segmenter:
         self._release(self._speech_samples - max(0, self._silence_samples - int(cfg.post_roll_s * SAMPLE_RATE)),
                       force=False)
         return None
+
+    def _silence_needed(self) -> float:
+        """Seconds of silence that end the utterance in progress (longer while it holds little speech)."""
+        cfg = self.config
+        if self._voiced_samples < cfg.short_speech_s * SAMPLE_RATE and not self._continuation:
+            return cfg.short_silence_s
+        return cfg.min_silence_s
 
     def _append(self, frame: np.ndarray) -> None:
         self._speech.append(frame.copy())
