@@ -370,6 +370,13 @@ def test_runtime_parameter_limits(exported_models):
         assert not node.set_parameters([Parameter("vad_backend", value="webrtc")])[0].successful  # while active
         descriptor = node.describe_parameter("min_silence_s")
         assert descriptor.description and descriptor.floating_point_range[0].to_value == 5.0
+        assert node.set_parameters([Parameter("short_speech_s", value=1.2),
+                                    Parameter("short_silence_s", value=0.9)])[0].successful
+        config = node.intake.stream.segmenter.config
+        assert (config.short_speech_s, config.short_silence_s) == (1.2, 0.9)
+        refused = node.set_parameters([Parameter("short_silence_s", value=0.3)])[0]  # shorter than min_silence_s
+        assert not refused.successful and "short_silence_s" in refused.reason
+        assert node.intake.stream.segmenter.config.short_silence_s == 0.9
     finally:
         harness.close()
 

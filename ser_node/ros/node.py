@@ -123,6 +123,8 @@ class SerNode(LifecycleNode):
         gate = get("min_snr_db")
         return SegmenterConfig(threshold=get("vad_threshold"), negative_threshold=get("vad_negative_threshold"),
                                min_speech_s=get("min_speech_s"), min_silence_s=get("min_silence_s"),
+                               short_speech_s=get("short_speech_s"),
+                               short_silence_s=get("short_silence_s"),
                                pre_roll_s=get("pre_roll_s"), post_roll_s=get("post_roll_s"),
                                max_utterance_s=get("max_utterance_s"),
                                min_snr_db=None if gate <= SNR_GATE_OFF else gate,

@@ -9,6 +9,8 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from ..audio.segmenter import SegmenterConfig
+
 
 def describe(text: str, *, low: float | None = None, high: float | None = None, integer: bool = False,
              read_only: bool = False, choices: str = "") -> ParameterDescriptor:
@@ -21,6 +23,7 @@ def describe(text: str, *, low: float | None = None, high: float | None = None, 
     return descriptor
 
 SNR_GATE_OFF = -100.0
+SHORT_SPEECH_S, SHORT_SILENCE_S = SegmenterConfig.short_speech_s, SegmenterConfig.short_silence_s
 
 # name: (default, descriptor, live) -- live parameters take effect at once, others at the next configure.
 PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
@@ -39,6 +42,11 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                               low=0.01, high=0.99), True),
     "min_speech_s": (0.25, describe("shorter speech is ignored", low=0.0, high=5.0), True),
     "min_silence_s": (0.5, describe("silence that ends an utterance", low=0.03, high=5.0), True),
+    "short_speech_s": (SHORT_SPEECH_S, describe("an utterance with less speech than this so far ends only after "
+                                                "short_silence_s (a pause after a sentence's first words is rarely "
+                                                "its end; 0 = off)", low=0.0, high=5.0), True),
+    "short_silence_s": (SHORT_SILENCE_S, describe("silence that ends an utterance holding under short_speech_s of "
+                                                  "speech (at least min_silence_s)", low=0.03, high=5.0), True),
     "min_snr_db": (SNR_GATE_OFF, describe("drop utterances whose SNR estimate over the noise floor is below this "
                                           f"({SNR_GATE_OFF:g} = off; bench/robustness.py measures each setting)",
                                           low=SNR_GATE_OFF, high=60.0), True),
