@@ -374,8 +374,7 @@ def test_runtime_parameter_limits(exported_models):
                                     Parameter("short_silence_s", value=0.9)])[0].successful
         config = node.intake.stream.segmenter.config
         assert (config.short_speech_s, config.short_silence_s) == (1.2, 0.9)
-        refused = node.set_parameters([Parameter("short_silence_s", value=0.3)])[0]  # shorter than min_silence_s
-        assert not refused.successful and "short_silence_s" in refused.reason
+        assert not node.set_parameters([Parameter("short_silence_s", value=9.0)])[0].successful  # out of range
         assert node.intake.stream.segmenter.config.short_silence_s == 0.9
     finally:
         harness.close()

@@ -67,9 +67,10 @@ class SegmenterConfig:
     min_silence_s: float = 0.5  # bench/robustness.py --parts pauses: 5.1 % of clips cut in two at 0.3 s, 2.0 % at 0.5
     # An utterance with less than short_speech_s of speech so far ends only after short_silence_s: the pause that
     # cuts a sentence in two mostly follows its first words, and a pause after so little is rarely its end.
-    # short_speech_s 0 turns this off.
-    short_speech_s: float = 0.0
-    short_silence_s: float = 0.8
+    # bench/robustness.py --parts pauses: 1.1 % of clips cut in two instead of 2.0 %, the same mean wait after the
+    # speech (0.52 s) and no more merges of two sentences 0.6 s apart; longer settings merge them. 0 turns it off.
+    short_speech_s: float = 1.0
+    short_silence_s: float = 0.7  # never less than min_silence_s
     pre_roll_s: float = 0.2
     post_roll_s: float = 0.15
     max_utterance_s: float = 10.0
@@ -79,10 +80,9 @@ class SegmenterConfig:
     def validate(self) -> None:
         if not 0 < self.negative_threshold <= self.threshold < 1:
             raise ValueError("need 0 < negative_threshold <= threshold < 1")
-        if min(self.min_speech_s, self.min_silence_s, self.pre_roll_s, self.post_roll_s, self.short_speech_s) < 0:
+        if min(self.min_speech_s, self.min_silence_s, self.pre_roll_s, self.post_roll_s, self.short_speech_s,
+               self.short_silence_s) < 0:
             raise ValueError("durations must not be negative")
-        if self.short_speech_s > 0 and self.short_silence_s < self.min_silence_s:
-            raise ValueError("short_silence_s must be at least min_silence_s")
         if self.max_utterance_s <= self.min_speech_s:
             raise ValueError("max_utterance_s must exceed min_speech_s")
         if self.foreground_db is not None and not 0 < self.foreground_db <= 40:
@@ -266,7 +266,7 @@ class Segmenter:
         """Seconds of silence that end the utterance in progress (longer while it holds little speech)."""
         cfg = self.config
         if self._voiced_samples < cfg.short_speech_s * SAMPLE_RATE and not self._continuation:
-            return cfg.short_silence_s
+            return max(cfg.short_silence_s, cfg.min_silence_s)  # never shorter: min_silence_s raised raises both
         return cfg.min_silence_s
 
     def _append(self, frame: np.ndarray) -> None:

@@ -46,7 +46,8 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                                 "short_silence_s (a pause after a sentence's first words is rarely "
                                                 "its end; 0 = off)", low=0.0, high=5.0), True),
     "short_silence_s": (SHORT_SILENCE_S, describe("silence that ends an utterance holding under short_speech_s of "
-                                                  "speech (at least min_silence_s)", low=0.03, high=5.0), True),
+                                                  "speech (min_silence_s when that is longer)", low=0.03, high=5.0),
+                        True),
     "min_snr_db": (SNR_GATE_OFF, describe("drop utterances whose SNR estimate over the noise floor is below this "
                                           f"({SNR_GATE_OFF:g} = off; bench/robustness.py measures each setting)",
                                           low=SNR_GATE_OFF, high=60.0), True),
