@@ -2,9 +2,10 @@
 
 State machine with hysteresis: speech starts when a frame's probability reaches `threshold`, and ends after
 `min_silence_s` of frames below `negative_threshold` (`short_silence_s` while it holds under `short_speech_s` of
-speech: a sentence's first words are often followed by a pause, not its end). Utterances get `pre_roll_s` of audio before the first speech
-frame and `post_roll_s` after the last; shorter than `min_speech_s` of speech is discarded (counted); longer than
-`max_utterance_s` is cut into consecutive utterances, so no audio of a monologue is lost. Times are source times
+speech: a sentence's first words are often followed by a pause, not its end). Utterances get `pre_roll_s` of
+audio before the first speech frame and `post_roll_s` after the last; shorter than `min_speech_s` of speech is
+discarded (counted); longer than `max_utterance_s` is cut into consecutive utterances, so no audio of a monologue
+is lost. Times are source times
 (seconds, from the audio message headers), never arrival times.
 
 Each utterance carries a quality estimate: its SNR against the noise floor (the median power of the recent frames

@@ -38,7 +38,8 @@ INT16_MAX = 2**15 - 1
 ENCODER_PACKAGE = "resemblyzer"
 ENCODER_VERSION = "0.1.4"
 ENCODER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
-# Bump when this module changes what reaches the encoder: models record it, the classifier refuses a mismatch.
+# Bump when this module changes what reaches the encoder: models record theirs, the node computes the one a model
+# names and refuses a model naming one it cannot compute.
 # 1: the wheel's whole-utterance preprocessing; 2: StreamingFrontEnd (gain and trimming with 210 ms look-ahead);
 # 3: version 2's frames through a late-reverberation suppressor (inference/dereverb.py).
 FRONTEND_VERSION = 2
