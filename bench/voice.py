@@ -269,9 +269,10 @@ def run_frontend(work: Path, before: int = 1) -> dict:
                if name in (SHIPPED, "encoder, uem-es only, no augmentation")}
     records = Records()
     for version in (before, FRONTEND_VERSION):
-        data = load_voice_data(recipe, frontend_version=version)
+        data = load_voice_data(dataclasses.replace(recipe, frontend_version=version))
         target = data.subset(data.corpora == data.target)
-        copies = {name: augmented_copies(data, r, frontend_version=version) for name, (r, _) in systems.items()}
+        copies = {name: augmented_copies(data, dataclasses.replace(r, frontend_version=version))
+                  for name, (r, _) in systems.items()}
         for t in sorted(set(target.speakers)):
             test = np.where(target.speakers == t)[0]
             heads = {name: fold_heads(data, r, t, pooled, copies[name]) for name, (r, pooled) in systems.items()}
@@ -919,8 +920,10 @@ def paired_section(part: dict, baseline: str, against: str) -> str:
         row = {"variant": name}
         for key in ("clean | normalised", "room RT60 0.6 s at 2 m | normalised", "robot noise 10 dB | normalised",
                     "clean | plain"):
-            v = paired(part["rows"][f"{name} | {key}"]["per_speaker"], part["rows"][f"{baseline} | {key}"]["per_speaker"])
-            row[key.replace(" | ", ", ")] = f"{v['difference']:+.3f}, {v['wins']}/{v['speakers']}, p {v['wilcoxon_p']:.3f}"
+            v = paired(part["rows"][f"{name} | {key}"]["per_speaker"],
+                       part["rows"][f"{baseline} | {key}"]["per_speaker"])
+            row[key.replace(" | ", ", ")] = (f"{v['difference']:+.3f}, {v['wins']}/{v['speakers']}, "
+                                             f"p {v['wilcoxon_p']:.3f}")
         table.append(row)
     return text + format_table(table, list(table[0])) + "\n"
 

@@ -293,7 +293,7 @@ def test_a_pause_after_few_words_does_not_end_the_sentence(clips):
         stream = np.concatenate([load_audio(corpus_clip(speaker, name)), np.zeros(24000, np.float32)])
         cut = run_stream(stream, 16000, 1, 0.02, config=SegmenterConfig(short_speech_s=0.0))[0]
         assert len(cut) == 2, name  # min_silence_s alone: cut in two
-        whole, processor = run_stream(stream, 16000, 1, 0.02, config=waiting)
+        whole = run_stream(stream, 16000, 1, 0.02, config=waiting)[0]
         assert len(whole) == 1 and whole[0].duration > 1.5, name
     two = np.concatenate([np.zeros(8000, np.float32), clips[0], np.zeros(9600, np.float32), clips[1],
                           np.zeros(24000, np.float32)])

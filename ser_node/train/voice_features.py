@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from ..audio.decode import load_audio
 from ..files import file_digest, save_npz_atomic
-from ..inference.voice_frontend import COMPUTABLE_FRONTENDS, ENCODER_SHA256, FRONTEND_VERSION, encoder_input, partial_frames, preprocess
+from ..inference.voice_frontend import (COMPUTABLE_FRONTENDS, ENCODER_SHA256, FRONTEND_VERSION, encoder_input,
+                                        partial_frames, preprocess)
 
 ALL_LAYERS = (0, 1, 2)
 

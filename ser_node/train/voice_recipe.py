@@ -119,10 +119,9 @@ class VoiceData:
                          self.corpora[mask], [p for p, m in zip(self.paths, mask) if m], self.target)
 
 
-def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: bool = True,
-                    frontend_version: int | None = None) -> VoiceData:
+def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: bool = True) -> VoiceData:
     """Loads the corpora (paths relative to `base`) and their cached features through the recipe's front end
-    (computed where missing; a `frontend_version` this code no longer computes is read from its cache only)."""
+    (computed where missing; a front end this code no longer computes is read from its cache only)."""
     features, embeddings, labels, speakers, corpora, paths = [], [], [], [], [], []
     for spec in recipe.corpora:
         spec = dict(spec)
@@ -131,7 +130,7 @@ def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: boo
         entry = load_corpus_entry(spec)
         clips = entry.corpus.clips
         x, e = clip_features([c.path for c in clips], recipe.feature_cache, progress=progress,
-                             frontend_version=frontend_version or recipe.frontend_version)
+                             frontend_version=recipe.frontend_version)
         features.append(x)
         embeddings.append(e)
         labels += [c.label for c in clips]
@@ -404,8 +403,7 @@ class Copies:
     corpus: str  # AUGMENTED or ROOMS: the weight the copies take
 
 
-def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True,
-                     frontend_version: int | None = None) -> list[Copies]:
+def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> list[Copies]:
     """`augment_copies` degraded copies of every target clip, cached per copy. Rooms are simulated with room seeds
     1 and 2 (bench/robustness.py measures in room seed 0); each clip's condition and seed follow from its file
     name, speaker and copy number, so the copies are the same in every run."""
@@ -427,8 +425,7 @@ def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True
             simulator = simulators.setdefault(room, AcousticSimulator(babble, room_seed=1 + room))
             return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
         features = clip_features(paths, recipe.feature_cache, tag=f"augment{copy}",
-                                 transform=transform, progress=progress,
-                                 frontend_version=frontend_version or recipe.frontend_version)[0]
+                                 transform=transform, progress=progress, frontend_version=recipe.frontend_version)[0]
         copies.append(Copies(features, rows, speakers, AUGMENTED))
     return copies
 
