@@ -464,26 +464,36 @@ def run_pauses(clips) -> dict:
     rng = np.random.default_rng(0)
     pairs = [(i, int(rng.choice([k for k, c in enumerate(clips) if c.speaker == clips[i].speaker and k != i])))
              for i in range(0, len(clips), 4)]
-    settings = [{"min_silence_s": m} for m in PAUSE_SETTINGS] + [
+    # the first rows wait min_silence_s alone (short_speech_s 0: the segmenter's default waits longer after little
+    # speech since 2026-12-03)
+    settings = [{"min_silence_s": m, "short_speech_s": 0.0} for m in PAUSE_SETTINGS] + [
         {"min_silence_s": 0.5, "short_speech_s": short, "short_silence_s": wait} for short, wait in SHORT_SETTINGS]
+    tail = np.zeros(24000, np.float32)
+    clip_streams = [np.concatenate([a, tail]) for a in audio]
+    pair_streams = {p: [np.concatenate([audio[i], np.zeros(int(p * 16000), np.float32), audio[j], tail])
+                        for i, j in pairs] for p in PAIR_PAUSES_S}
+    # Silero runs once per stream (a fresh one each, as the node starts one per stream); each setting replays it
+    recorded: dict[int, RecordingVad] = {}  # by id() of the stream, all of which live until the end
+
+    def segment(stream: np.ndarray, config: SegmenterConfig) -> list[tuple[object, float]]:
+        """(utterance, seconds from its last speech to the 20 ms push that emitted it)"""
+        if id(stream) in recorded:
+            vad = RecordedVad(recorded[id(stream)].frame_samples, recorded[id(stream)].probabilities)
+        else:
+            vad = recorded[id(stream)] = RecordingVad(make_vad("silero"))
+        segmenter, out, step = Segmenter(vad, config), [], 320
+        for k in range(0, stream.size, step):
+            now = (k + step) / 16000
+            out += [(u, now - (u.end - config.post_roll_s)) for u in segmenter.push(stream[k:k + step], k / 16000)]
+        return out
+
     rows = []
     for setting in settings:
         config = SegmenterConfig(**setting)
-
-        def segment(a: np.ndarray) -> list[tuple[object, float]]:
-            """(utterance, seconds from its last speech to the push that emitted it)"""
-            segmenter, out, step = Segmenter(make_vad("silero"), config), [], 320
-            a = np.concatenate([a, np.zeros(24000, np.float32)])
-            for k in range(0, a.size, step):
-                now = (k + step) / 16000
-                out += [(u, now - (u.end - config.post_roll_s)) for u in segmenter.push(a[k:k + step], k / 16000)]
-            return out
-
-        heard = [segment(a) for a in audio]
+        heard = [segment(stream, config) for stream in clip_streams]
         counts = np.array([len(h) for h in heard])
-        merged = {str(p): float(np.mean([len(segment(np.concatenate([audio[i], np.zeros(int(p * 16000), np.float32),
-                                                                     audio[j]]))) == 1 for i, j in pairs]))
-                  for p in PAIR_PAUSES_S}
+        merged = {str(p): float(np.mean([len(segment(stream, config)) == 1 for stream in streams]))
+                  for p, streams in pair_streams.items()}
         rows.append({**setting, "clips": len(audio), "one": float(np.mean(counts == 1)),
                      "several": float(np.mean(counts > 1)), "none": float(np.mean(counts == 0)),
                      "mean_wait_s": float(np.mean([w for h in heard for _, w in h[-1:]])),
