@@ -574,20 +574,33 @@ HEAD_VARIANTS = {  # name -> changes to model v0.4's recipe (linear heads)
 }
 
 
-def run_heads(work: Path) -> dict:
+def run_heads(work: Path, variants: dict[str, dict] | None = None, part: str = "heads") -> dict:
     """Head capacity: model v0.4's recipe (linear heads) against one-hidden-layer MLP heads on the same training
     rows (3 corpora, the augmented and room copies), each LOSO fold judged clean, in the test room and under robot
     noise, plain and normalised, 5 orders per speaker; and the honest choice among them."""
+    variants = HEAD_VARIANTS if variants is None else variants
     base = dataclasses.replace(shipped_recipe(), head_hidden=0)
-    recipes = {name: dataclasses.replace(base, **changes) for name, changes in HEAD_VARIANTS.items()}
+    recipes = {name: dataclasses.replace(base, **changes) for name, changes in variants.items()}
     data = load_voice_data(base)
     target = data.subset(data.corpora == data.target)
     _, features = condition_features(target, base)
     copies_all = training_copies(data, dataclasses.replace(base, room_copies=max(r.room_copies
                                                                                    for r in recipes.values())))
-    rows, seconds = judge_variants("heads", data, target, features, copies_all,
+    rows, seconds = judge_variants(part, data, target, features, copies_all,
                                    {name: (recipe, True) for name, recipe in recipes.items()})
-    return variants_outcome("unless its changes say otherwise", HEAD_VARIANTS, rows, seconds, list(features))
+    return variants_outcome("unless its changes say otherwise", variants, rows, seconds, list(features))
+
+
+MLP_NORMALISED = {"head_hidden": 128, "plain_head_hidden": 0}
+ENSEMBLE_VARIANTS = {  # name -> changes to model v0.4's recipe
+    HEAD_BASELINE: {},
+    "MLP normalised head (128 hidden), linear plain head": MLP_NORMALISED,
+    "MLP normalised head, 5 seeds averaged": {**MLP_NORMALISED, "head_ensemble": 5},
+    "MLP normalised head, 5 seeds averaged, room copies weight 2": {**MLP_NORMALISED, "head_ensemble": 5,
+                                                                     "room_weight": 2.0},
+    "MLP normalised head, 5 seeds averaged, layers 2-3 only": {**MLP_NORMALISED, "head_ensemble": 5,
+                                                                "layers": [1, 2]},
+}
 
 
 V04_ROWS = ("LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; every variant trains on "
@@ -865,6 +878,10 @@ def report(out: Path) -> str:
     if heads:
         text += rooms_section(heads, "Head capacity: linear against MLP heads", "heads")
         text += paired_section(heads, HEAD_BASELINE, "the linear heads")
+    ensemble = results.get("ensemble")
+    if ensemble:
+        text += rooms_section(ensemble, "Averaged MLP heads", "ensemble")
+        text += paired_section(ensemble, HEAD_BASELINE, "the linear heads")
     dereverb = results.get("dereverb")
     if dereverb:
         text += rooms_section(dereverb, "Late reverberation suppressed before the encoder", "dereverb")
@@ -905,6 +922,8 @@ def report(out: Path) -> str:
         plot_rooms(rooms, out / "voice_rooms.png", "room copies in training")
     if heads:
         plot_rooms(heads, out / "voice_heads.png", "linear against MLP heads")
+    if ensemble:
+        plot_rooms(ensemble, out / "voice_ensemble.png", "averaged MLP heads")
     if dereverb:
         plot_rooms(dereverb, out / "voice_dereverb.png", "late reverberation suppressed")
     return text
@@ -1010,7 +1029,8 @@ def main() -> int:
     args = parser.parse_args()
     path = args.out / "voice.json"
     runners = {"loso": run_loso, "frontend": run_frontend, "skew": run_skew, "loco": run_loco, "robustness": run_robustness,
-               "rooms": run_rooms, "heads": run_heads, "dereverb": run_dereverb, "warmup": run_warmup,
+               "rooms": run_rooms, "heads": run_heads,
+               "ensemble": lambda work: run_heads(work, ENSEMBLE_VARIANTS, "ensemble"), "dereverb": run_dereverb, "warmup": run_warmup,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

@@ -187,6 +187,25 @@ def test_mlp_heads_export_as_the_numpy_heads_compute(voice_model, tmp_path):
             assert not np.allclose(plain, normalised, atol=1e-3)  # the two heads differ
 
 
+def test_averaged_mlp_heads_are_one_wider_mlp(voice_model):
+    """head_ensemble 3: three MLPs trained with their own seeds, exported as one MLP whose logits are the mean of
+    theirs (the graph and the node need nothing new); the linear plain head is untouched."""
+    import dataclasses
+
+    from ser_node.train.voice_recipe import fit_heads, head_logits, load_voice_data
+
+    recipe = dataclasses.replace(voice_model["recipe"], head_hidden=8, plain_head_hidden=0, head_epochs=3)
+    data = load_voice_data(recipe, progress=False)
+    averaged = fit_heads(data, dataclasses.replace(recipe, head_ensemble=3))
+    members = [fit_heads(data, dataclasses.replace(recipe, seed=1000 * k)) for k in range(3)]
+    assert [w.shape for w, _ in averaged.normalised] == [(24, 1536), (7, 24)]
+    z = averaged.standardise(data.features)
+    mean_logits = np.mean([head_logits(m.normalised, z) for m in members], axis=0)
+    np.testing.assert_allclose(head_logits(averaged.normalised, z), mean_logits, atol=1e-4)
+    assert not np.allclose(head_logits(members[0].normalised, z), mean_logits, atol=1e-3)  # the seeds differ
+    np.testing.assert_allclose(averaged.plain[0][0], members[0].plain[0][0], atol=1e-6)
+
+
 def test_classifier_runs_it_and_refuses_a_foreign_front_end(voice_model, clips_of_every_speaker, tmp_path):
     """The classifier runs a voice model through the front end its metadata names (a model built on front end 3
     gets front end 3's frames, stepped as the node steps them) and refuses one it cannot compute."""

@@ -52,6 +52,10 @@ class VoiceRecipe:
     # first utterances from the features alone, where MLP heads lost 2 points: a linear plain head (0) beside an
     # MLP normalised head keeps it.
     plain_head_hidden: int | None = None
+    # MLP heads only: this many MLPs (seeds seed, seed + 1000, ...) trained on the same rows, their logits
+    # averaged. The average is itself one MLP (hidden layers stacked, output weights divided by the count), so the
+    # exported graph and the node are unchanged; a single MLP's answer on 12 speakers varies with its seed.
+    head_ensemble: int = 1
     head_dropout: float = 0.5
     head_input_dropout: float = 0.2
     head_weight_decay: float = 1e-2
@@ -248,6 +252,17 @@ def _mlp_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, recipe: VoiceRe
     return [(layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy()) for layer in (hidden, output)]
 
 
+def averaged_mlp(heads: Sequence[Layers]) -> Layers:
+    """One-hidden-layer MLPs as the one MLP whose logits are their mean: hidden layers stacked, output weights
+    side by side divided by the count."""
+    if len(heads) == 1:
+        return list(heads[0])
+    hidden, output = zip(*heads)  # each: (weight, bias) of every MLP
+    return [(np.concatenate([w for w, _ in hidden]), np.concatenate([b for _, b in hidden])),
+            ((np.concatenate([w for w, _ in output], axis=1) / len(heads)).astype(np.float32),
+             np.mean([b for _, b in output], axis=0).astype(np.float32))]
+
+
 def _logistic_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float) -> Layers:
     """Class-balanced multinomial logistic regression on x standardised by its own spread, folded back so the
     head reads x directly (the graph standardises once, for both heads)."""
@@ -280,7 +295,8 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
 
     def head(x: np.ndarray, y: np.ndarray, w: np.ndarray, hidden_units: int, seed: int) -> Layers:
         if hidden_units:
-            return _mlp_head(x, y, w, recipe, hidden_units, seed)
+            return averaged_mlp([_mlp_head(x, y, w, recipe, hidden_units, seed + 1000 * k)
+                                 for k in range(recipe.head_ensemble)])
         return _logistic_head(x, y, w, recipe.c)
 
     plain_hidden = recipe.head_hidden if recipe.plain_head_hidden is None else recipe.plain_head_hidden
