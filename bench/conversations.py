@@ -6,6 +6,7 @@ to normalise, each judged by the same heads:
   none               the plain head only
   reset on silence   one state for everybody, reset after 30 s without speech (the node before voice tracking)
   estimated identity a state per voice found by ser_node/inference/voices.py from the model's speaker embeddings
+                     (the ones the node's graph gives: layer 3's last state after the whole utterance)
   oracle identity    a state per true speaker
 Reported: voice purity (share of utterances whose voice's majority speaker is their own), fragmentation (voices
 per true speaker), pairwise F1 of same-voice against same-speaker, and UA overall and by the utterance's rank
@@ -24,7 +25,7 @@ import argparse
 import itertools
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from ser_node.inference.adaptation import SpeakerAdapter  # noqa: E402
 from ser_node.inference.voices import VoiceSettings, VoiceTracker  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.train.reports import compute_metrics, format_table, write_json  # noqa: E402
+from ser_node.train.voice_features import node_speaker_embeddings  # noqa: E402
 from ser_node.train.voice_recipe import VoiceData, fit_heads, load_voice_data, training_copies, with_augmentation  # noqa: E402
 
 RANK_FIRST = RANK_NAMES[0]
@@ -54,6 +56,16 @@ class Utterance:
     start: float
     end: float
     rank: int  # among its speaker's utterances in this conversation
+
+
+def with_node_embeddings(data: VoiceData, recipe) -> VoiceData:
+    """`data` with the speaker embeddings the node's graph gives (what its tracker decides on) for the target
+    corpus's clips, the only ones conversations are made of; NaN for the others."""
+    target = np.where(data.corpora == data.target)[0]
+    embeddings = np.full(data.speaker_embeddings.shape, np.nan, np.float32)
+    embeddings[target] = node_speaker_embeddings([data.paths[i] for i in target], recipe.feature_cache,
+                                                 recipe.frontend_version)
+    return replace(data, speaker_embeddings=embeddings)
 
 
 def durations(paths: list[str]) -> np.ndarray:
@@ -210,7 +222,7 @@ def main() -> int:
     args = parser.parse_args()
     began = time.perf_counter()
     recipe = shipped_recipe()
-    data = load_voice_data(recipe)
+    data = with_node_embeddings(load_voice_data(recipe), recipe)
     sessions = build_sessions(data, recipe, args.repeats, np.random.default_rng(1))
     adapter = {"warmup": recipe.warmup, "history": recipe.history, "shrinkage": recipe.shrinkage}
     base = VoiceSettings(**{**VoiceSettings().__dict__, **adapter})

@@ -133,6 +133,28 @@ def test_export_matches_torch_on_real_clips(voice_model, clips_of_every_speaker)
         np.testing.assert_allclose(both[0], np.concatenate([got[0], moved[0]]), atol=1e-5)
 
 
+def test_node_embeddings_are_the_graphs(voice_model, tmp_path):
+    """What the conversations benchmark calibrates the voice tracker on is what the node's graph gives (layer 3's
+    last state), not the wheel's windowed embedding the feature cache keeps; computed once, then read back."""
+    import onnxruntime as ort
+
+    from ser_node.train.voice_features import node_speaker_embeddings
+    from ser_node.train.voice_recipe import load_voice_data
+
+    data = load_voice_data(voice_model["recipe"], progress=False)
+    rows = np.arange(0, len(data.paths), 20)
+    paths = [data.paths[i] for i in rows]
+    got = node_speaker_embeddings(paths, tmp_path, progress=False)
+    session = ort.InferenceSession(str(voice_model["path"]), providers=["CPUExecutionProvider"])
+    zeros = np.zeros((1, 1536), np.float32)
+    for path, embedding in zip(paths, got):
+        expected = voice_graph_by_hand(session, load_audio(path), zeros, ("speaker_embedding",))[0][0]
+        np.testing.assert_allclose(embedding, expected, atol=1e-4)
+    assert len(list(tmp_path.glob("*node-embedding.npz"))) == 1
+    np.testing.assert_array_equal(node_speaker_embeddings(paths, tmp_path, progress=False), got)
+    assert np.abs(got - data.speaker_embeddings[rows]).max() > 1e-2  # not the wheel's
+
+
 def test_metadata_names_the_encoder_source(voice_model):
     from ser_node.inference.model_file import read_metadata
     from ser_node.inference.voice_frontend import ENCODER_SHA256

@@ -62,3 +62,33 @@ def clip_features(paths: Sequence[str | Path], cache_dir: str | Path, tag: str =
                 save_npz_atomic(store, store_path)
     matrix = np.stack([store[k] for k in keys])
     return matrix[:, :1536], matrix[:, 1536:]
+
+
+def node_speaker_embeddings(paths: Sequence[str | Path], cache_dir: str | Path,
+                            frontend_version: int = FRONTEND_VERSION, progress: bool = True) -> np.ndarray:
+    """(n, 256) speaker embeddings as the node's graph gives them: layer 3's last state after the whole encoder
+    input of the clip (not the wheel's mean over 1.6 s windows, which `clip_features` keeps). The node's voice
+    tracker decides on these, so its settings are calibrated on these (bench/conversations.py); the two differ in
+    scale (same-speaker cosines ~0.03 lower), which moves the thresholds. Cached per clip content."""
+    import torch
+
+    from .voice_encoder import GE2EEncoder
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    store_path = cache_dir / f"ge2e-{ENCODER_SHA256[:12]}-fe{frontend_version}-node-embedding.npz"
+    store: dict[str, np.ndarray] = dict(np.load(store_path)) if store_path.exists() else {}
+    keys = [file_digest(p) for p in paths]
+    missing = [(i, k) for i, k in enumerate(keys) if k not in store]
+    if missing:
+        torch.set_num_threads(1)
+        encoder = GE2EEncoder.pretrained()
+        for done, (i, key) in enumerate(tqdm(missing, desc="GE2E node embeddings", unit="clip",
+                                             disable=not progress or None), start=1):
+            frames = torch.from_numpy(encoder_input(load_audio(paths[i]), frontend_version)[None])
+            with torch.no_grad():
+                store[key] = encoder.speaker_embedding(encoder(frames)[-1])[0].numpy().astype(np.float32)
+            if done % 300 == 0 or done == len(missing):
+                save_npz_atomic(store, store_path)
+    return np.stack([store[k] for k in keys]) if keys else np.zeros((0, 256), np.float32)
+
