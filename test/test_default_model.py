@@ -40,6 +40,10 @@ def test_default_metadata_names_the_encoder_and_its_recipe():
         {k: recipe[k] for k in ("warmup", "history", "shrinkage")}
     assert metadata.training["copies"] == {"augmented": 986 * recipe["augment_copies"],
                                            "rooms": 986 * recipe["room_copies"]}
+    # each head's widths as the recipe says: an MLP of head_hidden units per averaged seed, or linear
+    hidden = {"normalised": recipe["head_hidden"], "plain": recipe.get("plain_head_hidden", recipe["head_hidden"])}
+    assert metadata.model["heads"] == {
+        name: [1536] + ([units * recipe.get("head_ensemble", 1)] if units else []) + [7] for name, units in hidden.items()}
 
 
 def test_ds_am_metadata_matches_the_feature_code():
@@ -110,6 +114,6 @@ def test_the_node_loads_the_shipped_model_by_default():
     try:
         classifier = harness.node.classifier
         assert classifier.path.name == "ser_default.onnx" and classifier.is_voice_model
-        assert classifier.model_id == "ser-default-ge2e-heads-v0.4"
+        assert classifier.model_id == "ser-default-ge2e-heads-v0.5"
     finally:
         harness.close()

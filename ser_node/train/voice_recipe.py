@@ -349,7 +349,7 @@ def build_torch_model(heads: VoiceHeads, weights_path: str | Path | None = None)
 
 
 def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path, training: dict[str, Any],
-                       model_id: str = "ser-default-ge2e-heads-v0.4") -> Path:
+                       model_id: str = "ser-default-ge2e-heads-v0.5") -> Path:
     """The node's model file: one ONNX graph (opset 17, dynamic time axis): the encoder's streaming step and the
     heads (see VoiceEmotionModel), with ser_node metadata naming the encoder's source (package, version, sha256 of
     the weights), the recipe and the step's state."""
@@ -379,7 +379,7 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
     graph = onnx.load(str(tmp))
     tmp.unlink()
     metadata = ModelMetadata(
-        model_id=model_id, classes=list(EMOTIONS), features=MEL_CONFIG, variant=MODEL_KIND, version="0.4.0",
+        model_id=model_id, classes=list(EMOTIONS), features=MEL_CONFIG, variant=MODEL_KIND, version="0.5.0",
         model={"kind": MODEL_KIND, "layers": list(heads.layers), "frontend_version": recipe.frontend_version,
                "graph": {"kind": "stream_step", "state": {"h": [LAYERS, 1, HIDDEN], "c": [LAYERS, 1, HIDDEN],
                                                          "sums": [2, LAYERS * HIDDEN], "count": [1]},
