@@ -415,12 +415,15 @@ def condition_features(target: VoiceData, recipe: VoiceRecipe):
     return degrader, features
 
 
-PREVIOUS = {"room_copies": 0, "warmup": 5, "shrinkage": 0.0}  # model v0.3's recipe and serving, against this one's
+LINEAR = {"head_hidden": 0, "plain_head_hidden": None, "head_ensemble": 1}
+PREVIOUS = LINEAR  # model v0.4's recipe (linear heads; same rows, same serving), against this one's
+SIMPLE = {**LINEAR, "augment_copies": 0, "room_copies": 0}  # uem-es only (not pooled with the other corpora)
 
 
 def run_robustness(work: Path) -> dict:
-    """The shipped recipe, model v0.3's (no room copies; warm-up 5, no shrinkage) and ComParE + SVM, clean, in the
-    test room and under robot noise, on the same LOSO folds and 5 orders per speaker."""
+    """The shipped recipe, model v0.4's (linear heads), the simple recipe (uem-es only, no copies, linear heads)
+    and ComParE + SVM, clean, in the test room and under robot noise, on the same LOSO folds and 5 orders per
+    speaker."""
     from robustness import compare_features
 
     recipe = shipped_recipe()
@@ -431,14 +434,17 @@ def run_robustness(work: Path) -> dict:
     conditions = test_conditions()
     robust_work = work / "robustness"
     robust_work.mkdir(parents=True, exist_ok=True)
-    systems = {"shipped recipe": (recipe, training_copies(data, recipe)),
-               "model v0.3's recipe": (previous, training_copies(data, previous))}
+    simple = dataclasses.replace(recipe, **SIMPLE)
+    systems = {"shipped recipe": (recipe, training_copies(data, recipe), True),
+               "model v0.4's recipe": (previous, training_copies(data, previous), True),
+               "simple recipe": (simple, [], False)}
     compare = {name: compare_features(degrader, c, robust_work) for name, c in conditions.items()}
     svms = compare_baseline(work, target)[1]
     records = Records()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
-        heads = {label: (r, fold_heads(data, r, t, True, copies)) for label, (r, copies) in systems.items()}
+        heads = {label: (r, fold_heads(data, r, t, pooled, copies))
+                 for label, (r, copies, pooled) in systems.items()}
         for order in speaker_orders(len(test), t):
             rows = test[order]
             truth = target.labels[rows]
@@ -459,7 +465,8 @@ def run_robustness(work: Path) -> dict:
             "protocol": "LOSO, uem-es, every clip of the test speaker under the condition (seeds and room seed 0 of "
                         "bench/robustness.py, never heard in training), each by its own fold's model; 5 random "
                         "orders per speaker for normalisation (each judged against the speaker's earlier clips in "
-                        "the same condition); model v0.3's recipe: no room copies, warm-up 5, no shrinkage",
+                        "the same condition); model v0.4's recipe: the shipped one with linear heads; simple recipe: "
+                        "uem-es only, no augmented or room copies, linear heads, the shipped serving",
             "recipe": recipe.to_mapping(),
             "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker", "vs_compare")}
                      for name, row in rows.items()}}
