@@ -8,7 +8,7 @@ rewritten atomically every few hundred clips.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -34,34 +34,47 @@ def clip_features(paths: Sequence[str | Path], cache_dir: str | Path, tag: str =
     `transform(audio, index)` degrades a clip before the front end (rooms, noise); give each transform its own
     `tag`, since the cache cannot see what it does. A `frontend_version` this code no longer computes only reads a
     cache an earlier version of this package filled (before/after comparisons, bench/voice.py --parts frontend)."""
+    from .voice_encoder import embed_utterance, pooled_features
+
+    store_path = Path(cache_dir) / f"ge2e-{ENCODER_SHA256[:12]}-fe{frontend_version}-{tag}.npz"
+
+    def compute(encoder, i: int) -> np.ndarray:
+        audio = load_audio(paths[i])
+        if transform is not None:
+            audio = transform(audio, i)
+        pooled = pooled_features(encoder, [encoder_input(audio, frontend_version)])[0]
+        return np.concatenate([pooled, embed_utterance(encoder, partial_frames(preprocess(audio)))])
+
+    matrix = _cached_per_clip(paths, store_path, compute, f"GE2E features ({tag})", progress,
+                              None if frontend_version in COMPUTABLE_FRONTENDS else
+                              f"only the package version with front end {frontend_version} can compute them")
+    return matrix[:, :1536], matrix[:, 1536:]
+
+
+def _cached_per_clip(paths: Sequence[str | Path], store_path: Path, compute: Callable[[Any, int], np.ndarray],
+                     desc: str, progress: bool, cannot_compute: str | None = None) -> np.ndarray:
+    """`compute(encoder, index)` per clip, stored in one .npz by clip content and computed only where missing
+    (rewritten atomically every 300 clips, so a crash loses little); `cannot_compute` refuses missing clips."""
     import torch
 
-    from .voice_encoder import GE2EEncoder, embed_utterance, pooled_features
+    from .voice_encoder import GE2EEncoder
 
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    store_path = cache_dir / f"ge2e-{ENCODER_SHA256[:12]}-fe{frontend_version}-{tag}.npz"
+    store_path.parent.mkdir(parents=True, exist_ok=True)
     store: dict[str, np.ndarray] = dict(np.load(store_path)) if store_path.exists() else {}
     keys = [file_digest(p) for p in paths]
     missing = [(i, k) for i, k in enumerate(keys) if k not in store]
-    if missing and frontend_version not in COMPUTABLE_FRONTENDS:
-        raise FileNotFoundError(f"{store_path}: {len(missing)} clip(s) lack front end {frontend_version}'s features; "
-                                "only the package version with that front end can compute them")
+    if missing and cannot_compute:
+        raise FileNotFoundError(f"{store_path}: {len(missing)} clip(s) missing; {cannot_compute}")
     if missing:
         torch.set_num_threads(1)
         encoder = GE2EEncoder.pretrained()
-        for done, (i, key) in enumerate(tqdm(missing, desc=f"GE2E features ({tag})", unit="clip",
-                                             disable=not progress or None), start=1):
-            audio = load_audio(paths[i])
-            if transform is not None:
-                audio = transform(audio, i)
-            pooled = pooled_features(encoder, [encoder_input(audio, frontend_version)])[0]
-            speaker = embed_utterance(encoder, partial_frames(preprocess(audio)))
-            store[key] = np.concatenate([pooled, speaker]).astype(np.float32)
+        for done, (i, key) in enumerate(tqdm(missing, desc=desc, unit="clip", disable=not progress or None),
+                                        start=1):
+            with torch.no_grad():
+                store[key] = np.asarray(compute(encoder, i), dtype=np.float32)
             if done % 300 == 0 or done == len(missing):
                 save_npz_atomic(store, store_path)
-    matrix = np.stack([store[k] for k in keys])
-    return matrix[:, :1536], matrix[:, 1536:]
+    return np.stack([store[k] for k in keys])
 
 
 def node_speaker_embeddings(paths: Sequence[str | Path], cache_dir: str | Path,
@@ -72,23 +85,12 @@ def node_speaker_embeddings(paths: Sequence[str | Path], cache_dir: str | Path,
     scale (same-speaker cosines ~0.03 lower), which moves the thresholds. Cached per clip content."""
     import torch
 
-    from .voice_encoder import GE2EEncoder
+    store_path = Path(cache_dir) / f"ge2e-{ENCODER_SHA256[:12]}-fe{frontend_version}-node-embedding.npz"
+    if not paths:
+        return np.zeros((0, 256), np.float32)
 
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    store_path = cache_dir / f"ge2e-{ENCODER_SHA256[:12]}-fe{frontend_version}-node-embedding.npz"
-    store: dict[str, np.ndarray] = dict(np.load(store_path)) if store_path.exists() else {}
-    keys = [file_digest(p) for p in paths]
-    missing = [(i, k) for i, k in enumerate(keys) if k not in store]
-    if missing:
-        torch.set_num_threads(1)
-        encoder = GE2EEncoder.pretrained()
-        for done, (i, key) in enumerate(tqdm(missing, desc="GE2E node embeddings", unit="clip",
-                                             disable=not progress or None), start=1):
-            frames = torch.from_numpy(encoder_input(load_audio(paths[i]), frontend_version)[None])
-            with torch.no_grad():
-                store[key] = encoder.speaker_embedding(encoder(frames)[-1])[0].numpy().astype(np.float32)
-            if done % 300 == 0 or done == len(missing):
-                save_npz_atomic(store, store_path)
-    return np.stack([store[k] for k in keys]) if keys else np.zeros((0, 256), np.float32)
+    def compute(encoder, i: int) -> np.ndarray:
+        frames = encoder_input(load_audio(paths[i]), frontend_version)[None]
+        return encoder.speaker_embedding(encoder(torch.from_numpy(frames))[-1])[0].numpy()
 
+    return _cached_per_clip(paths, store_path, compute, "GE2E node embeddings", progress)
