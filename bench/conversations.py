@@ -6,7 +6,8 @@ to normalise, each judged by the same heads:
   none               the plain head only
   reset on silence   one state for everybody, reset after 30 s without speech (the node before voice tracking)
   estimated identity a state per voice found by ser_node/inference/voices.py from the model's speaker embeddings
-                     (the ones the node's graph gives: layer 3's last state after the whole utterance)
+                     (the ones the node's graph gives: the embedding head on the mean of layer 3's states over
+                     the utterance; --embedding last: on its last state, as models up to v0.5 did)
   oracle identity    a state per true speaker
 Reported: voice purity (share of utterances whose voice's majority speaker is their own), fragmentation (voices
 per true speaker), pairwise F1 of same-voice against same-speaker, and UA overall and by the utterance's rank
@@ -23,11 +24,15 @@ candidate for the node's defaults (config/ser_node.yaml); the report gives the d
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
+import json
+import pickle
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -39,6 +44,7 @@ from accuracy import RANK_NAMES, ua_by_rank  # noqa: E402
 from voice import shipped_recipe  # noqa: E402
 
 from ser_node.inference.adaptation import SpeakerAdapter  # noqa: E402
+from ser_node.files import save_bytes_atomic  # noqa: E402
 from ser_node.inference.voices import VoiceSettings, VoiceTracker  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.train.reports import compute_metrics, format_table, write_json  # noqa: E402
@@ -47,6 +53,8 @@ from ser_node.train.voice_recipe import VoiceData, fit_heads, load_voice_data, t
 
 RANK_FIRST = RANK_NAMES[0]
 SYSTEMS = ("none", "reset on silence", "estimated identity", "oracle identity")
+EMBEDDINGS = {"mean": "the embedding head on the mean of layer 3's states over the utterance, models from v0.6",
+              "last": "the embedding head on layer 3's last state after the utterance, models up to v0.5"}
 RESET_S = 30.0
 
 
@@ -59,13 +67,14 @@ class Utterance:
     rank: int  # among its speaker's utterances in this conversation
 
 
-def with_node_embeddings(data: VoiceData, recipe) -> VoiceData:
+def with_node_embeddings(data: VoiceData, recipe, of: str = "mean") -> VoiceData:
     """`data` with the speaker embeddings the node's graph gives (what its tracker decides on) for the target
-    corpus's clips, the only ones conversations are made of; NaN for the others."""
+    corpus's clips, the only ones conversations are made of; NaN for the others. `of`: "mean" (models from v0.6)
+    or "last" (layer 3's last state, models up to v0.5)."""
     target = np.where(data.corpora == data.target)[0]
     embeddings = np.full(data.speaker_embeddings.shape, np.nan, np.float32)
     embeddings[target] = node_speaker_embeddings([data.paths[i] for i in target], recipe.feature_cache,
-                                                 recipe.frontend_version)
+                                                 recipe.frontend_version, of=of)
     return replace(data, speaker_embeddings=embeddings)
 
 
@@ -196,12 +205,35 @@ def calibrate(chosen: list[int], tracked: dict[int, list[list[tuple]]], none: di
     return max(points, key=lambda g: scores[g])
 
 
+class HeadsCache:
+    """Heads per left-out group, pickled in bench/work by recipe: fitting is the slow part of this bench (~35 min),
+    and the heads do not depend on how voices are tracked, so a re-run with other tracking only judges."""
+
+    def __init__(self, recipe, data: VoiceData, copies: Callable[[], list]) -> None:
+        key = json.dumps({"recipe": recipe.to_mapping(), "clips": len(data.paths)}, sort_keys=True)
+        self.path = ROOT / "bench" / "work" / f"conversation_heads_{hashlib.sha256(key.encode()).hexdigest()[:12]}.pkl"
+        self.heads = pickle.loads(self.path.read_bytes()) if self.path.exists() else {}  # our own file
+        self.data, self.recipe, self._copies, self._made = data, recipe, copies, None
+
+    def get(self, group: list[str]):
+        key = tuple(sorted(group))
+        if key not in self.heads:
+            if self._made is None:
+                self._made = self._copies()
+            train = ~np.isin(self.data.speakers, group)
+            self.heads[key] = fit_heads(with_augmentation(self.data, self._made, train) if self._made
+                                        else self.data.subset(train), self.recipe)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_bytes_atomic(pickle.dumps(self.heads), self.path)
+        return self.heads[key]
+
+
 def build_sessions(data: VoiceData, recipe, repeats: int, rng: np.random.Generator, heads: bool = True
                    ) -> list[Session]:
     """Partitions of the target speakers into groups of 1-4, `repeats` times; heads trained without the group
-    (without them, `heads` False, the same conversations in seconds: identity only)."""
+    (cached, see HeadsCache; without them, `heads` False, the same conversations in seconds: identity only)."""
     lengths = durations(data.paths)
-    copies = training_copies(data, recipe) if heads else []
+    cache = HeadsCache(recipe, data, lambda: training_copies(data, recipe))
     target_speakers = sorted(set(data.speakers[data.corpora == data.target]))
     sessions = []
     for _ in range(repeats):
@@ -212,10 +244,9 @@ def build_sessions(data: VoiceData, recipe, repeats: int, rng: np.random.Generat
                 if not heads:
                     sessions.append(Session(list(group), utterances, None, None, None))
                     continue
-                train = ~np.isin(data.speakers, group)
-                heads = fit_heads(with_augmentation(data, copies, train) if copies else data.subset(train), recipe)
-                z = heads.standardise(data.features[[u.row for u in utterances]])
-                sessions.append(Session(list(group), utterances, z, heads.plain_probabilities(z), heads))
+                fitted = cache.get(list(group))
+                z = fitted.standardise(data.features[[u.row for u in utterances]])
+                sessions.append(Session(list(group), utterances, z, fitted.plain_probabilities(z), fitted))
                 print(f"session {len(sessions)}: {size} speaker(s), {len(utterances)} utterances", flush=True)
     return sessions
 
@@ -229,13 +260,15 @@ def main() -> int:
     parser.add_argument("--identity", action="store_true",
                         help="only voice identity (purity, fragmentation, F1) per join threshold, the node's other "
                              "defaults, on the same conversations; no heads, seconds")
+    parser.add_argument("--embedding", choices=tuple(EMBEDDINGS), default="mean",
+                        help="the node's speaker embedding: " + "; ".join(f"{k}: {v}" for k, v in EMBEDDINGS.items()))
     args = parser.parse_args()
     began = time.perf_counter()
     recipe = shipped_recipe()
-    data = with_node_embeddings(load_voice_data(recipe), recipe)
+    data = with_node_embeddings(load_voice_data(recipe), recipe, args.embedding)
     sessions = build_sessions(data, recipe, args.repeats, np.random.default_rng(1), heads=not args.identity)
     if args.identity:
-        return print_identity(data, [s for s in sessions if len(s.speakers) > 1])
+        return print_identity(data, [s for s in sessions if len(s.speakers) > 1], args.embedding)
     adapter = {"warmup": recipe.warmup, "history": recipe.history, "shrinkage": recipe.shrinkage}
     base = VoiceSettings(**{**VoiceSettings().__dict__, **adapter})
     grid = settings_grid(args.merge_thresholds, adapter)
@@ -262,7 +295,8 @@ def main() -> int:
     shipped_records = [r for i in multi for r in tracked[i][grid.index(shipped)]]
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
               "command": " ".join([".venv/bin/python bench/conversations.py", *sys.argv[1:]]),
-              "sessions": len(sessions), "conversations": len(multi), "shipped_settings": shipped.__dict__,
+              "embedding": args.embedding, "sessions": len(sessions), "conversations": len(multi),
+              "shipped_settings": shipped.__dict__,
               "nested_settings": [grid[chosen[i]].__dict__ for i in multi],
               "shipped_in_sample": {"ua": ua(shipped_records), "ua_by_rank": ua_by_rank(shipped_records)},
               "grid": [{**g.__dict__, "ua": ua([r for i in multi for r in tracked[i][k]]),
@@ -274,7 +308,7 @@ def main() -> int:
     return 0
 
 
-def print_identity(data: VoiceData, conversations: list[Session]) -> int:
+def print_identity(data: VoiceData, conversations: list[Session], embedding: str) -> int:
     """Voice identity of the tracker per join threshold (the node's other defaults) over the conversations."""
     rows = []
     for threshold in (0.6, 0.65, 0.7, 0.75, 0.8, 0.85):
@@ -282,7 +316,8 @@ def print_identity(data: VoiceData, conversations: list[Session]) -> int:
                            same_turn_threshold=min(threshold, VoiceSettings().same_turn_threshold))
         scores = [identity_scores(s.utterances, track(data, s.utterances, settings)) for s in conversations]
         rows.append({"join threshold": threshold, **{k: f"{np.mean([x[k] for x in scores]):.3f}" for k in scores[0]}})
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {len(conversations)} conversations, the node's embedding:\n"
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {len(conversations)} conversations, "
+          f"the node's embedding ({embedding}):\n"
           + format_table(rows, list(rows[0])))
     return 0
 
@@ -304,8 +339,8 @@ def write_report(path: Path, result: dict) -> None:
     text = (f"# Conversations: normalisation by voice ({result['date']})\n\n`{result['command']}`:"
             f" {result['sessions']} sessions of uem-es speakers (~40 % neutral): {result['conversations']} conversations"
             f" of 2-4 speakers (the first rows) and each speaker alone (the last rows), each judged by heads trained "
-            f"without its speakers. Voices are told apart by the speaker embedding the node's graph gives (layer 3's "
-            f"last state after the utterance; before 2026-12-03 this bench used the wheel's windowed embedding, "
+            f"without its speakers. Voices are told apart by the speaker embedding the node's graph gives ("
+            f"{EMBEDDINGS[result['embedding']]}; before 2026-12-03 this bench used the wheel's windowed embedding, "
             f"which the node never computes).\n\nTracker settings by nested calibration: each session is judged with the "
             f"settings that did best on the conversations of the other speakers (first: a new voice's first five "
             f"utterances at most 1 UA point below no normalisation; then UA). Best on every conversation (in-sample): "

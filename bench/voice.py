@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from accuracy import RANK_NAMES, fit_svm, ua_by_rank, ua_per_speaker  # noqa: E402
 
+from ser_node.files import save_bytes_atomic  # noqa: E402
 from ser_node.inference.adaptation import SpeakerAdapter, adapt_log_probabilities  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.train.reports import compute_metrics, format_table, write_json  # noqa: E402
@@ -729,9 +729,7 @@ def encoder_states(paths: list[str], cache: Path) -> list[np.ndarray]:
         states = [torch.cat(encoder(torch.from_numpy(encoder_input(load_audio(p))[None])), dim=2)[0]
                   .numpy().astype(np.float16) for p in paths]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # another part may be writing it too
-    tmp.write_bytes(pickle.dumps(states))
-    tmp.replace(path)
+    save_bytes_atomic(pickle.dumps(states), path)  # another part may be writing it too
     return states
 
 

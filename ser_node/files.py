@@ -29,3 +29,12 @@ def save_npz_atomic(arrays: dict[str, np.ndarray], path: Path) -> None:
     tmp = path.with_name(path.name + ".partial.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
+
+
+def save_bytes_atomic(data: bytes, path: Path) -> None:
+    """Bytes written whole or not at all (a temporary file per process, then a rename: two writers never mix)."""
+    import os
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -17,6 +17,7 @@ from ser_node.inference.model_file import read_metadata
 from ser_node.inference.voice_frontend import ENCODER_SHA256, MEL_CONFIG
 from ser_node.labels import EMOTIONS
 from ser_node.train.corpora import load_emomatch
+from ser_node.train.voice_recipe import DEFAULT_MODEL_ID, MODEL_VERSION
 
 DEFAULT = ROOT / "models" / "ser_default.onnx"
 DS_AM = ROOT / "models" / "ser_ds_am.onnx"
@@ -33,6 +34,8 @@ def test_default_metadata_names_the_encoder_and_its_recipe():
     metadata = read_metadata(DEFAULT)
     assert metadata.classes == list(EMOTIONS) and metadata.precision == "fp32"
     assert metadata.features == MEL_CONFIG and metadata.variant == "ge2e_heads"
+    assert metadata.model_id == DEFAULT_MODEL_ID and metadata.version == MODEL_VERSION  # the code's, not stale
+    assert "mean of layer 3" in metadata.model["speaker_embedding"]  # what the voice tracker and enrolments read
     assert metadata.model["encoder"]["sha256"] == ENCODER_SHA256 and metadata.model["encoder"]["version"] == "0.1.4"
     assert set(metadata.training["clips"]) == {"uem-es", "emovo", "emodb", "ased"}
     recipe = yaml.safe_load((ROOT / "config" / "train_voice.yaml").read_text())  # the shipped model's recipe
@@ -114,6 +117,6 @@ def test_the_node_loads_the_shipped_model_by_default():
     try:
         classifier = harness.node.classifier
         assert classifier.path.name == "ser_default.onnx" and classifier.is_voice_model
-        assert classifier.model_id == "ser-default-ge2e-heads-v0.5"
+        assert classifier.model_id == DEFAULT_MODEL_ID
     finally:
         harness.close()

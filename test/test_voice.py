@@ -115,7 +115,7 @@ def test_export_matches_torch_on_real_clips(voice_model, clips_of_every_speaker)
             features = (pool(states, model.layer_ids) - model.mean) / model.scale
             expected = [torch.softmax(model.normalised_head(features - torch.from_numpy(offset)), dim=1),
                         torch.softmax(model.plain_head(features), dim=1), features,
-                        model.encoder.speaker_embedding(states[-1])]
+                        model.encoder.utterance_embedding(states[-1])]
 
         def heads(offsets: np.ndarray) -> list[np.ndarray]:
             return session.run(["probabilities", "probabilities_plain", "features", "speaker_embedding"],
@@ -134,8 +134,9 @@ def test_export_matches_torch_on_real_clips(voice_model, clips_of_every_speaker)
 
 
 def test_node_embeddings_are_the_graphs(voice_model, tmp_path):
-    """What the conversations benchmark calibrates the voice tracker on is what the node's graph gives (layer 3's
-    last state), not the wheel's windowed embedding the feature cache keeps; computed once, then read back."""
+    """What the conversations benchmark calibrates the voice tracker on is what the node's graph gives (the head on
+    the mean of layer 3's states), not the wheel's windowed embedding the feature cache keeps nor layer 3's last
+    state (models up to v0.5); computed once, then read back."""
     import onnxruntime as ort
 
     from ser_node.train.voice_features import node_speaker_embeddings
@@ -150,9 +151,11 @@ def test_node_embeddings_are_the_graphs(voice_model, tmp_path):
     for path, embedding in zip(paths, got):
         expected = voice_graph_by_hand(session, load_audio(path), zeros, ("speaker_embedding",))[0][0]
         np.testing.assert_allclose(embedding, expected, atol=1e-4)
-    assert len(list(tmp_path.glob("*node-embedding.npz"))) == 1
+    assert len(list(tmp_path.glob("*node-embedding-mean.npz"))) == 1
     np.testing.assert_array_equal(node_speaker_embeddings(paths, tmp_path, progress=False), got)
     assert np.abs(got - data.speaker_embeddings[rows]).max() > 1e-2  # not the wheel's
+    last = node_speaker_embeddings(paths, tmp_path, progress=False, of="last")
+    assert np.abs(got - last).max() > 1e-2  # nor the last state's
 
 
 def test_metadata_names_the_encoder_source(voice_model):

@@ -65,11 +65,21 @@ class GE2EEncoder(nn.Module):
             states.append(x)
         return states
 
-    def speaker_embedding(self, last_states: torch.Tensor) -> torch.Tensor:
-        """The wheel's embedding of one window: ReLU(linear(last hidden state of layer 3)), L2-normalised.
-        `last_states`: (batch, time, 256), the last time step is used."""
-        raw = torch.relu(self.linear(last_states[:, -1]))
+    def embed(self, layer3: torch.Tensor) -> torch.Tensor:
+        """The wheel's embedding head on (batch, 256) layer-3 states: ReLU(linear(x)), L2-normalised."""
+        raw = torch.relu(self.linear(layer3))
         return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def speaker_embedding(self, last_states: torch.Tensor) -> torch.Tensor:
+        """The wheel's embedding of one window (batch, time, 256): the head on layer 3's last time step."""
+        return self.embed(last_states[:, -1])
+
+    def utterance_embedding(self, states: torch.Tensor) -> torch.Tensor:
+        """The node's embedding of a whole utterance (batch, time, 256): the head on the mean of layer 3's states.
+        An LSTM's last state leans on the utterance's last second; the mean hears all of it. On uem-es
+        conversations it tells voices apart better (bench/conversations.py --identity --embedding last|mean),
+        and it costs nothing: the graph keeps the running sum of layer 3's states for the pooled features."""
+        return self.embed(states.mean(dim=1))
 
 
 def pool(states: Sequence[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
@@ -92,8 +102,8 @@ class VoiceEmotionModel(nn.Module):
     step's frames): pooled mean and standard deviation from the sums, standardised with `mean`/`scale`, a plain head
     on the features and a normalised head on the features minus each row of `speaker_offset` (the mean of a
     voice's earlier features; several rows judge the utterance as several voices in one run), and the speaker
-    embedding from layer 3's last state. So the node steps while people speak and asks for the heads at the end,
-    with a one-frame dummy step it ignores. Float64 sums: a 30 s utterance sums 3,000 frames, and the standard
+    embedding from the mean of layer 3's states (from the sums; models up to v0.5 used layer 3's last state). So
+    the node steps while people speak and asks for the heads at the end, with a one-frame dummy step it ignores. Float64 sums: a 30 s utterance sums 3,000 frames, and the standard
     deviation is a difference of two such sums.
 
     `mean`/`scale` standardise the pooled features (fitted on the training clips). The plain head reads the
@@ -128,7 +138,7 @@ class VoiceEmotionModel(nn.Module):
         return (torch.cat(new_h), torch.cat(new_c), sums + step, new_count,
                 torch.softmax(self.normalised_head(features - speaker_offset), dim=1),
                 torch.softmax(self.plain_head(features), dim=1), features,
-                self.encoder.speaker_embedding(h[LAYERS - 1:LAYERS].transpose(0, 1)))
+                self.encoder.embed((sums[0, (LAYERS - 1) * HIDDEN:] / count).float()[None]))
 
 
 def pooled_from_sums(sums: torch.Tensor, count: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:

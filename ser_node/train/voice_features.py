@@ -78,19 +78,25 @@ def _cached_per_clip(paths: Sequence[str | Path], store_path: Path, compute: Cal
 
 
 def node_speaker_embeddings(paths: Sequence[str | Path], cache_dir: str | Path,
-                            frontend_version: int = FRONTEND_VERSION, progress: bool = True) -> np.ndarray:
-    """(n, 256) speaker embeddings as the node's graph gives them: layer 3's last state after the whole encoder
-    input of the clip (not the wheel's mean over 1.6 s windows, which `clip_features` keeps). The node's voice
-    tracker decides on these, so its settings are calibrated on these (bench/conversations.py); the two differ in
-    scale (same-speaker cosines ~0.03 lower), which moves the thresholds. Cached per clip content."""
+                            frontend_version: int = FRONTEND_VERSION, progress: bool = True,
+                            of: str = "mean") -> np.ndarray:
+    """(n, 256) speaker embeddings as the node's graph gives them after the whole encoder input of the clip: the
+    embedding head on the mean of layer 3's states (`of="mean"`, models from v0.6) or on its last state (`"last"`,
+    models up to v0.5); not the wheel's mean over 1.6 s windows, which `clip_features` keeps. The node's voice
+    tracker decides on these, so its settings are calibrated on these (bench/conversations.py). Cached per clip."""
     import torch
 
-    store_path = Path(cache_dir) / f"ge2e-{ENCODER_SHA256[:12]}-fe{frontend_version}-node-embedding.npz"
+    if of not in ("mean", "last"):
+        raise ValueError(f"of={of!r}: 'mean' or 'last'")
+    suffix = "-mean" if of == "mean" else ""
+    store_path = Path(cache_dir) / f"ge2e-{ENCODER_SHA256[:12]}-fe{frontend_version}-node-embedding{suffix}.npz"
     if not paths:
         return np.zeros((0, 256), np.float32)
 
     def compute(encoder, i: int) -> np.ndarray:
         frames = encoder_input(load_audio(paths[i]), frontend_version)[None]
-        return encoder.speaker_embedding(encoder(torch.from_numpy(frames))[-1])[0].numpy()
+        layer3 = encoder(torch.from_numpy(frames))[-1]
+        embedding = encoder.utterance_embedding(layer3) if of == "mean" else encoder.speaker_embedding(layer3)
+        return embedding[0].numpy()
 
-    return _cached_per_clip(paths, store_path, compute, "GE2E node embeddings", progress)
+    return _cached_per_clip(paths, store_path, compute, f"GE2E node embeddings ({of})", progress)

@@ -348,8 +348,14 @@ def build_torch_model(heads: VoiceHeads, weights_path: str | Path | None = None)
                              heads.plain, heads.normalised).eval()
 
 
+# The default model's version; its id ends in v<major>.<minor>. 0.6: the speaker embedding is the head on the mean of
+# layer 3's states (0.5: its last state); a self-voice enrolment names the model id it was made with.
+MODEL_VERSION = "0.6.0"
+DEFAULT_MODEL_ID = f"ser-default-ge2e-heads-v{MODEL_VERSION.rsplit('.', 1)[0]}"
+
+
 def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path, training: dict[str, Any],
-                       model_id: str = "ser-default-ge2e-heads-v0.5") -> Path:
+                       model_id: str = DEFAULT_MODEL_ID) -> Path:
     """The node's model file: one ONNX graph (opset 17, dynamic time axis): the encoder's streaming step and the
     heads (see VoiceEmotionModel), with ser_node metadata naming the encoder's source (package, version, sha256 of
     the weights), the recipe and the step's state."""
@@ -379,7 +385,7 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
     graph = onnx.load(str(tmp))
     tmp.unlink()
     metadata = ModelMetadata(
-        model_id=model_id, classes=list(EMOTIONS), features=MEL_CONFIG, variant=MODEL_KIND, version="0.5.0",
+        model_id=model_id, classes=list(EMOTIONS), features=MEL_CONFIG, variant=MODEL_KIND, version=MODEL_VERSION,
         model={"kind": MODEL_KIND, "layers": list(heads.layers), "frontend_version": recipe.frontend_version,
                "graph": {"kind": "stream_step", "state": {"h": [LAYERS, 1, HIDDEN], "c": [LAYERS, 1, HIDDEN],
                                                          "sums": [2, LAYERS * HIDDEN], "count": [1]},
@@ -387,6 +393,7 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
                                  "outputs probabilities.. speaker_embedding judge the state given (feed one dummy "
                                  "frame); initial state zeros"},
                "feature_size": int(len(heads.mean)),
+               "speaker_embedding": "the encoder's embedding head on the mean of layer 3's states over the utterance",
                # each head's layer widths, features to classes: [1536, 7] linear, [1536, 128, 7] one hidden layer
                "heads": {name: [int(head[0][0].shape[1])] + [int(w.shape[0]) for w, _ in head]
                          for name, head in (("plain", heads.plain), ("normalised", heads.normalised))},
