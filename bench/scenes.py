@@ -10,8 +10,8 @@ Every scene is streamed through the node's own segmenter (StreamProcessor, Siler
 is false when less than half of it lies on the person's clips (it is not the person); a person's clip is lost when
 no published result matches it (overlap at least half of the shorter, one to one), split when a second one lands
 on it too. Policies (what the node can do): none; the robot_speaking gate (the TTS intervals, 0.3 s hangover); the
-enrolled self voice (2 other sentences of each TTS voice, nearest enrolled sentence, thresholds 0.75 and 0.65); a
-level gate (utterances more than `d` dB below the loudest recent speech are taken for distant talkers);
+enrolled self voice (2 other sentences of each TTS voice, nearest enrolled sentence, thresholds 0.65-0.85);
+a level gate (utterances more than `d` dB below the loudest recent speech are taken for distant talkers);
 a target voice (the person the robot talks to, enrolled from 3 other clips of theirs: keep what sounds like
 them); and the node's own segmenter parameters, the scene segmented again with each: `foreground_db` (the
 background gate: speech must stand 6 dB above a low percentile of the last 20 s of levels), `min_speech_s` and
@@ -54,6 +54,7 @@ from ser_node.train.corpora import load_corpus_entry  # noqa: E402
 from ser_node.train.reports import compute_metrics, format_table, write_json  # noqa: E402
 
 RATE = 16000
+SELF_VOICE_THRESHOLDS = (0.85, 0.8, 0.75, 0.65)  # the node's default (0.75) and steps either side
 SPANISH = ["Hola, ¿cómo estás hoy?", "Me alegra mucho verte.", "¿Quieres que te lea las noticias?",
            "Es la hora de tomar la medicina.", "Hace un día estupendo para pasear.", "¿Has dormido bien esta noche?",
            "Tu hija ha llamado esta mañana.", "Vamos a hacer unos ejercicios.", "Perdona, no te he entendido.",
@@ -311,11 +312,11 @@ def main() -> int:
             policies["robot_speaking gate"] = [not any(u.start < end + 0.3 and u.end > start for start, end in robot)
                                                for u in utterances]
             similarity = [enrolled.similarity(i.speaker_embedding) for i in inferences]
-            for threshold in (0.75, 0.65):
+            for threshold in SELF_VOICE_THRESHOLDS:
                 policies[f"self voice, enrolled ({threshold:g})"] = [s < threshold for s in similarity]
             robot_utterances = [k for k, u in enumerate(utterances)
                                 if any(u.start < end and u.end > start for start, end in robot)]
-            for threshold in (0.75, 0.65):
+            for threshold in SELF_VOICE_THRESHOLDS:
                 rows[f"{name}: robot sentences published with enrolment only ({threshold:g})"] = {
                     "share": float(np.mean([similarity[k] < threshold for k in robot_utterances])),
                     "robot_utterances": len(robot_utterances)}

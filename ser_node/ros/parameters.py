@@ -160,7 +160,7 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "self_voice_file": ("", describe("the robot's own voice, enrolled with ser_enroll_voice: utterances at least "
                                      "self_voice_threshold similar to it are not classified (voice-encoder models)"),
                         False),
-    "self_voice_threshold": (0.75, describe("cosine of an utterance's speaker embedding to the enrolled robot voice "
+    "self_voice_threshold": (0.8, describe("cosine of an utterance's speaker embedding to the enrolled robot voice "
                                             "at which it is taken for the robot's (bench/scenes.py)", low=-1.0,
                                             high=1.0), True),
     "listen_to": ("everyone", describe("everyone: every voice heard; engaged: publish only for voices matched to a "
