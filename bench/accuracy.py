@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 from ser_node.audio.decode import load_audio  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.train.corpora import load_corpus_entry, load_emomatch  # noqa: E402
-from ser_node.train.reports import compute_metrics, format_table, plot_confusion, summarise_folds, write_json  # noqa: E402
+from ser_node.train.reports import (compute_metrics, format_table, plot_confusion, summarise_folds,  # noqa: E402
+                                     unweighted_average_recall, write_json)
 from ser_node.train.voice_recipe import speaker_orders  # noqa: E402
 
 OPENSMILE_SETS = {"egemaps_svm": "eGeMAPSv02", "compare_svm": "ComParE_2016"}
@@ -144,8 +145,8 @@ def ua_by_rank(records: list[tuple[str, int, str, str]]) -> dict[str, float]:
     out = {}
     for name, (low, high) in zip(RANK_NAMES, RANK_BUCKETS):
         chosen = [r for r in records if low <= r[1] <= high]
-        out[name] = (compute_metrics([r[2] for r in chosen], [r[3] for r in chosen], EMOTIONS)["ua"] if chosen
-                     else float("nan"))
+        out[name] = unweighted_average_recall([r[2] for r in chosen], [r[3] for r in chosen]) if chosen \
+            else float("nan")
     return out
 
 

@@ -47,7 +47,7 @@ from ser_node.inference.adaptation import SpeakerAdapter  # noqa: E402
 from ser_node.files import save_bytes_atomic  # noqa: E402
 from ser_node.inference.voices import VoiceSettings, VoiceTracker  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
-from ser_node.train.reports import compute_metrics, format_table, write_json  # noqa: E402
+from ser_node.train.reports import format_table, unweighted_average_recall, write_json  # noqa: E402
 from ser_node.train.voice_features import node_speaker_embeddings  # noqa: E402
 from ser_node.train.voice_recipe import VoiceData, fit_heads, load_voice_data, training_copies, with_augmentation  # noqa: E402
 
@@ -194,7 +194,7 @@ def objective(records: list[tuple], none_records: list[tuple]) -> tuple[bool, fl
 
 
 def ua(records: list[tuple]) -> float:
-    return compute_metrics([r[2] for r in records], [r[3] for r in records], EMOTIONS)["ua"]
+    return unweighted_average_recall([r[2] for r in records], [r[3] for r in records])
 
 
 def calibrate(chosen: list[int], tracked: dict[int, list[list[tuple]]], none: dict[int, list[tuple]]) -> int:

@@ -172,3 +172,20 @@ def test_one_run_split_over_processes_by_only_folds(corpus_dir, tmp_path):
     assert (run_dir / "speaker_s00" / "result.json").stat().st_mtime_ns == first  # never trained twice
     report = json.loads((run_dir / "report.json").read_text())
     assert [f["fold"] for f in report["folds"]] == ["speaker_s00", "speaker_s01", "speaker_s03"]
+
+
+def test_fast_ua_equals_the_full_metrics():
+    """The numpy UA that calibration loops use is compute_metrics' UA: recall averaged over the classes present,
+    however many are present and whatever is predicted."""
+    from ser_node.labels import EMOTIONS
+    from ser_node.train.reports import compute_metrics, unweighted_average_recall
+
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 300):
+        for present in (1, 3, 7):
+            truth = list(rng.choice(EMOTIONS[:present], n))
+            guess = list(rng.choice(EMOTIONS, n))
+            assert unweighted_average_recall(truth, guess) == pytest.approx(compute_metrics(truth, guess, EMOTIONS)["ua"])
+    assert unweighted_average_recall(["joy", "joy", "fear"], ["joy", "anger", "anger"]) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        unweighted_average_recall([], [])
