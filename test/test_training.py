@@ -189,3 +189,12 @@ def test_fast_ua_equals_the_full_metrics():
     assert unweighted_average_recall(["joy", "joy", "fear"], ["joy", "anger", "anger"]) == pytest.approx(0.25)
     with pytest.raises(ValueError):
         unweighted_average_recall([], [])
+
+
+def test_write_json_makes_its_folder(tmp_path):
+    """A benchmark's results reach the disk even when --out names a folder that does not exist yet."""
+    from ser_node.train.reports import write_json
+
+    path = tmp_path / "new" / "deeper" / "result.json"
+    write_json(path, {"ua": 0.5})
+    assert json.loads(path.read_text()) == {"ua": 0.5} and not list(path.parent.glob("*.tmp"))

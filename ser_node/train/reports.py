@@ -112,8 +112,10 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def write_json(path: str | Path, data: object) -> None:
-    """JSON written atomically: a crash never leaves half a file behind."""
+    """JSON written atomically (a crash never leaves half a file behind), its folder made if missing: an hour's
+    benchmark must not die at its last line over an --out that does not exist yet."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     tmp.replace(path)
