@@ -135,12 +135,17 @@ def track(data: VoiceData, utterances: list[Utterance], settings: VoiceSettings)
     return [tracker.assign(data.speaker_embeddings[u.row], u.start, u.end).id for u in utterances]
 
 
-def settings_grid(merge_thresholds: list[float], adapter: dict) -> list[VoiceSettings]:
+JOIN = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
+SAME_TURN = (0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+CONFIDENT = (-1.0, 0.7, 0.75, 0.8, 0.85)
+
+
+def settings_grid(merge_thresholds: list[float], adapter: dict, join=JOIN, same_turn=SAME_TURN, confident=CONFIDENT
+                  ) -> list[VoiceSettings]:
     """The tracker settings calibration chooses from (with the recipe's warm-up, history and shrinkage). The
     node's embedding puts the same speaker ~0.03 lower than the wheel's did, so the grid reaches 0.05 lower."""
     return [VoiceSettings(threshold=t, same_turn_threshold=s, confident_similarity=c, merge_threshold=m, **adapter)
-            for t in (0.6, 0.65, 0.7, 0.75, 0.8, 0.85) for s in (0.55, 0.6, 0.65, 0.7, 0.75, 0.8) if s <= t
-            for c in (-1.0, 0.7, 0.75, 0.8, 0.85) for m in merge_thresholds]
+            for t in join for s in same_turn if s <= t for c in confident for m in merge_thresholds]
 
 
 @dataclass
@@ -257,6 +262,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="partitions of the 12 speakers per group size")
     parser.add_argument("--merge-thresholds", type=float, nargs="+", default=[1.0],
                         help="merge_threshold values in the grid (1.0: never merge; '1.0 0.9' also tries merging)")
+    parser.add_argument("--join", type=float, nargs="+", default=list(JOIN), help="join thresholds in the grid")
+    parser.add_argument("--same-turn", type=float, nargs="+", default=list(SAME_TURN),
+                        help="same-turn thresholds in the grid (each at most the join threshold)")
+    parser.add_argument("--confident", type=float, nargs="+", default=list(CONFIDENT),
+                        help="confident similarities in the grid (-1: always trust the voice); judging costs "
+                             "minutes per 10 grid points")
     parser.add_argument("--identity", action="store_true",
                         help="only voice identity (purity, fragmentation, F1) per join threshold, the node's other "
                              "defaults, on the same conversations; no heads, seconds")
@@ -271,7 +282,7 @@ def main() -> int:
         return print_identity(data, [s for s in sessions if len(s.speakers) > 1], args.embedding)
     adapter = {"warmup": recipe.warmup, "history": recipe.history, "shrinkage": recipe.shrinkage}
     base = VoiceSettings(**{**VoiceSettings().__dict__, **adapter})
-    grid = settings_grid(args.merge_thresholds, adapter)
+    grid = settings_grid(args.merge_thresholds, adapter, args.join, args.same_turn, args.confident)
     fixed = {system: {i: s.records(data, judge(data, s, system, base)) for i, s in enumerate(sessions)}
              for system in ("none", "reset on silence", "oracle identity")}
     tracked = {i: [s.records(data, judge(data, s, "estimated identity", g)) for g in grid]
