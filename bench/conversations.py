@@ -228,7 +228,6 @@ class HeadsCache:
             train = ~np.isin(self.data.speakers, group)
             self.heads[key] = fit_heads(with_augmentation(self.data, self._made, train) if self._made
                                         else self.data.subset(train), self.recipe)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             save_bytes_atomic(pickle.dumps(self.heads), self.path)
         return self.heads[key]
 
@@ -322,7 +321,7 @@ def main() -> int:
 def print_identity(data: VoiceData, conversations: list[Session], embedding: str) -> int:
     """Voice identity of the tracker per join threshold (the node's other defaults) over the conversations."""
     rows = []
-    for threshold in (0.6, 0.65, 0.7, 0.75, 0.8, 0.85):
+    for threshold in JOIN:
         settings = replace(VoiceSettings(), threshold=threshold,
                            same_turn_threshold=min(threshold, VoiceSettings().same_turn_threshold))
         scores = [identity_scores(s.utterances, track(data, s.utterances, settings)) for s in conversations]

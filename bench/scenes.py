@@ -54,7 +54,7 @@ from ser_node.train.corpora import load_corpus_entry  # noqa: E402
 from ser_node.train.reports import compute_metrics, format_table, write_json  # noqa: E402
 
 RATE = 16000
-SELF_VOICE_THRESHOLDS = (0.85, 0.8, 0.75, 0.65)  # the node's default (0.75) and steps either side
+SELF_VOICE_THRESHOLDS = (0.85, 0.8, 0.75, 0.65)  # the node's default (0.8) and steps either side
 SPANISH = ["Hola, ¿cómo estás hoy?", "Me alegra mucho verte.", "¿Quieres que te lea las noticias?",
            "Es la hora de tomar la medicina.", "Hace un día estupendo para pasear.", "¿Has dormido bien esta noche?",
            "Tu hija ha llamado esta mañana.", "Vamos a hacer unos ejercicios.", "Perdona, no te he entendido.",

@@ -728,7 +728,6 @@ def encoder_states(paths: list[str], cache: Path) -> list[np.ndarray]:
     with torch.no_grad():
         states = [torch.cat(encoder(torch.from_numpy(encoder_input(load_audio(p))[None])), dim=2)[0]
                   .numpy().astype(np.float16) for p in paths]
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_bytes_atomic(pickle.dumps(states), path)  # another part may be writing it too
     return states
 

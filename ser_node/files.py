@@ -32,9 +32,11 @@ def save_npz_atomic(arrays: dict[str, np.ndarray], path: Path) -> None:
 
 
 def save_bytes_atomic(data: bytes, path: Path) -> None:
-    """Bytes written whole or not at all (a temporary file per process, then a rename: two writers never mix)."""
+    """Bytes written whole or not at all (a temporary file per process, then a rename: two writers never mix),
+    the folder made if missing: an hour's benchmark must not die at its last line over an --out not made yet."""
     import os
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

@@ -9,6 +9,8 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from ..files import save_bytes_atomic
+
 
 def compute_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> dict:
     """Accuracy, UA (unweighted average recall over classes present), macro-F1, per-class scores, confusion."""
@@ -112,10 +114,5 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def write_json(path: str | Path, data: object) -> None:
-    """JSON written atomically (a crash never leaves half a file behind), its folder made if missing: an hour's
-    benchmark must not die at its last line over an --out that does not exist yet."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
+    """JSON written whole or not at all, its folder made if missing (files.save_bytes_atomic)."""
+    save_bytes_atomic(json.dumps(data, indent=1, sort_keys=True).encode(), Path(path))

@@ -103,8 +103,8 @@ class VoiceEmotionModel(nn.Module):
     on the features and a normalised head on the features minus each row of `speaker_offset` (the mean of a
     voice's earlier features; several rows judge the utterance as several voices in one run), and the speaker
     embedding from the mean of layer 3's states (from the sums; models up to v0.5 used layer 3's last state). So
-    the node steps while people speak and asks for the heads at the end, with a one-frame dummy step it ignores. Float64 sums: a 30 s utterance sums 3,000 frames, and the standard
-    deviation is a difference of two such sums.
+    the node steps while people speak and asks for the heads at the end, with a one-frame dummy step it ignores.
+    Float64 sums: a 30 s utterance sums 3,000 frames, and the standard deviation is a difference of two such sums.
 
     `mean`/`scale` standardise the pooled features (fitted on the training clips). The plain head reads the
     features as they are; the normalised head was trained on features centred per training speaker. The node uses
