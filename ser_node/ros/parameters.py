@@ -110,7 +110,7 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                       "bench/conversations.py), "
                                       "instead of one state reset after adaptation_reset_s of silence. Embeddings "
                                       "stay in memory; ~/reset_adaptation forgets every voice"), True),
-    "voice_threshold": (0.75, describe("cosine similarity to a voice's centroid that joins it (calibrated on uem-es "
+    "voice_threshold": (0.8, describe("cosine similarity to a voice's centroid that joins it (calibrated on uem-es "
                                        "conversations, bench/conversations.py)", low=-1.0, high=1.0), True),
     "voice_same_turn_threshold": (0.65, describe("the same for the voice just heard, when the utterance follows it "
                                                  "within 1 s (a turn continues); at most voice_threshold",
