@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "test"))
 
 from ser_node.audio.decode import load_audio  # noqa: E402
+from ser_node.files import atomic_path  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.train.acoustics import NOISE_KINDS, AcousticSimulator, Condition, stable_seed, talker  # noqa: E402
 from ser_node.train.corpora import load_corpus_entry, load_emomatch  # noqa: E402
@@ -113,8 +114,8 @@ def compare_features(degrader: Degrader, condition: Condition, work: Path) -> np
                             feature_level=opensmile.FeatureLevel.Functionals)
     rows = [smile.process_signal(degrader(i, condition), 16000).to_numpy()[0] for i in range(len(degrader.clips))]
     features = np.nan_to_num(np.stack(rows).astype(np.float32))
-    np.save(path.with_suffix(".tmp.npy"), features)
-    path.with_suffix(".tmp.npy").replace(path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, features)
     return features
 
 

@@ -5,6 +5,9 @@ Standard library and numpy only, so the node (voices file) and the trainers (fea
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +27,29 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed onto `path` when the block ends without error, removed
+    when it fails. The file is whole or absent: a crash mid-write leaves the previous file, and a temporary name
+    per process keeps two writers apart. The suffix is kept (numpy adds .npy/.npz to names without it) and the
+    folder is made if missing (an hour's benchmark must not die at its last line over an --out not made yet)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_npz_atomic(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """An .npz written whole or not at all: a crash mid-write leaves the previous file."""
-    tmp = path.with_name(path.name + ".partial.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    """An .npz written whole or not at all."""
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def save_bytes_atomic(data: bytes, path: Path) -> None:
-    """Bytes written whole or not at all (a temporary file per process, then a rename: two writers never mix),
-    the folder made if missing: an hour's benchmark must not die at its last line over an --out not made yet."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """Bytes written whole or not at all."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

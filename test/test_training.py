@@ -197,4 +197,21 @@ def test_write_json_makes_its_folder(tmp_path):
 
     path = tmp_path / "new" / "deeper" / "result.json"
     write_json(path, {"ua": 0.5})
-    assert json.loads(path.read_text()) == {"ua": 0.5} and not list(path.parent.glob("*.tmp"))
+    assert json.loads(path.read_text()) == {"ua": 0.5} and not list(path.parent.glob("*.tmp*"))
+
+
+def test_atomic_path_leaves_the_previous_file_when_a_write_fails(tmp_path):
+    """A write that dies half way (here an exception after part of the data) keeps the previous file whole and
+    leaves no temporary behind; numpy's suffix rule does not rename the temporary away from the target."""
+    from ser_node.files import atomic_path, save_npz_atomic
+
+    path = tmp_path / "cache.npz"
+    save_npz_atomic({"x": np.arange(3)}, path)
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"PK half an archive")
+            raise RuntimeError("killed mid-write")
+    assert np.load(path)["x"].tolist() == [0, 1, 2]
+    save_npz_atomic({"x": np.arange(5)}, path)
+    assert np.load(path)["x"].tolist() == [0, 1, 2, 3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.npz"]

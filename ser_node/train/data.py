@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,6 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ..files import atomic_path
 from ..audio.decode import AudioError, load_audio, resample
 from ..inference.features import FeatureConfig, FeatureExtractor
 from ..labels import EMOTIONS
@@ -91,10 +91,8 @@ class ImageCache:
             except (OSError, ValueError):  # a damaged cache file is recomputed, never trusted
                 pass
         image = compute()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npy")
-        np.save(tmp, image)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.save(tmp, image)
         return image
 
 

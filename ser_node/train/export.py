@@ -16,6 +16,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..files import atomic_path
 from ..inference.model_file import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelMetadata, write_metadata
 
 
@@ -29,10 +30,8 @@ class _WithSoftmax(nn.Module):
 
 
 def _atomic_save(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def export_onnx(model: nn.Module, metadata: ModelMetadata, path: str | Path) -> Path:

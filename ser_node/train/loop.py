@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..files import save_npz_atomic
+from ..files import atomic_path, save_npz_atomic
 from ..labels import EMOTIONS
 from .config import TrainConfig
 from .corpora import Clip
@@ -157,11 +157,10 @@ def train_network(config: TrainConfig, images: ImageMaker, train: Sequence[Clip]
         else:
             stale += 1
         _append_csv(metrics_path, row)
-        tmp = checkpoint_path.with_name("checkpoint.pt.tmp")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_ua": best_ua, "stale": stale,
-                    "best_model": best_state}, tmp)
-        tmp.replace(checkpoint_path)
+        with atomic_path(checkpoint_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_ua": best_ua, "stale": stale,
+                        "best_model": best_state}, tmp)
         if progress:
             progress({"fold": fold_dir.name, **row})
     if best_state is not None:

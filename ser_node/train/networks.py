@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..files import atomic_path
 from ..labels import EMOTIONS
 
 VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
@@ -266,18 +267,14 @@ load_imagenet_backbone = load_backbone_weights  # the ImageNet file is one case 
 
 def save_backbone(path: str | Path, model: nn.Module) -> None:
     """The backbone alone in torchvision naming (`features.N.weight`), loadable by load_backbone_weights."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(model.backbone.state_dict(), tmp)  # type: ignore[union-attr]
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(model.backbone.state_dict(), tmp)  # type: ignore[union-attr]
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, extra: dict[str, torch.Tensor] | None = None) -> None:
     """Weights only (safe to load: no pickled code), written atomically."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({**model.state_dict(), **(extra or {})}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({**model.state_dict(), **(extra or {})}, tmp)
 
 
 def count_flops(model: nn.Module, height: int, width: int) -> int:
