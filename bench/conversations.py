@@ -211,25 +211,35 @@ def calibrate(chosen: list[int], tracked: dict[int, list[list[tuple]]], none: di
 
 
 class HeadsCache:
-    """Heads per left-out group, pickled in bench/work by recipe: fitting is the slow part of this bench (~35 min),
-    and the heads do not depend on how voices are tracked, so a re-run with other tracking only judges."""
+    """Heads per left-out group, pickled in bench/work by recipe, one file per group: fitting is the slow part of
+    this bench (~35 min), and the heads do not depend on how voices are tracked, so a re-run with other tracking
+    only judges. A file per group keeps each fit's write small (one file of all groups grew to 150 MB, rewritten
+    after every fit)."""
 
     def __init__(self, recipe, data: VoiceData, copies: Callable[[], list]) -> None:
         key = json.dumps({"recipe": recipe.to_mapping(), "clips": len(data.paths)}, sort_keys=True)
-        self.path = ROOT / "bench" / "work" / f"conversation_heads_{hashlib.sha256(key.encode()).hexdigest()[:12]}.pkl"
-        self.heads = pickle.loads(self.path.read_bytes()) if self.path.exists() else {}  # our own file
+        self.folder = ROOT / "bench" / "work" / f"conversation_heads_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        single = self.folder.with_suffix(".pkl")  # the one-file layout before 2026-12-04: split once, then removed
+        if single.exists():
+            for group, heads in pickle.loads(single.read_bytes()).items():  # our own file
+                save_bytes_atomic(pickle.dumps(heads), self._path(group))
+            single.unlink()
         self.data, self.recipe, self._copies, self._made = data, recipe, copies, None
 
+    def _path(self, group: tuple[str, ...]) -> Path:
+        return self.folder / ("-".join(group) + ".pkl")
+
     def get(self, group: list[str]):
-        key = tuple(sorted(group))
-        if key not in self.heads:
-            if self._made is None:
-                self._made = self._copies()
-            train = ~np.isin(self.data.speakers, group)
-            self.heads[key] = fit_heads(with_augmentation(self.data, self._made, train) if self._made
-                                        else self.data.subset(train), self.recipe)
-            save_bytes_atomic(pickle.dumps(self.heads), self.path)
-        return self.heads[key]
+        path = self._path(tuple(sorted(group)))
+        if path.exists():
+            return pickle.loads(path.read_bytes())  # our own file
+        if self._made is None:
+            self._made = self._copies()
+        train = ~np.isin(self.data.speakers, group)
+        heads = fit_heads(with_augmentation(self.data, self._made, train) if self._made
+                          else self.data.subset(train), self.recipe)
+        save_bytes_atomic(pickle.dumps(heads), path)
+        return heads
 
 
 def build_sessions(data: VoiceData, recipe, repeats: int, rng: np.random.Generator, heads: bool = True
