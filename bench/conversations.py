@@ -15,8 +15,8 @@ among its speaker's utterances (1-5, 6-20, 21+).
 
 The conversations come from uem-es, each judged by heads trained without its speakers (the other uem-es speakers
 plus the three other corpora: the shipped recipe). The tracker's settings (join threshold, same-turn threshold,
-confident similarity, merge threshold) are calibrated nested: each session is judged with the grid point that did
-best on the conversations of the other speakers only. The point that does best on all conversations is a
+confident similarity, merge threshold, pool threshold) are calibrated nested: each session is judged with the
+grid point that did best on the conversations of the other speakers only. The point that does best on all conversations is a
 candidate for the node's defaults (config/ser_node.yaml); the report gives the defaults' own in-sample figure.
 
   scripts/bench.sh conversations      # ~20 min on 2 cores once the encoder features are cached (bench/voice.py)
@@ -140,12 +140,13 @@ SAME_TURN = (0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 CONFIDENT = (-1.0, 0.7, 0.75, 0.8, 0.85)
 
 
-def settings_grid(merge_thresholds: list[float], adapter: dict, join=JOIN, same_turn=SAME_TURN, confident=CONFIDENT
-                  ) -> list[VoiceSettings]:
+def settings_grid(merge_thresholds: list[float], adapter: dict, join=JOIN, same_turn=SAME_TURN, confident=CONFIDENT,
+                  pool=(1.0,)) -> list[VoiceSettings]:
     """The tracker settings calibration chooses from (with the recipe's warm-up, history and shrinkage). The
     node's embedding puts the same speaker ~0.03 lower than the wheel's did, so the grid reaches 0.05 lower."""
-    return [VoiceSettings(threshold=t, same_turn_threshold=s, confident_similarity=c, merge_threshold=m, **adapter)
-            for t in join for s in same_turn if s <= t for c in confident for m in merge_thresholds]
+    return [VoiceSettings(threshold=t, same_turn_threshold=s, confident_similarity=c, merge_threshold=m,
+                          pool_threshold=p, **adapter)
+            for t in join for s in same_turn if s <= t for c in confident for m in merge_thresholds for p in pool]
 
 
 @dataclass
@@ -179,12 +180,14 @@ def judge(data: VoiceData, session: Session, system: str, settings: VoiceSetting
                 shared["adapter"] = new()
             shared["end"] = u.end
             adapter = shared["adapter"]
+            offset = adapter.offset()
         elif system == "oracle identity":
             adapter = oracle.setdefault(u.speaker, new())
-        else:  # what VoiceNormaliser does in the node, on the same embeddings
+            offset = adapter.offset()
+        else:  # what VoiceNormaliser does in the node: every voice's offset first, then the assignment picks one
+            offsets = {id(v): tracker.offset(v) for v in tracker.voices.values()}
             voice = tracker.assign(data.speaker_embeddings[u.row], u.start, u.end)
-            adapter, trusted = voice.adapter, tracker.confident(voice)
-        offset = adapter.offset()
+            adapter, trusted, offset = voice.adapter, tracker.confident(voice), offsets.get(id(voice))
         out.append(session.plain[k] if offset is None or not trusted
                    else session.heads.normalised_probabilities(session.z[k:k + 1], offset[None])[0])
         adapter.remember(session.z[k])
@@ -271,6 +274,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="partitions of the 12 speakers per group size")
     parser.add_argument("--merge-thresholds", type=float, nargs="+", default=[1.0],
                         help="merge_threshold values in the grid (1.0: never merge; '1.0 0.9' also tries merging)")
+    parser.add_argument("--pool-thresholds", type=float, nargs="+", default=[VoiceSettings().pool_threshold],
+                        help="pool_threshold values in the grid (voices this similar share their normalisation "
+                             "histories; 1.0: never)")
     parser.add_argument("--join", type=float, nargs="+", default=list(JOIN), help="join thresholds in the grid")
     parser.add_argument("--same-turn", type=float, nargs="+", default=list(SAME_TURN),
                         help="same-turn thresholds in the grid (each at most the join threshold)")
@@ -291,7 +297,8 @@ def main() -> int:
         return print_identity(data, [s for s in sessions if len(s.speakers) > 1], args.embedding)
     adapter = {"warmup": recipe.warmup, "history": recipe.history, "shrinkage": recipe.shrinkage}
     base = VoiceSettings(**{**VoiceSettings().__dict__, **adapter})
-    grid = settings_grid(args.merge_thresholds, adapter, args.join, args.same_turn, args.confident)
+    grid = settings_grid(args.merge_thresholds, adapter, args.join, args.same_turn, args.confident,
+                         args.pool_thresholds)
     fixed = {system: {i: s.records(data, judge(data, s, system, base)) for i, s in enumerate(sessions)}
              for system in ("none", "reset on silence", "oracle identity")}
     tracked = {i: [s.records(data, judge(data, s, "estimated identity", g)) for g in grid]
@@ -322,10 +329,33 @@ def main() -> int:
               "grid": [{**g.__dict__, "ua": ua([r for i in multi for r in tracked[i][k]]),
                         "ua_by_rank": ua_by_rank([r for i in multi for r in tracked[i][k]])}
                        for k, g in enumerate(grid)],
-              "identity": {k: float(np.mean([s[k] for s in identity])) for k in identity[0]}, "rows": rows}
+              "identity": {k: float(np.mean([s[k] for s in identity])) for k in identity[0]}, "rows": rows,
+              "pooling_pairs": pooling_pairs(grid, tracked, multi)}
     write_json(args.out / "conversations.json", result)
     write_report(args.out / "conversations.md", result)
     return 0
+
+
+TRACKER_KEYS = ("threshold", "same_turn_threshold", "confident_similarity", "merge_threshold", "pool_threshold")
+
+
+def pooling_pairs(grid: list[VoiceSettings], tracked: dict[int, list[list[tuple]]], multi: list[int]) -> dict | None:
+    """Per conversation, UA at the node's defaults minus UA at the same settings without pooling (pool_threshold
+    1.0), when both points are in the grid: the paired view that nested calibration's noise hides."""
+    from scipy.stats import wilcoxon
+
+    def index(settings: VoiceSettings) -> int | None:
+        return next((k for k, g in enumerate(grid)
+                     if all(getattr(g, key) == getattr(settings, key) for key in TRACKER_KEYS)), None)
+
+    on, off = index(VoiceSettings()), index(replace(VoiceSettings(), pool_threshold=1.0))
+    if on is None or off is None or on == off:
+        return None
+    d = np.array([ua(tracked[i][on]) - ua(tracked[i][off]) for i in multi])
+    moved = d[np.abs(d) > 1e-9]
+    return {"pool_threshold": VoiceSettings().pool_threshold, "mean": float(d.mean()),
+            "better": int((d > 1e-9).sum()), "same": int(len(d) - len(moved)), "worse": int((d < -1e-9).sum()),
+            "wilcoxon_p": float(wilcoxon(moved).pvalue) if len(moved) else 1.0}
 
 
 def print_identity(data: VoiceData, conversations: list[Session], embedding: str) -> int:
@@ -348,12 +378,17 @@ def write_report(path: Path, result: dict) -> None:
               **{f"UA at {k}": f"{v:.3f}" for k, v in r["ua_by_rank"].items()}} for s, r in rows.items()]
     estimated, oracle, none = (rows[s] for s in ("estimated identity", "oracle identity", "none"))
     first = RANK_FIRST
-    keys = ("threshold", "same_turn_threshold", "confident_similarity", "merge_threshold")
     node = VoiceSettings()
-    node_row = next((g for g in result["grid"] if all(g[k] == getattr(node, k) for k in keys)), None)
+    node_row = next((g for g in result["grid"] if all(g.get(k, 1.0) == getattr(node, k) for k in TRACKER_KEYS)),
+                    None)
+    pairs = result.get("pooling_pairs")
+    pairs_line = ("" if not pairs else
+                  f" Pooling (pool threshold {pairs['pool_threshold']}) at the node's defaults against none, per "
+                  f"conversation: {pairs['mean']:+.3f} UA on average, {pairs['better']} better, {pairs['same']} the "
+                  f"same, {pairs['worse']} worse (Wilcoxon p {pairs['wilcoxon_p']:.3f}).")
     node_line = ("" if node_row is None else
                  f" The node's defaults (threshold {node.threshold}, same-turn {node.same_turn_threshold}, confident "
-                 f"{node.confident_similarity}, merge {node.merge_threshold}) in-sample: UA {node_row['ua']:.3f}, first five "
+                 f"{node.confident_similarity}, merge {node.merge_threshold}, pool {node.pool_threshold}) in-sample: UA {node_row['ua']:.3f}, first five "
                  f"{node_row['ua_by_rank'][RANK_FIRST]:.3f}; the best point: {result['shipped_in_sample']['ua']:.3f}, "
                  f"{result['shipped_in_sample']['ua_by_rank'][RANK_FIRST]:.3f}.")
     text = (f"# Conversations: normalisation by voice ({result['date']})\n\n`{result['command']}`:"
@@ -366,7 +401,8 @@ def write_report(path: Path, result: dict) -> None:
             f"utterances at most 1 UA point below no normalisation; then UA). Best on every conversation (in-sample): "
             f"threshold {shipped['threshold']}, same-turn threshold "
             f"{shipped['same_turn_threshold']} (turn gap {shipped['turn_gap_s']} s), confident similarity "
-            f"{shipped['confident_similarity']}, merge threshold {shipped['merge_threshold']}.{node_line}\n\n"
+            f"{shipped['confident_similarity']}, merge threshold {shipped['merge_threshold']}, pool threshold "
+            f"{shipped.get('pool_threshold', 1.0)}.{node_line}{pairs_line}\n\n"
             f"Voice identity: purity {ident['purity']:.3f}, fragmentation {ident['fragmentation']:.2f} voices per "
             f"speaker, pairwise F1 {ident['pairwise_f1']:.3f}.\n\n"
             + format_table(table, list(table[0])) + "\n\n"

@@ -351,12 +351,13 @@ def collect_utterances(harness) -> list[tuple[float, np.ndarray]]:
 
 
 def expected_by_hand(model_path, utterances, warmup: int, history: int, shrinkage: float, threshold: float,
-                     same_turn: float, confident: float, turn_gap_s: float = 1.0) -> dict:
+                     same_turn: float, confident: float, pool: float = 1.0, turn_gap_s: float = 1.0) -> dict:
     """What the node must publish, computed without its normalisation code: the exported graph run directly
     (plain head, features, speaker embedding), voices found by the documented rule (join the voice whose centroid
     is at least `threshold` similar, or the voice just heard at `same_turn` when the turn continues within
-    `turn_gap_s`; else a new voice), one list of earlier features per voice, the offset as their (shrunk) mean,
-    and the plain head for an utterance less than `confident` similar to its voice. Returns expected and plain
+    `turn_gap_s`; else a new voice), one list of earlier features per voice, the offset as the (shrunk) mean of
+    the voice's list and the lists (of 3 or more) of voices whose centroids are at least `pool` similar to its
+    own, and the plain head for an utterance less than `confident` similar to its voice. Returns expected and plain
     scores, whether each was normalised, and each utterance's voice index."""
     import onnxruntime as ort
 
@@ -381,7 +382,12 @@ def expected_by_hand(model_path, utterances, warmup: int, history: int, shrinkag
             voice = len(sums)
             sums.append(np.zeros_like(unit))
             past.append([])
-        earlier = past[voice][-history:]
+        earlier = list(past[voice][-history:])
+        if voice < len(similarity):
+            for other in range(len(sums)):
+                if (other != voice and len(past[other]) >= 3 and float(
+                        sums[other] @ sums[voice] / np.linalg.norm(sums[other]) / np.linalg.norm(sums[voice])) >= pool):
+                    earlier += past[other][-history:]
         normalised = len(earlier) >= warmup and voice < len(similarity) and similarity[voice] >= confident
         if normalised:
             offset = np.mean(earlier, axis=0) * (len(earlier) / (len(earlier) + shrinkage))
@@ -431,7 +437,8 @@ def test_node_keeps_a_state_per_voice(voice_model, real_waveforms, corpus_dir):
         by_hand = expected_by_hand(voice_model["path"], utterances, warmup=2, history=normalisation["history"],
                                    shrinkage=normalisation["shrinkage"], threshold=node.p("voice_threshold"),
                                    same_turn=node.p("voice_same_turn_threshold"),
-                                   confident=node.p("voice_confident_similarity"))
+                                   confident=node.p("voice_confident_similarity"),
+                                   pool=node.p("voice_pool_threshold"))
         voices = by_hand["voice"]
         # told apart: no voice holds both speakers (GE2E splits one acted speaker's emotions into several voices)
         assert all(len({speakers[k] for k in np.flatnonzero(voices == v)}) == 1 for v in set(voices))

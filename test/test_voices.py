@@ -70,7 +70,39 @@ def test_two_voices_of_one_person_are_merged_once_their_centroids_agree():
     assert sorted(v[0] for v in voice.adapter.history()) == list(range(1, 2 * MERGE_MIN + 1))  # both histories
 
 
+def test_voices_of_one_person_pool_their_histories_for_normalisation_only():
+    """Two voices whose centroids agree within pool_threshold (the other over MERGE_MIN utterances) are judged by
+    the mean of both histories, and a new voice of a known person skips its warm-up; the ids stay apart, and a
+    voice of somebody else (centroid far) lends nothing. With pool_threshold 1.0 each voice has its own mean."""
+    from ser_node.inference.voices import MERGE_MIN
+
+    def run(pool: float) -> tuple[VoiceTracker, list]:
+        tracker = VoiceTracker(VoiceSettings(threshold=0.95, same_turn_threshold=0.95, confident_similarity=-1,
+                                             pool_threshold=pool, warmup=3))
+        voices = []
+        for k, (embedding, value) in enumerate([(unit(1, 0), 1.0)] * MERGE_MIN + [(unit(0, 1), 100.0)] * MERGE_MIN
+                                               + [(unit(1, 0.4), 4.0)]):  # cosine 0.93 to the first: a 2nd voice
+            voice = tracker.assign(embedding, 10.0 * k, 10.0 * k + 1)
+            voice.adapter.remember(np.full(4, value))
+            voices.append(voice)
+        return tracker, voices
+
+    tracker, voices = run(0.9)
+    first, other, second = voices[0], voices[MERGE_MIN], voices[-1]
+    assert len(tracker.voices) == 3 and second is not first and tracker.merged == 0  # ids kept apart
+    # the second voice holds one utterance (warm-up 3) but borrows the first voice's three: mean of 1, 1, 1, 4
+    np.testing.assert_allclose(tracker.offset(second), np.full(4, 7.0 / 4))
+    np.testing.assert_allclose(tracker.offset(other), np.full(4, 100.0))  # orthogonal: nothing borrowed
+    # the first voice borrows nothing yet: the second rests on fewer than MERGE_MIN utterances
+    np.testing.assert_allclose(tracker.offset(first), np.full(4, 1.0))
+    tracker, voices = run(1.0)
+    assert tracker.offset(voices[-1]) is None  # alone, still in warm-up
+    np.testing.assert_allclose(tracker.offset(voices[0]), voices[0].adapter.offset())
+
+
 def test_settings_are_checked():
+    with pytest.raises(ValueError):
+        VoiceSettings(pool_threshold=1.5)
     with pytest.raises(ValueError):
         VoiceSettings(threshold=0.5, same_turn_threshold=0.7)
     with pytest.raises(ValueError):

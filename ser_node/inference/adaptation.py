@@ -43,12 +43,14 @@ class SpeakerAdapter:
         """The vectors the estimate rests on, oldest first."""
         return list(self._past)
 
-    def offset(self) -> np.ndarray | None:
-        """What is subtracted now: the shrunk mean of the earlier utterances (None during warm-up)."""
-        if not self.active:
+    def offset(self, borrowed: list[np.ndarray] | tuple = ()) -> np.ndarray | None:
+        """What is subtracted now: the shrunk mean of the earlier utterances (None during warm-up), with
+        `borrowed` vectors counted as earlier utterances (another voice of the same person, VoiceTracker.offset)."""
+        past = list(self._past) + list(borrowed)
+        if len(past) < self.warmup:
             return None
-        n = len(self._past)
-        return np.mean(self._past, axis=0) * (n / (n + self.shrinkage))
+        n = len(past)
+        return np.mean(past, axis=0) * (n / (n + self.shrinkage))
 
     def remember(self, vector: np.ndarray) -> None:
         """Adds an utterance's vector to the history (after it was judged: each one is judged only on its past)."""

@@ -121,6 +121,10 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                                   low=-1.0, high=1.0), True),
     "voice_merge_threshold": (1.0, describe("two voices whose centroids (each over 3 utterances or more) are this "
                                             "similar become one (1.0: never)", low=-1.0, high=1.0), True),
+    "voice_pool_threshold": (0.9, describe("voices whose centroids (the other over 3 utterances or more) are this "
+                                           "similar share their histories for normalisation, their ids kept apart: "
+                                           "a person the tracker split is still judged by one mean (1.0: never)",
+                                           low=-1.0, high=1.0), True),
     "max_voices": (8, describe("voices kept (the node's own and upstream ROS4HRI voices together); the least "
                                "recently heard is forgotten beyond this, and upstream ids beyond it are not "
                                "subscribed to (counted in diagnostics)", low=1, high=64, integer=True), True),

@@ -127,6 +127,7 @@ class VoiceState:
                                                      float(self.p("voice_threshold"))),
                              confident_similarity=float(self.p("voice_confident_similarity")),
                              merge_threshold=float(self.p("voice_merge_threshold")),
+                             pool_threshold=float(self.p("voice_pool_threshold")),
                              max_voices=int(self.p("max_voices")), warmup=self._warmup(),
                              **(classifier.adapter_settings if classifier else {}))
 
