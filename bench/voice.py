@@ -25,6 +25,8 @@ Parts (--parts, default all):
               chosen per test speaker on the other 11 speakers' folds (honest selection).
   heads       head capacity: model v0.4's linear heads against one-hidden-layer MLP heads on the same rows (both
               heads, or the normalised one only), judged as in rooms, with the same honest choice.
+  ensemble    MLP normalised heads averaged over 5 seeds (model v0.5) against one MLP and the linear heads.
+  copies      model v0.5's heads with 4 room copies of every uem-es clip instead of 2 (weight 1 or 0.5).
   dereverb    front end 3 (late reverberation suppressed before the encoder) against model v0.4's front end 2,
               every training and test clip through each, judged as in rooms, with the same honest choice.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
@@ -610,6 +612,15 @@ ENSEMBLE_VARIANTS = {  # name -> changes to model v0.4's recipe
 }
 
 
+SHIPPED_HEADS = "model v0.5 (shipped: MLP normalised head, 5 seeds averaged)"
+COPIES_VARIANTS = {  # name -> changes to model v0.4's recipe: does the averaged MLP hold more room copies?
+    SHIPPED_HEADS: {**MLP_NORMALISED, "head_ensemble": 5},
+    "model v0.5, 4 room copies of uem-es": {**MLP_NORMALISED, "head_ensemble": 5, "room_copies": 4},
+    "model v0.5, 4 room copies of uem-es, weight 0.5": {**MLP_NORMALISED, "head_ensemble": 5, "room_copies": 4,
+                                                         "room_weight": 0.5},
+}
+
+
 V04_ROWS = ("LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; every variant trains on "
             "model v0.4's rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room copies of uem-es) ")
 
@@ -886,6 +897,10 @@ def report(out: Path) -> str:
     if ensemble:
         text += rooms_section(ensemble, "Averaged MLP heads", "ensemble")
         text += paired_section(ensemble, HEAD_BASELINE, "the linear heads")
+    copies = results.get("copies")
+    if copies:
+        text += rooms_section(copies, "Averaged MLP heads with more room copies", "copies")
+        text += paired_section(copies, SHIPPED_HEADS, "model v0.5")
     dereverb = results.get("dereverb")
     if dereverb:
         text += rooms_section(dereverb, "Late reverberation suppressed before the encoder", "dereverb")
@@ -928,6 +943,8 @@ def report(out: Path) -> str:
         plot_rooms(heads, out / "voice_heads.png", "linear against MLP heads")
     if ensemble:
         plot_rooms(ensemble, out / "voice_ensemble.png", "averaged MLP heads")
+    if copies:
+        plot_rooms(copies, out / "voice_copies.png", "averaged MLP heads with more room copies")
     if dereverb:
         plot_rooms(dereverb, out / "voice_dereverb.png", "late reverberation suppressed")
     return text
@@ -1034,7 +1051,8 @@ def main() -> int:
     path = args.out / "voice.json"
     runners = {"loso": run_loso, "frontend": run_frontend, "skew": run_skew, "loco": run_loco, "robustness": run_robustness,
                "rooms": run_rooms, "heads": run_heads,
-               "ensemble": lambda work: run_heads(work, ENSEMBLE_VARIANTS, "ensemble"), "dereverb": run_dereverb, "warmup": run_warmup,
+               "ensemble": lambda work: run_heads(work, ENSEMBLE_VARIANTS, "ensemble"),
+               "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"), "dereverb": run_dereverb, "warmup": run_warmup,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":
