@@ -601,10 +601,11 @@ def run_heads(work: Path, variants: dict[str, dict] | None = None, part: str = "
 
 
 MLP_NORMALISED = {"head_hidden": 128, "plain_head_hidden": 0}
+V05_HEADS = {**MLP_NORMALISED, "head_ensemble": 5}  # model v0.5's heads: the MLP normalised head, 5 seeds averaged
 ENSEMBLE_VARIANTS = {  # name -> changes to model v0.4's recipe
     HEAD_BASELINE: {},
     "MLP normalised head (128 hidden), linear plain head": MLP_NORMALISED,
-    "MLP normalised head, 5 seeds averaged": {**MLP_NORMALISED, "head_ensemble": 5},
+    "MLP normalised head, 5 seeds averaged": V05_HEADS,
     "MLP normalised head, 5 seeds averaged, room copies weight 2": {**MLP_NORMALISED, "head_ensemble": 5,
                                                                      "room_weight": 2.0},
     "MLP normalised head, 5 seeds averaged, layers 2-3 only": {**MLP_NORMALISED, "head_ensemble": 5,
@@ -614,10 +615,9 @@ ENSEMBLE_VARIANTS = {  # name -> changes to model v0.4's recipe
 
 SHIPPED_HEADS = "model v0.5 (shipped: MLP normalised head, 5 seeds averaged)"
 COPIES_VARIANTS = {  # name -> changes to model v0.4's recipe: does the averaged MLP hold more room copies?
-    SHIPPED_HEADS: {**MLP_NORMALISED, "head_ensemble": 5},
-    "model v0.5, 4 room copies of uem-es": {**MLP_NORMALISED, "head_ensemble": 5, "room_copies": 4},
-    "model v0.5, 4 room copies of uem-es, weight 0.5": {**MLP_NORMALISED, "head_ensemble": 5, "room_copies": 4,
-                                                         "room_weight": 0.5},
+    SHIPPED_HEADS: V05_HEADS,
+    "model v0.5, 4 room copies of uem-es": {**V05_HEADS, "room_copies": 4},
+    "model v0.5, 4 room copies of uem-es, weight 0.5": {**V05_HEADS, "room_copies": 4, "room_weight": 0.5},
 }
 
 
