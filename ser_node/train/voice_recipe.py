@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import yaml
@@ -462,22 +462,31 @@ def speaker_room(speaker: str, copy: int):
     return condition, int(rng.choice(ROOM_SEEDS))
 
 
+def room_transform(speakers: np.ndarray, copy: int) -> Callable[[np.ndarray, int], np.ndarray]:
+    """transform(audio, i): clip i (spoken by speakers[i]) heard in that speaker's room for room copy `copy`."""
+    from .acoustics import AcousticSimulator
+
+    simulators: dict[int, AcousticSimulator] = {}
+
+    def transform(audio: np.ndarray, i: int) -> np.ndarray:
+        condition, seed = speaker_room(str(speakers[i]), copy)
+        if seed not in simulators:
+            simulators[seed] = AcousticSimulator(room_seed=seed)
+        return simulators[seed](audio, condition)
+    return transform
+
+
 def room_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> list[Copies]:
     """`room_copies` copies of the clips of `room_corpora`, each speaker heard in one room per copy (speaker_room),
     centred as the voice "<speaker>@room<copy>". Cached per copy (tag room<copy>)."""
-    from .acoustics import AcousticSimulator
-
     corpora = recipe.room_corpora if recipe.room_corpora is not None else [c["name"] for c in recipe.corpora]
     rows = np.where(np.isin(data.corpora, corpora))[0]
     paths = [data.paths[r] for r in rows]
     speakers = data.speakers[rows]
-    simulators: dict[int, AcousticSimulator] = {}
     copies = []
     for copy in range(recipe.room_copies):
-        def transform(audio: np.ndarray, i: int, copy: int = copy) -> np.ndarray:
-            condition, seed = speaker_room(str(speakers[i]), copy)
-            return simulators.setdefault(seed, AcousticSimulator(room_seed=seed))(audio, condition)
-        features = clip_features(paths, recipe.feature_cache, tag=f"room{copy}", transform=transform,
+        features = clip_features(paths, recipe.feature_cache, tag=f"room{copy}",
+                                 transform=room_transform(speakers, copy),
                                  progress=progress, frontend_version=recipe.frontend_version)[0]
         copies.append(Copies(features, rows, np.char.add(speakers.astype(str), f"@room{copy}"), ROOMS))
     return copies
