@@ -721,24 +721,30 @@ def _rows_of(copies, keep: np.ndarray):
                                speakers=copies.speakers[keep])
 
 
-def encoder_states(paths: list[str], cache: Path) -> list[np.ndarray]:
-    """Per clip, the frozen encoder's hidden states of all three layers (frames, 768), float16, cached."""
+def encoder_states(paths: list[str], cache: Path, tag: str = "uem-es",
+                   transform: Callable[[np.ndarray, int], np.ndarray] | None = None) -> list[np.ndarray]:
+    """Per clip, the frozen encoder's hidden states of all three layers (frames, 768), float16, cached per `tag`;
+    `transform(audio, index)` degrades each clip first (give it its own tag)."""
     import pickle
 
     import torch
+    from tqdm import tqdm
 
     from ser_node.audio.decode import load_audio
     from ser_node.inference.voice_frontend import encoder_input
     from ser_node.train.voice_encoder import GE2EEncoder
 
-    path = cache / "uem-es-states.pkl"
+    path = cache / f"{tag}-states.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())  # our own file, written below
-    torch.set_num_threads(1)
     encoder = GE2EEncoder.pretrained()
+    states = []
     with torch.no_grad():
-        states = [torch.cat(encoder(torch.from_numpy(encoder_input(load_audio(p))[None])), dim=2)[0]
-                  .numpy().astype(np.float16) for p in paths]
+        for i, p in enumerate(tqdm(paths, desc=f"encoder states ({tag})", unit="clip")):
+            audio = load_audio(p) if transform is None else transform(load_audio(p), i)
+            states.append(torch.cat(encoder(torch.from_numpy(encoder_input(audio)[None])), dim=2)[0]
+                          .numpy().astype(np.float16))
+    cache.mkdir(parents=True, exist_ok=True)
     save_bytes_atomic(pickle.dumps(states), path)  # another part may be writing it too
     return states
 
