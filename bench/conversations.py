@@ -9,6 +9,8 @@ to normalise, each judged by the same heads:
                      (the ones the node's graph gives: the embedding head on the mean of layer 3's states over
                      the utterance; --embedding last: on its last state, as models up to v0.5 did)
   oracle identity    a state per true speaker
+  --soft adds a fifth, similarity-weighted history: no voices, each utterance centred by every earlier one weighted
+                     by how alike the two speaker embeddings are (judge_soft; measured 2026-12-05, not in the node)
 Reported: voice purity (share of utterances whose voice's majority speaker is their own), fragmentation (voices
 per true speaker), pairwise F1 of same-voice against same-speaker, and UA overall and by the utterance's rank
 among its speaker's utterances (1-5, 6-20, 21+).
@@ -56,6 +58,7 @@ SYSTEMS = ("none", "reset on silence", "estimated identity", "oracle identity")
 EMBEDDINGS = {"mean": "the embedding head on the mean of layer 3's states over the utterance, models from v0.6",
               "last": "the embedding head on layer 3's last state after the utterance, models up to v0.5"}
 RESET_S = 30.0
+SOFT = "similarity-weighted history"
 
 
 @dataclass
@@ -194,6 +197,31 @@ def judge(data: VoiceData, session: Session, system: str, settings: VoiceSetting
     return out
 
 
+SOFT_CENTRES = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
+SOFT_WIDTHS = (0.02, 0.05)
+
+
+def judge_soft(data: VoiceData, session: Session, centre: float, width: float, settings: VoiceSettings
+               ) -> list[np.ndarray]:
+    """Published probabilities with a similarity-weighted history instead of voices: each utterance is centred by
+    the mean of every earlier utterance's features weighted by sigmoid((cosine of the two speaker embeddings -
+    centre) / width), so an uncertain match counts a little rather than all or nothing; the plain head while the
+    weights sum to less than the warm-up. No voice ids: this is the normalisation alone (issue #33's identity cost)."""
+    embeddings = data.speaker_embeddings[[u.row for u in session.utterances]].astype(np.float64)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    out = []
+    for k in range(len(session.utterances)):
+        first = max(0, k - settings.history)
+        weights = 1 / (1 + np.exp(-(embeddings[first:k] @ embeddings[k] - centre) / width))
+        mass = float(weights.sum())
+        if mass < settings.warmup:
+            out.append(session.plain[k])
+            continue
+        offset = weights @ session.z[first:k] / mass * (mass / (mass + settings.shrinkage))
+        out.append(session.heads.normalised_probabilities(session.z[k:k + 1], offset[None])[0])
+    return out
+
+
 def objective(records: list[tuple], none_records: list[tuple]) -> tuple[bool, float]:
     """What calibration maximises: first the goal that a new voice's first five utterances lose at most one UA
     point to no normalisation, then UA over all utterances."""
@@ -288,6 +316,9 @@ def main() -> int:
                              "defaults, on the same conversations; no heads, seconds")
     parser.add_argument("--embedding", choices=tuple(EMBEDDINGS), default="mean",
                         help="the node's speaker embedding: " + "; ".join(f"{k}: {v}" for k, v in EMBEDDINGS.items()))
+    parser.add_argument("--soft", action="store_true",
+                        help="also judge a similarity-weighted history (no voices; judge_soft), its centre and "
+                             "width calibrated nested like the tracker's settings")
     args = parser.parse_args()
     began = time.perf_counter()
     recipe = shipped_recipe()
@@ -312,9 +343,23 @@ def main() -> int:
     print(f"best on every conversation (in-sample): {shipped}", flush=True)
     records = {system: {i: fixed[system][i] for i in fixed[system]} for system in fixed}
     records["estimated identity"] = {i: tracked[i][chosen[i]] for i in tracked}
+    systems = list(SYSTEMS)
+    soft_chosen = {}
+    if args.soft:
+        soft_grid = [(c, w) for c in SOFT_CENTRES for w in SOFT_WIDTHS]
+        soft = {i: [s.records(data, judge_soft(data, s, c, w, base)) for c, w in soft_grid]
+                for i, s in enumerate(sessions)}
+        for i, s in enumerate(sessions):
+            soft_chosen[i] = calibrate([j for j in multi if not set(sessions[j].speakers) & set(s.speakers)], soft,
+                                       fixed["none"])
+        records[SOFT] = {i: soft[i][soft_chosen[i]] for i in soft}
+        systems.append(SOFT)
+        best = soft_grid[calibrate(multi, soft, fixed["none"])]
+        print(f"similarity-weighted history, best on every conversation: centre {best[0]}, width {best[1]}; "
+              f"nested choices: {sorted(set(soft_grid[soft_chosen[i]] for i in multi))}", flush=True)
     rows = {}
     for suffix, members in (("", multi), (", one speaker alone", [i for i in range(len(sessions)) if i not in multi])):
-        for system in SYSTEMS:
+        for system in systems:
             rec = [r for i in members for r in records[system][i]]
             rows[system + suffix] = {"ua": ua(rec), "ua_by_rank": ua_by_rank(rec), "utterances": len(rec)}
     identity = [identity_scores(sessions[i].utterances, track(data, sessions[i].utterances, grid[chosen[i]]))
