@@ -206,18 +206,21 @@ def judge_soft(data: VoiceData, session: Session, centre: float, width: float, s
     """Published probabilities with a similarity-weighted history instead of voices: each utterance is centred by
     the mean of every earlier utterance's features weighted by sigmoid((cosine of the two speaker embeddings -
     centre) / width), so an uncertain match counts a little rather than all or nothing; the plain head while the
-    weights sum to less than the warm-up. No voice ids: this is the normalisation alone (issue #33's identity cost)."""
+    weights sum to less than the warm-up. The history is the latest utterances whose weights sum to at most
+    `history`, as a voice keeps its latest `history` utterances (a window counted in utterances of everybody would
+    hold only a few of one person's in a long conversation). No voice ids: this is the normalisation alone (issue
+    #33's identity cost)."""
     embeddings = data.speaker_embeddings[[u.row for u in session.utterances]].astype(np.float64)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     out = []
     for k in range(len(session.utterances)):
-        first = max(0, k - settings.history)
-        weights = 1 / (1 + np.exp(-(embeddings[first:k] @ embeddings[k] - centre) / width))
+        weights = 1 / (1 + np.exp(-(embeddings[:k] @ embeddings[k] - centre) / width))
+        weights[np.cumsum(weights[::-1])[::-1] > settings.history] = 0.0
         mass = float(weights.sum())
         if mass < settings.warmup:
             out.append(session.plain[k])
             continue
-        offset = weights @ session.z[first:k] / mass * (mass / (mass + settings.shrinkage))
+        offset = weights @ session.z[:k] / mass * (mass / (mass + settings.shrinkage))
         out.append(session.heads.normalised_probabilities(session.z[k:k + 1], offset[None])[0])
     return out
 
