@@ -10,7 +10,8 @@ to normalise, each judged by the same heads:
                      the utterance; --embedding last: on its last state, as models up to v0.5 did)
   oracle identity    a state per true speaker
   --soft adds a fifth, similarity-weighted history: no voices, each utterance centred by every earlier one weighted
-                     by how alike the two speaker embeddings are (judge_soft; measured 2026-12-05, not in the node)
+                     by how alike the two speaker embeddings are (judge_soft; measured 2026-12-05, not in the node),
+                     and a sixth, the tracker's voices with other utterances weighted by similarity in place of pooling
 Reported: voice purity (share of utterances whose voice's majority speaker is their own), fragmentation (voices
 per true speaker), pairwise F1 of same-voice against same-speaker, and UA overall and by the utterance's rank
 among its speaker's utterances (1-5, 6-20, 21+).
@@ -59,6 +60,7 @@ EMBEDDINGS = {"mean": "the embedding head on the mean of layer 3's states over t
               "last": "the embedding head on layer 3's last state after the utterance, models up to v0.5"}
 RESET_S = 30.0
 SOFT = "similarity-weighted history"
+HYBRID = "estimated identity + similar utterances"
 
 
 @dataclass
@@ -199,25 +201,43 @@ def judge(data: VoiceData, session: Session, system: str, settings: VoiceSetting
 
 SOFT_CENTRES = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
 SOFT_WIDTHS = (0.02, 0.05)
+HYBRID_CENTRES = (0.7, 0.75, 0.8, 0.85, 0.9, 2.0)  # 2.0: no other utterance counts (the voice's history alone)
 
 
-def judge_soft(data: VoiceData, session: Session, centre: float, width: float, settings: VoiceSettings
-               ) -> list[np.ndarray]:
+def tracked_voices(data: VoiceData, utterances: list[Utterance], settings: VoiceSettings
+                   ) -> tuple[list[str], list[bool]]:
+    """The tracker's voice for each utterance and whether it was confident of it (as judge() meets them)."""
+    tracker = VoiceTracker(settings)
+    ids, trusted = [], []
+    for u in utterances:
+        voice = tracker.assign(data.speaker_embeddings[u.row], u.start, u.end)
+        ids.append(voice.id)
+        trusted.append(tracker.confident(voice))
+    return ids, trusted
+
+
+def judge_soft(data: VoiceData, session: Session, centre: float, width: float, settings: VoiceSettings,
+               voices: tuple[list[str], list[bool]] | None = None) -> list[np.ndarray]:
     """Published probabilities with a similarity-weighted history instead of voices: each utterance is centred by
     the mean of every earlier utterance's features weighted by sigmoid((cosine of the two speaker embeddings -
     centre) / width), so an uncertain match counts a little rather than all or nothing; the plain head while the
     weights sum to less than the warm-up. The history is the latest utterances whose weights sum to at most
     `history`, as a voice keeps its latest `history` utterances (a window counted in utterances of everybody would
     hold only a few of one person's in a long conversation). No voice ids: this is the normalisation alone (issue
-    #33's identity cost)."""
+    #33's identity cost). With `voices` (tracked_voices), the tracker's voices and the weights together: the
+    utterances of the same voice count fully, others by their similarity, and an utterance the tracker was not
+    confident of gets the plain head, as in the node."""
     embeddings = data.speaker_embeddings[[u.row for u in session.utterances]].astype(np.float64)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    ids = np.array(voices[0]) if voices else None
     out = []
     for k in range(len(session.utterances)):
         weights = 1 / (1 + np.exp(-(embeddings[:k] @ embeddings[k] - centre) / width))
+        if ids is not None:
+            weights[ids[:k] == ids[k]] = 1.0
         weights[np.cumsum(weights[::-1])[::-1] > settings.history] = 0.0
         mass = float(weights.sum())
-        if mass < settings.warmup:
+        if mass < settings.warmup or (voices and not voices[1][k]):
             out.append(session.plain[k])
             continue
         offset = weights @ session.z[:k] / mass * (mass / (mass + settings.shrinkage))
@@ -360,6 +380,18 @@ def main() -> int:
         best = soft_grid[calibrate(multi, soft, fixed["none"])]
         print(f"similarity-weighted history, best on every conversation: centre {best[0]}, width {best[1]}; "
               f"nested choices: {sorted(set(soft_grid[soft_chosen[i]] for i in multi))}", flush=True)
+        hybrid_grid = [(c, w) for c in HYBRID_CENTRES for w in SOFT_WIDTHS]
+        hybrid = {}
+        for i, s in enumerate(sessions):
+            voices = tracked_voices(data, s.utterances, grid[chosen[i]])
+            hybrid[i] = [s.records(data, judge_soft(data, s, c, w, base, voices)) for c, w in hybrid_grid]
+        hybrid_chosen = {i: calibrate([j for j in multi if not set(sessions[j].speakers) & set(s.speakers)], hybrid,
+                                      fixed["none"]) for i, s in enumerate(sessions)}
+        records[HYBRID] = {i: hybrid[i][hybrid_chosen[i]] for i in hybrid}
+        systems.append(HYBRID)
+        best = hybrid_grid[calibrate(multi, hybrid, fixed["none"])]
+        print(f"{HYBRID}, best on every conversation: centre {best[0]}, width {best[1]}; "
+              f"nested choices: {sorted(set(hybrid_grid[hybrid_chosen[i]] for i in multi))}", flush=True)
     rows = {}
     for suffix, members in (("", multi), (", one speaker alone", [i for i in range(len(sessions)) if i not in multi])):
         for system in systems:
