@@ -340,8 +340,9 @@ def main() -> int:
     parser.add_argument("--embedding", choices=tuple(EMBEDDINGS), default="mean",
                         help="the node's speaker embedding: " + "; ".join(f"{k}: {v}" for k, v in EMBEDDINGS.items()))
     parser.add_argument("--soft", action="store_true",
-                        help="also judge a similarity-weighted history (no voices; judge_soft), its centre and "
-                             "width calibrated nested like the tracker's settings")
+                        help="also judge a similarity-weighted history (no voices; judge_soft) and the tracker's voices "
+                             "with similar utterances in place of pooling, centre and width calibrated nested "
+                             "like the tracker's settings")
     args = parser.parse_args()
     began = time.perf_counter()
     recipe = shipped_recipe()
