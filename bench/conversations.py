@@ -135,9 +135,20 @@ def identity_scores(utterances: list[Utterance], assigned: list[str]) -> dict:
             "pairwise_f1": 2 * precision * recall / max(precision + recall, 1e-12)}
 
 
-def track(data: VoiceData, utterances: list[Utterance], settings: VoiceSettings) -> list[str]:
+def tracked_voices(data: VoiceData, utterances: list[Utterance], settings: VoiceSettings
+                   ) -> tuple[list[str], list[bool]]:
+    """The tracker's voice for each utterance and whether it was confident of it (as judge() meets them)."""
     tracker = VoiceTracker(settings)
-    return [tracker.assign(data.speaker_embeddings[u.row], u.start, u.end).id for u in utterances]
+    ids, trusted = [], []
+    for u in utterances:
+        voice = tracker.assign(data.speaker_embeddings[u.row], u.start, u.end)
+        ids.append(voice.id)
+        trusted.append(tracker.confident(voice))
+    return ids, trusted
+
+
+def track(data: VoiceData, utterances: list[Utterance], settings: VoiceSettings) -> list[str]:
+    return tracked_voices(data, utterances, settings)[0]
 
 
 JOIN = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
@@ -204,18 +215,6 @@ SOFT_WIDTHS = (0.02, 0.05)
 HYBRID_CENTRES = (0.7, 0.75, 0.8, 0.85, 0.9, 2.0)  # 2.0: no other utterance counts (the voice's history alone)
 
 
-def tracked_voices(data: VoiceData, utterances: list[Utterance], settings: VoiceSettings
-                   ) -> tuple[list[str], list[bool]]:
-    """The tracker's voice for each utterance and whether it was confident of it (as judge() meets them)."""
-    tracker = VoiceTracker(settings)
-    ids, trusted = [], []
-    for u in utterances:
-        voice = tracker.assign(data.speaker_embeddings[u.row], u.start, u.end)
-        ids.append(voice.id)
-        trusted.append(tracker.confident(voice))
-    return ids, trusted
-
-
 def judge_soft(data: VoiceData, session: Session, centre: float, width: float, settings: VoiceSettings,
                voices: tuple[list[str], list[bool]] | None = None) -> list[np.ndarray]:
     """Published probabilities with a similarity-weighted history instead of voices: each utterance is centred by
@@ -262,6 +261,14 @@ def calibrate(chosen: list[int], tracked: dict[int, list[list[tuple]]], none: di
     points = range(len(next(iter(tracked.values()))))
     scores = [objective([r for i in chosen for r in tracked[i][g]], pooled_none) for g in points]
     return max(points, key=lambda g: scores[g])
+
+
+def nested_choices(sessions: list[Session], multi: list[int], judged: dict[int, list[list[tuple]]],
+                   none: dict[int, list[tuple]]) -> dict[int, int]:
+    """Each session's grid point chosen on the conversations of other speakers only (what shipping settings
+    calibrated on these speakers means for a stranger)."""
+    return {i: calibrate([j for j in multi if not set(sessions[j].speakers) & set(s.speakers)], judged, none)
+            for i, s in enumerate(sessions)}
 
 
 class HeadsCache:
@@ -340,8 +347,8 @@ def main() -> int:
     parser.add_argument("--embedding", choices=tuple(EMBEDDINGS), default="mean",
                         help="the node's speaker embedding: " + "; ".join(f"{k}: {v}" for k, v in EMBEDDINGS.items()))
     parser.add_argument("--soft", action="store_true",
-                        help="also judge a similarity-weighted history (no voices; judge_soft) and the tracker's voices "
-                             "with similar utterances in place of pooling, centre and width calibrated nested "
+                        help="also judge a similarity-weighted history (no voices; judge_soft) and the tracker's "
+                             "voices with similar utterances in place of pooling, centre and width calibrated nested "
                              "like the tracker's settings")
     args = parser.parse_args()
     began = time.perf_counter()
@@ -359,40 +366,25 @@ def main() -> int:
     tracked = {i: [s.records(data, judge(data, s, "estimated identity", g)) for g in grid]
                for i, s in enumerate(sessions)}
     multi = [i for i, s in enumerate(sessions) if len(s.speakers) > 1]
-    # Nested calibration: each session is judged with the settings that did best on the conversations of
-    # other speakers only (what shipping settings calibrated on these speakers means for a stranger).
-    chosen = {i: calibrate([j for j in multi if not set(sessions[j].speakers) & set(s.speakers)], tracked,
-                           fixed["none"]) for i, s in enumerate(sessions)}
+    chosen = nested_choices(sessions, multi, tracked, fixed["none"])
     shipped = grid[calibrate(multi, tracked, fixed["none"])]
     print(f"best on every conversation (in-sample): {shipped}", flush=True)
     records = {system: {i: fixed[system][i] for i in fixed[system]} for system in fixed}
     records["estimated identity"] = {i: tracked[i][chosen[i]] for i in tracked}
     systems = list(SYSTEMS)
-    soft_chosen = {}
     if args.soft:
-        soft_grid = [(c, w) for c in SOFT_CENTRES for w in SOFT_WIDTHS]
-        soft = {i: [s.records(data, judge_soft(data, s, c, w, base)) for c, w in soft_grid]
-                for i, s in enumerate(sessions)}
-        for i, s in enumerate(sessions):
-            soft_chosen[i] = calibrate([j for j in multi if not set(sessions[j].speakers) & set(s.speakers)], soft,
-                                       fixed["none"])
-        records[SOFT] = {i: soft[i][soft_chosen[i]] for i in soft}
-        systems.append(SOFT)
-        best = soft_grid[calibrate(multi, soft, fixed["none"])]
-        print(f"similarity-weighted history, best on every conversation: centre {best[0]}, width {best[1]}; "
-              f"nested choices: {sorted(set(soft_grid[soft_chosen[i]] for i in multi))}", flush=True)
-        hybrid_grid = [(c, w) for c in HYBRID_CENTRES for w in SOFT_WIDTHS]
-        hybrid = {}
-        for i, s in enumerate(sessions):
-            voices = tracked_voices(data, s.utterances, grid[chosen[i]])
-            hybrid[i] = [s.records(data, judge_soft(data, s, c, w, base, voices)) for c, w in hybrid_grid]
-        hybrid_chosen = {i: calibrate([j for j in multi if not set(sessions[j].speakers) & set(s.speakers)], hybrid,
-                                      fixed["none"]) for i, s in enumerate(sessions)}
-        records[HYBRID] = {i: hybrid[i][hybrid_chosen[i]] for i in hybrid}
-        systems.append(HYBRID)
-        best = hybrid_grid[calibrate(multi, hybrid, fixed["none"])]
-        print(f"{HYBRID}, best on every conversation: centre {best[0]}, width {best[1]}; "
-              f"nested choices: {sorted(set(hybrid_grid[hybrid_chosen[i]] for i in multi))}", flush=True)
+        # The tracker's voices at each session's nested settings (None: no voices, the history by similarity alone).
+        voices = {i: tracked_voices(data, s.utterances, grid[chosen[i]]) for i, s in enumerate(sessions)}
+        for system, centres, voices_of in ((SOFT, SOFT_CENTRES, lambda i: None), (HYBRID, HYBRID_CENTRES, voices.get)):
+            points = [(c, w) for c in centres for w in SOFT_WIDTHS]
+            judged = {i: [s.records(data, judge_soft(data, s, c, w, base, voices_of(i))) for c, w in points]
+                      for i, s in enumerate(sessions)}
+            system_chosen = nested_choices(sessions, multi, judged, fixed["none"])
+            records[system] = {i: judged[i][system_chosen[i]] for i in judged}
+            systems.append(system)
+            best = points[calibrate(multi, judged, fixed["none"])]
+            print(f"{system}, best on every conversation: centre {best[0]}, width {best[1]}; "
+                  f"nested choices: {sorted(set(points[system_chosen[i]] for i in multi))}", flush=True)
     rows = {}
     for suffix, members in (("", multi), (", one speaker alone", [i for i in range(len(sessions)) if i not in multi])):
         for system in systems:
