@@ -29,6 +29,8 @@ Parts (--parts, default all):
   copies      model v0.5's heads with 4 room copies of every uem-es clip instead of 2 (weight 1 or 0.5).
   dereverb    front end 3 (late reverberation suppressed before the encoder) against model v0.4's front end 2,
               every training and test clip through each, judged as in rooms, with the same honest choice.
+  wpe         front end 4 (causal block-online WPE on the STFT frames) against front end 2 under the shipped
+              recipe (one MLP seed each), every training and test clip through each, judged as in rooms.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
   attention   attentive pooling over the encoder's frames, trained per fold (uem-es only), then the linear heads.
@@ -644,12 +646,30 @@ DEREVERB_VARIANTS = {  # name -> changes to model v0.4's recipe
 }
 
 
+WPE_BASELINE = "model v0.5's recipe, one MLP seed, front end 2"
+WPE_VARIANTS = {  # name -> changes to the shipped recipe; one seed each (5 seeds cost 5x the time, 2 cores)
+    WPE_BASELINE: {"head_ensemble": 1},
+    "the same, front end 4 (online WPE)": {"head_ensemble": 1, "frontend_version": 4},
+}
+
+
 def run_dereverb(work: Path) -> dict:
     """The encoder's input with its late reverberation suppressed (front end 3, inference/dereverb.py) against
     model v0.4's front end: every training clip, copy and test clip through each front end, the same LOSO folds,
     conditions and orders as --parts rooms, and the honest choice among the variants."""
-    base = dataclasses.replace(shipped_recipe(), head_hidden=0)
-    recipes = {name: dataclasses.replace(base, **changes) for name, changes in DEREVERB_VARIANTS.items()}
+    return run_front_ends("dereverb", DEREVERB_VARIANTS, dataclasses.replace(shipped_recipe(), head_hidden=0))
+
+
+def run_wpe(work: Path) -> dict:
+    """Front end 4 (the STFT frames through causal block-online WPE, inference/dereverb.py OnlineWpe) against
+    front end 2 under the shipped recipe's rows and heads (one MLP seed each), as --parts dereverb."""
+    return run_front_ends("wpe", WPE_VARIANTS, shipped_recipe())
+
+
+def run_front_ends(part: str, variants: dict[str, dict], base: VoiceRecipe) -> dict:
+    """Variants of `base` that may read different front ends: each front end's features of every training clip,
+    copy and test clip (cached per version), judged on the LOSO folds, conditions and orders of --parts rooms."""
+    recipes = {name: dataclasses.replace(base, **changes) for name, changes in variants.items()}
     rows, seconds, conditions = {}, 0.0, []
     for version in sorted({r.frontend_version for r in recipes.values()}):
         front = {name: r for name, r in recipes.items() if r.frontend_version == version}
@@ -659,11 +679,11 @@ def run_dereverb(work: Path) -> dict:
         _, features = condition_features(target, recipe)
         conditions = list(features)
         copies_all = training_copies(data, recipe)
-        part_rows, part_seconds = judge_variants("dereverb", data, target, features, copies_all,
+        part_rows, part_seconds = judge_variants(part, data, target, features, copies_all,
                                                  {name: (r, True) for name, r in front.items()})
         rows.update(part_rows)
         seconds += part_seconds
-    return variants_outcome("through the variant's front end", DEREVERB_VARIANTS, rows, seconds, conditions)
+    return variants_outcome("through the variant's front end", variants, rows, seconds, conditions)
 
 
 WARMUP_GRID = [(w, s) for w in (1, 2, 3, 5) for s in (0.0, 1.0, 3.0)]
@@ -911,6 +931,10 @@ def report(out: Path) -> str:
     if dereverb:
         text += rooms_section(dereverb, "Late reverberation suppressed before the encoder", "dereverb")
         text += paired_section(dereverb, DEREVERB_BASELINE, "model v0.4's front end")
+    wpe = results.get("wpe")
+    if wpe:
+        text += rooms_section(wpe, "Online WPE before the mel bands (front end 4)", "wpe")
+        text += paired_section(wpe, WPE_BASELINE, "front end 2")
     warmup = results.get("warmup")
     if warmup:
         text += (f"\n## A new voice's first utterances ({warmup['date']})\n\n`--parts warmup`: {warmup['protocol']}. "
@@ -953,6 +977,8 @@ def report(out: Path) -> str:
         plot_rooms(copies, out / "voice_copies.png", "averaged MLP heads with more room copies")
     if dereverb:
         plot_rooms(dereverb, out / "voice_dereverb.png", "late reverberation suppressed")
+    if wpe:
+        plot_rooms(wpe, out / "voice_wpe.png", "online WPE (front end 4)")
     return text
 
 
@@ -1058,7 +1084,7 @@ def main() -> int:
     runners = {"loso": run_loso, "frontend": run_frontend, "skew": run_skew, "loco": run_loco, "robustness": run_robustness,
                "rooms": run_rooms, "heads": run_heads,
                "ensemble": lambda work: run_heads(work, ENSEMBLE_VARIANTS, "ensemble"),
-               "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"), "dereverb": run_dereverb, "warmup": run_warmup,
+               "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"), "dereverb": run_dereverb, "wpe": run_wpe, "warmup": run_warmup,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

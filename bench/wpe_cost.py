@@ -1,37 +1,81 @@
-"""What WPE dereverberation would cost the node: CPU per second of audio of single-channel WPE (nara-wpe's numpy
-`wpe`, the settings of the offline test in issue #33: 512-point STFT, hop 128, 10 taps, delay 3, 3 iterations,
-STFT and inverse included) on every 50th uem-es clip, to set beside the node's CPU per second of speech
-(bench/results/performance_voice.md). nara-wpe (MIT) needs SciPy, which the robot does not install, so it lives in
-its own environment:
+"""What WPE dereverberation costs the node: CPU per second of audio of the encoder's front end without WPE (front
+end 2, shipped), with the node's online WPE (front end 4, ser_node/inference/dereverb.py OnlineWpe) and, where
+nara-wpe is installed, nara-wpe's offline numpy `wpe` (the settings of the offline test in issue #33: 512-point
+STFT, hop 128, 10 taps, delay 3, 3 iterations, STFT and inverse included), on every 50th uem-es clip, one thread.
+The front ends are fed as the node feeds them (blocks of VoiceStream's PUSH_SAMPLES), so their Python overhead
+per call counts; set the figures beside the node's CPU per second of speech (bench/results/performance_voice.md).
 
-  python3 -m venv /tmp/wpe && /tmp/wpe/bin/pip install nara-wpe==0.0.11 scipy soundfile numpy
-  OPENBLAS_NUM_THREADS=1 /tmp/wpe/bin/python bench/wpe_cost.py
+  OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/wpe_cost.py
+  .venv/bin/pip install nara-wpe==0.0.11   # optional: adds the offline row (MIT; needs SciPy, not on the robot)
+
+Writes bench/results/wpe_cost.json.
 """
 import glob
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from nara_wpe.utils import istft, stft
-from nara_wpe.wpe import wpe
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "uem-es"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ser_node.inference.voice_frontend import StreamingFrontEnd  # noqa: E402
+from ser_node.inference.voice_stream import PUSH_SAMPLES  # noqa: E402
+from ser_node.train.reports import write_json  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "uem-es"
+
+
+def front_end(version: int):
+    def run(audio: np.ndarray) -> None:
+        front = StreamingFrontEnd(version)
+        for start in range(0, audio.size, PUSH_SAMPLES):
+            front.push(audio[start:start + PUSH_SAMPLES])
+        front.finish()
+    return run
+
+
+def nara_offline():
+    try:
+        from nara_wpe.utils import istft, stft
+        from nara_wpe.wpe import wpe
+    except ImportError:
+        return None
+
+    def run(audio: np.ndarray) -> None:
+        spectra = stft(audio[None], size=512, shift=128).transpose(2, 0, 1)
+        clean = wpe(spectra, taps=10, delay=3, iterations=3, statistics_mode="full").transpose(1, 2, 0)
+        np.asarray(istft(clean, size=512, shift=128))
+    return run
 
 
 def main() -> None:
     paths = sorted(glob.glob(str(DATA / "**" / "*.flac"), recursive=True))[::50]
-    total, cpu = 0.0, 0.0
-    for path in paths:
-        audio, rate = sf.read(path, dtype="float32")
-        total += len(audio) / rate
-        began = time.process_time()
-        spectra = stft(audio[None], size=512, shift=128).transpose(2, 0, 1)
-        clean = wpe(spectra, taps=10, delay=3, iterations=3, statistics_mode="full").transpose(1, 2, 0)
-        np.asarray(istft(clean, size=512, shift=128))
-        cpu += time.process_time() - began
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}: {len(paths)} uem-es clips, {total:.1f} s of audio: WPE "
-          f"{1000 * cpu / total:.1f} ms of CPU per second of audio (one thread)")
+    clips = [sf.read(path, dtype="float32")[0] for path in paths]
+    seconds = sum(c.size for c in clips) / 16000
+    systems = {"front end 2 (shipped)": front_end(2), "front end 4 (front end 2 + online WPE)": front_end(4)}
+    if (offline := nara_offline()) is not None:
+        systems["nara-wpe offline (whole utterance, 3 iterations)"] = offline
+    cost = {name: [] for name in systems}
+    for _ in range(3):  # interleaved repeats: machine noise hits every system alike; the median is reported
+        for name, run in systems.items():
+            began = time.process_time()
+            for clip in clips:
+                run(clip)
+            cost[name].append(1000 * (time.process_time() - began) / seconds)
+    rows = {name: float(np.median(values)) for name, values in cost.items()}
+    base = rows["front end 2 (shipped)"]
+    date = time.strftime("%Y-%m-%d %H:%M")
+    print(f"{date}: {len(clips)} uem-es clips, {seconds:.1f} s of audio, one thread, ms of CPU per second of audio "
+          f"(median of 3):")
+    for name, value in rows.items():
+        extra = "" if name.startswith("front end 2") else f" (+{value - base:.2f} over front end 2)"
+        print(f"  {name}: {value:.2f}{extra}")
+    write_json(ROOT / "bench" / "results" / "wpe_cost.json",
+               {"date": date, "clips": len(clips), "audio_s": seconds, "push_samples": PUSH_SAMPLES,
+                "ms_cpu_per_s_audio": rows, "repeats": cost})
 
 
 if __name__ == "__main__":

@@ -232,8 +232,8 @@ def test_averaged_mlp_heads_are_one_wider_mlp(voice_model):
 
 
 def test_classifier_runs_it_and_refuses_a_foreign_front_end(voice_model, clips_of_every_speaker, tmp_path):
-    """The classifier runs a voice model through the front end its metadata names (a model built on front end 3
-    gets front end 3's frames, stepped as the node steps them) and refuses one it cannot compute."""
+    """The classifier runs a voice model through the front end its metadata names (a model built on front end 3 or
+    4 gets that front end's frames, stepped as the node steps them) and refuses one it cannot compute."""
     import onnx
 
     from ser_node.inference.classifier import Classifier
@@ -258,13 +258,14 @@ def test_classifier_runs_it_and_refuses_a_foreign_front_end(voice_model, clips_o
         onnx.save(graph, str(path))
         return Classifier(path)
 
-    dereverberated = with_front_end(3)
-    assert classifier.frontend_version == 2 and dereverberated.frontend_version == 3
-    for wav in clips_of_every_speaker[:4]:
-        state = dereverberated.encode(wav)  # the node's VoiceStream: blocks of frames as audio arrives
-        whole = dereverberated.step(EncoderState(model=dereverberated), encoder_input(wav, 3))
-        np.testing.assert_allclose(state.sums, whole.sums, rtol=1e-4, atol=1e-3)
-        assert np.abs(classifier.encode(wav).sums - state.sums).max() > 1.0  # front end 2 is another input
+    for version in (3, 4):  # late reverberation suppressed; online WPE
+        dereverberated = with_front_end(version)
+        assert classifier.frontend_version == 2 and dereverberated.frontend_version == version
+        for wav in clips_of_every_speaker[:4]:
+            state = dereverberated.encode(wav)  # the node's VoiceStream: blocks of frames as audio arrives
+            whole = dereverberated.step(EncoderState(model=dereverberated), encoder_input(wav, version))
+            np.testing.assert_allclose(state.sums, whole.sums, rtol=1e-4, atol=1e-3)
+            assert np.abs(classifier.encode(wav).sums - state.sums).max() > 1.0  # front end 2 is another input
     with pytest.raises(ModelFileError, match="front end version 99"):
         with_front_end(99)
 

@@ -30,10 +30,10 @@ def streamed(front: StreamingFrontEnd, audio: np.ndarray, sizes: list[int]) -> n
     return np.concatenate(out + [front.finish()])
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_front_end_live_equals_offline_in_any_chunking(clips, version):
     """20 ms messages, odd sizes (1, 7, 333, 4801 samples) and whole: the same frames, on real speech with a
-    quiet pre-roll, a long pause and a trailing silence; front end 3 (late reverberation suppressed) too."""
+    quiet pre-roll, a long pause and a trailing silence; front ends 3 (late reverberation suppressed) and 4 (WPE) too."""
     rng = np.random.default_rng(0)
     for clip in clips:
         audio = np.concatenate([1e-3 * rng.standard_normal(3200), clip, np.zeros(12000), clip[: clip.size // 2],
@@ -47,7 +47,7 @@ def test_front_end_live_equals_offline_in_any_chunking(clips, version):
         assert offline.shape[0] < audio.size // 160 - 50
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_front_end_is_causal(clips, version):
     """What comes out after pushing a prefix never changes when more audio follows: the frames of a prefix are
     the first frames of the whole (the gain is the level heard so far, the trimming waits for its look-ahead)."""
@@ -60,7 +60,7 @@ def test_front_end_is_causal(clips, version):
         np.testing.assert_allclose(early, whole[: len(early)], rtol=1e-5, atol=1e-6 * float(whole.max()))
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_front_end_keeps_what_the_vad_rejects_whole(version):
     """Silence, noise and utterances shorter than one VAD window still give finite frames (the wheel's rule: an
     utterance trimmed to nothing is kept whole), and the same frames chunked."""

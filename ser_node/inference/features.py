@@ -132,9 +132,18 @@ def stft_mel_power(audio: np.ndarray, config: FeatureConfig) -> np.ndarray:
 def mel_power_of_windows(buffer: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """Mel power (n_mels, frames) of `buffer` cut into n_fft windows at hop steps, as it is (no padding): the
     transform of `stft_mel_power` once padded, and of the voice front end's streaming STFT block by block."""
+    return mel_power_of_spectra(spectra_of_windows(buffer, config), config)
+
+
+def spectra_of_windows(buffer: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """(frames, n_fft // 2 + 1) complex STFT of `buffer` cut into n_fft windows at hop steps (periodic Hann)."""
     frames = np.lib.stride_tricks.sliding_window_view(buffer, config.n_fft)[:: config.hop_length]
-    spectrum = np.fft.rfft(frames * _hann(config.n_fft), axis=1)
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    return np.fft.rfft(frames * _hann(config.n_fft), axis=1)
+
+
+def mel_power_of_spectra(spectra: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """Mel power (n_mels, frames) of (frames, bins) complex STFT frames."""
+    power = (spectra.real**2 + spectra.imag**2).astype(np.float32)
     fb = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax)
     return fb @ power.T
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..files import sha256_of
-from .dereverb import LateReverbSuppressor
-from .features import FeatureConfig, mel_power_of_windows, stft_mel_power
+from .dereverb import LateReverbSuppressor, OnlineWpe
+from .features import FeatureConfig, mel_power_of_spectra, spectra_of_windows, stft_mel_power
 
 SAMPLE_RATE = 16000
 MEL_CONFIG = FeatureConfig(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=40)  # 25 ms / 10 ms
@@ -41,9 +41,10 @@ ENCODER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f13
 # Bump when this module changes what reaches the encoder: models record theirs, the node computes the one a model
 # names and refuses a model naming one it cannot compute.
 # 1: the wheel's whole-utterance preprocessing; 2: StreamingFrontEnd (gain and trimming with 210 ms look-ahead);
-# 3: version 2's frames through a late-reverberation suppressor (inference/dereverb.py).
+# 3: version 2's frames through a late-reverberation suppressor (inference/dereverb.py);
+# 4: version 2 with the STFT frames through causal block-online WPE before the mel bands (inference/dereverb.py).
 FRONTEND_VERSION = 2
-COMPUTABLE_FRONTENDS = (2, 3)  # what this code can still compute (1 only lives in old caches)
+COMPUTABLE_FRONTENDS = (2, 3, 4)  # what this code can still compute (1 only lives in old caches)
 # The trimming's look-ahead in VAD windows: the smoothing reaches 4 windows ahead, the dilation 3 more.
 LOOKAHEAD_WINDOWS = VAD_SMOOTHING // 2 + (VAD_MAX_SILENCE + 1) // 2
 MAX_GAIN = 10.0 ** (40.0 / 20.0)  # +40 dB at most: the first windows (pre-roll silence) have almost no level
@@ -136,7 +137,8 @@ class StreamingFrontEnd:
     def __init__(self, version: int = FRONTEND_VERSION) -> None:
         if version not in COMPUTABLE_FRONTENDS:
             raise ValueError(f"front end version {version} is not one this code computes {COMPUTABLE_FRONTENDS}")
-        self._dereverb = LateReverbSuppressor() if version >= 3 else None
+        self._dereverb = LateReverbSuppressor() if version == 3 else None
+        self._wpe = OnlineWpe() if version == 4 else None
         self._vad = _fresh_vad()
         self._pending = np.zeros(0, np.float32)  # raw samples short of a whole window
         self._energy = 0.0  # sum of squares of the windows so far (float64)
@@ -162,7 +164,10 @@ class StreamingFrontEnd:
         frames = self._release(final=True)
         if self.kept < MEL_CONFIG.hop_length:  # nothing (or under 10 ms) was speech to the VAD: keep it whole
             whole = np.concatenate(self._raw + [self._pending])
-            return self._out(mel_frames(normalise_volume(whole) if whole.size else np.zeros(1, np.float32)))
+            whole = normalise_volume(whole) if whole.size else np.zeros(1, np.float32)
+            pad = MEL_CONFIG.n_fft // 2
+            padded = np.pad(whole, (pad, pad + max(0, MEL_CONFIG.n_fft - whole.size - 2 * pad)))
+            return self._out(self._mel(padded))  # mel_frames(whole), through this front end's WPE if it has one
         pad = np.zeros(MEL_CONFIG.n_fft // 2, np.float32)
         return self._out(np.concatenate([frames, self._frames(np.concatenate([self._stft, pad]), final=True)]))
 
@@ -220,8 +225,14 @@ class StreamingFrontEnd:
             self._stft = buffer[count * hop:]
         if count == 0:
             return np.zeros((0, MEL_CONFIG.n_mels), np.float32)
-        power = mel_power_of_windows(buffer[: (count - 1) * hop + n_fft], MEL_CONFIG)
-        return np.ascontiguousarray(power.T, dtype=np.float32)
+        return self._mel(buffer[: (count - 1) * hop + n_fft])
+
+    def _mel(self, buffer: np.ndarray) -> np.ndarray:
+        """(frames, n_mels) mel power of every whole window of `buffer` at hop steps (no padding)."""
+        spectra = spectra_of_windows(buffer, MEL_CONFIG)
+        if self._wpe is not None:
+            spectra = self._wpe(spectra)
+        return np.ascontiguousarray(mel_power_of_spectra(spectra, MEL_CONFIG).T, dtype=np.float32)
 
 
 def encoder_input(wav: np.ndarray, version: int = FRONTEND_VERSION) -> np.ndarray:
