@@ -67,7 +67,8 @@ class OnlineWpe:
     Measured (bench/voice.py --parts wpe, 2026-12-06 02:48): under the shipped recipe it changes nothing in the
     benchmark's room (normalised UA +0.000, 5 of 12 speakers better) nor clean (+0.002); most utterances are
     over before the warm-up's second of statistics has made the filter useful. Not shipped (frontend_version: 4
-    selects it)."""
+    selects it). The defaults below are part of front end 4 (models and feature caches name only the version):
+    other settings are another front end version."""
 
     def __init__(self, taps: int = 10, delay: int = 3, block: int = 50, floor: float = 1e-3,
                  loading: float = 0.03, warmup: int = 100) -> None:
