@@ -6,8 +6,8 @@ In a reverberant room each sound keeps ringing after it stops; to the encoder a 
 every syllable into the next. The statistical model of Lebart et al. (2001) says the late reverberation at a
 frame is the signal heard `delay` earlier, decayed as the room decays (60 dB per RT60), so it can be subtracted
 from the power: what is left is kept, down to `floor` times the frame. It is causal (a frame needs only the
-frames before it) and costs a subtraction per mel band, against WPE's per-frequency linear prediction (nara-wpe:
-21-25 ms of CPU per second of audio, bench/wpe_cost.py, over half again what the whole node spends).
+frames before it) and costs a subtraction per mel band, against WPE's per-frequency linear prediction (`OnlineWpe`
+below: +3.2 ms of CPU per second of audio over front end 2; nara-wpe offline +13.8; bench/wpe_cost.py).
 
 Measured (bench/voice.py --parts dereverb, models/MODEL_CARD.md "What we tried"): worse than front end 2 clean
 and in the benchmark's room, so the shipped model does not use it; a recipe may (frontend_version: 3). WPE's

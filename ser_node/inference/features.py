@@ -122,11 +122,17 @@ def mel_power_spectrogram(audio: np.ndarray, config: FeatureConfig) -> np.ndarra
 def stft_mel_power(audio: np.ndarray, config: FeatureConfig) -> np.ndarray:
     """The plain transform (librosa.feature.melspectrogram's defaults: centred frames, zero padding, periodic
     Hann, Slaney mel, power 2) with no clean-up of the input: the voice encoder's front end needs it unchanged."""
+    return mel_power_of_windows(centred(audio, config), config)
+
+
+def centred(audio: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """`audio` zero-padded by half a window on each side (librosa's centred frames), and to one whole window at
+    least: what `mel_power_of_windows` cuts for `stft_mel_power`."""
     pad = config.n_fft // 2
     padded = np.pad(audio, (pad, pad))
     if padded.size < config.n_fft:
         padded = np.pad(padded, (0, config.n_fft - padded.size))
-    return mel_power_of_windows(padded, config)
+    return padded
 
 
 def mel_power_of_windows(buffer: np.ndarray, config: FeatureConfig) -> np.ndarray:

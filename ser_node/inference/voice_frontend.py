@@ -23,7 +23,7 @@ import numpy as np
 
 from ..files import sha256_of
 from .dereverb import LateReverbSuppressor, OnlineWpe
-from .features import FeatureConfig, mel_power_of_spectra, spectra_of_windows, stft_mel_power
+from .features import FeatureConfig, centred, mel_power_of_spectra, spectra_of_windows, stft_mel_power
 
 SAMPLE_RATE = 16000
 MEL_CONFIG = FeatureConfig(sample_rate=SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=40)  # 25 ms / 10 ms
@@ -165,9 +165,7 @@ class StreamingFrontEnd:
         if self.kept < MEL_CONFIG.hop_length:  # nothing (or under 10 ms) was speech to the VAD: keep it whole
             whole = np.concatenate(self._raw + [self._pending])
             whole = normalise_volume(whole) if whole.size else np.zeros(1, np.float32)
-            pad = MEL_CONFIG.n_fft // 2
-            padded = np.pad(whole, (pad, pad + max(0, MEL_CONFIG.n_fft - whole.size - 2 * pad)))
-            return self._out(self._mel(padded))  # mel_frames(whole), through this front end's WPE if it has one
+            return self._out(self._mel(centred(whole, MEL_CONFIG)))  # mel_frames, through this front end's WPE
         pad = np.zeros(MEL_CONFIG.n_fft // 2, np.float32)
         return self._out(np.concatenate([frames, self._frames(np.concatenate([self._stft, pad]), final=True)]))
 
