@@ -30,17 +30,22 @@ def test_steady_sound_loses_the_predicted_share_only():
     assert 0.2 < suppressor.scale < 0.3  # 50 ms of a 0.5 s RT60: -6 dB
 
 
+def in_blocks(process, frames: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """`process` called on consecutive blocks of `frames`, of the sizes in turn."""
+    out, start, i = [], 0, 0
+    while start < len(frames):
+        out.append(process(frames[start:start + sizes[i % len(sizes)]]))
+        start += sizes[i % len(sizes)]
+        i += 1
+    return np.concatenate(out)
+
+
 def test_blocking_does_not_change_the_output():
     rng = np.random.default_rng(0)
     frames = rng.random((137, 40)).astype(np.float32) ** 4
     whole = LateReverbSuppressor()(frames)
     for sizes in ([1], [3, 7], [40], [2, 100]):
-        suppressor, out, start, i = LateReverbSuppressor(), [], 0, 0
-        while start < len(frames):
-            out.append(suppressor(frames[start:start + sizes[i % len(sizes)]]))
-            start += sizes[i % len(sizes)]
-            i += 1
-        np.testing.assert_array_equal(np.concatenate(out), whole)
+        np.testing.assert_array_equal(in_blocks(LateReverbSuppressor(), frames, sizes), whole)
 
 
 def test_front_end_3_gives_back_contrast_a_room_smears(corpus_dir):
@@ -79,12 +84,8 @@ def test_wpe_blocking_does_not_change_the_output():
               * rng.gamma(0.5, size=(333, 1))).astype(np.complex64)
     whole = OnlineWpe()(frames)
     for sizes in ([1], [7, 49], [150, 2]):
-        wpe, out, start, i = OnlineWpe(), [], 0, 0
-        while start < len(frames):
-            out.append(wpe(frames[start:start + sizes[i % len(sizes)]]))
-            start += sizes[i % len(sizes)]
-            i += 1
-        np.testing.assert_allclose(np.concatenate(out), whole, rtol=1e-4, atol=1e-4 * float(np.abs(whole).max()))
+        np.testing.assert_allclose(in_blocks(OnlineWpe(), frames, sizes), whole, rtol=1e-4,
+                                   atol=1e-4 * float(np.abs(whole).max()))
 
 
 def test_wpe_takes_out_a_known_reverberation_after_its_warm_up():
