@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import voice  # noqa: E402
+from wpe_cost import nara_dereverberate  # noqa: E402
 
 import ser_node.train.voice_features as voice_features  # noqa: E402
 from ser_node.train.reports import format_table, write_json  # noqa: E402
@@ -37,24 +36,12 @@ KEYS = ("clean | normalised", "room RT60 0.6 s at 2 m | normalised", "robot nois
         "clean | plain", "room RT60 0.6 s at 2 m | plain")
 
 
-def dereverberate(audio: np.ndarray) -> np.ndarray:
-    from nara_wpe.utils import istft, stft
-    from nara_wpe.wpe import wpe
-
-    audio = np.asarray(audio, np.float32)
-    if audio.size < 1024:  # under two STFT windows there is no reverberation to predict
-        return audio
-    spectra = stft(audio[None], size=512, shift=128).transpose(2, 0, 1)
-    clean = wpe(spectra, taps=10, delay=3, iterations=3, statistics_mode="full").transpose(1, 2, 0)
-    return np.nan_to_num(np.asarray(istft(clean, size=512, shift=128))[0, :audio.size]).astype(np.float32)
-
-
 @contextlib.contextmanager
 def wpe_before_front_end():
     """The encoder's input computed from dereverberated audio while features are computed (the feature code
     offers no hook for a pre-processing step only this benchmark needs)."""
     plain = voice_features.encoder_input
-    voice_features.encoder_input = lambda audio, version=2: plain(dereverberate(audio), version)
+    voice_features.encoder_input = lambda audio, version=2: plain(nara_dereverberate(audio), version)
     try:
         yield
     finally:
