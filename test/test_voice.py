@@ -568,3 +568,45 @@ def test_room_copies_hear_each_speaker_in_one_room(corpus_dir, tmp_path):
     np.testing.assert_array_equal(fold.labels[rooms], np.tile(data.labels[train], 2))
     assert "target/s01" not in {s.split("@")[0] for s in fold.speakers}
     np.testing.assert_array_equal(sample_weights(fold, recipe), np.where(rooms, 0.5, recipe.target_weight))
+
+
+def test_consistency_pulls_each_copy_towards_its_clean_clip(corpus_dir, tmp_path):
+    """head_consistency: each room copy is paired with its clean clip by path (clean_partners), and the MLP
+    trained with the pairing puts a copy's hidden units nearer its clean clip's than the same MLP trained without
+    it; 0 leaves the heads exactly as before."""
+    import dataclasses
+
+    from ser_node.labels import EMOTIONS
+    from ser_node.train.voice_recipe import (VoiceRecipe, centre_by_speaker, clean_partners, fit_heads,
+                                             load_voice_data, room_copies, with_augmentation)
+
+    names = {"anger": "Ira", "disgust": "Asco", "fear": "Miedo", "joy": "Alegria", "neutral": "Neutro",
+             "sadness": "Tristeza", "surprise": "Sorpresa"}
+    rows = ["path,label,speaker"] + [f"{corpus_dir / s / f'{names[e]}_01.flac'},{e},{s}"
+                                     for s in ("s00", "s01") for e in EMOTIONS]
+    (tmp_path / "target.csv").write_text("\n".join(rows) + "\n")
+    recipe = VoiceRecipe(corpora=[{"name": "target", "kind": "manifest", "path": str(tmp_path / "target.csv")}],
+                         cache_dir=str(tmp_path / "cache"), room_copies=1, head_hidden=16, plain_head_hidden=0,
+                         head_epochs=40, warmup=2)
+    data = load_voice_data(recipe, progress=False)
+    fold = with_augmentation(data, room_copies(data, recipe, progress=False), np.ones(len(data.labels), bool))
+    partners = clean_partners(fold)
+    clean = len(data.labels)
+    assert list(partners[:clean]) == [-1] * clean and list(partners[clean:]) == list(range(clean))
+    assert list(clean_partners(fold.subset(np.arange(len(fold.labels)) >= clean))) == [-1] * clean  # clip absent
+
+    def copy_distance(heads) -> float:
+        z = centre_by_speaker(heads.standardise(fold.features), fold.speakers)
+        (weight, bias), _ = heads.normalised
+        units = np.maximum(z @ weight.T + bias, 0.0)
+        return float(np.mean((units[clean:] - units[partners[clean:]]) ** 2))
+
+    plain = fit_heads(fold, recipe)
+    held = fit_heads(fold, dataclasses.replace(recipe, head_consistency=10.0))
+    assert copy_distance(held) < 0.5 * copy_distance(plain)
+    np.testing.assert_allclose(held.plain[0][0], plain.plain[0][0])  # the linear plain head is not an MLP
+    again = fit_heads(fold, dataclasses.replace(recipe, head_consistency=0.0))
+    np.testing.assert_array_equal(again.normalised[0][0], plain.normalised[0][0])
+    skewed = fit_heads(fold, dataclasses.replace(recipe, head_consistency=10.0, history_neutral_share=0.5,
+                                                 history_size=3, history_draws=2))
+    assert all(np.all(np.isfinite(w)) for w, _ in skewed.normalised)

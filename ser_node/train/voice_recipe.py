@@ -60,6 +60,10 @@ class VoiceRecipe:
     head_input_dropout: float = 0.2
     head_weight_decay: float = 1e-2
     head_epochs: int = 20
+    # MLP heads only: weight of a loss pulling each copy's hidden units (augmented or room copy) towards those of
+    # its clean clip (paired consistency, as teacher-student training for far-field speech). 0: off. Measured on
+    # the shipped rows (bench/voice.py --parts consistency): no better in the room than the copies alone.
+    head_consistency: float = 0.0
     target_weight: float = 3.0  # sample weight of target-corpus clips against the other corpora's
     warmup: int = 5  # utterances of a voice before the normalised head answers
     history: int = 50  # utterances the running mean rests on (the node's SpeakerAdapter)
@@ -223,9 +227,11 @@ class VoiceHeads:
 
 
 def _mlp_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, recipe: VoiceRecipe, hidden_units: int,
-              seed: int) -> Layers:
+              seed: int, partner: np.ndarray | None = None) -> Layers:
     """One hidden layer of `hidden_units` ReLU units, trained by AdamW on minibatches of 128 with class-balanced
-    weighted cross-entropy (the logistic head's class_weight="balanced" times the sample weights)."""
+    weighted cross-entropy (the logistic head's class_weight="balanced" times the sample weights); with
+    recipe.head_consistency, plus that weight times the mean squared distance of a copy's hidden units from its
+    clean clip's (`partner`: the row of each row's clean clip, -1 for clean rows; the clean side held fixed)."""
     import torch
     from torch import nn
 
@@ -243,11 +249,20 @@ def _mlp_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, recipe: VoiceRe
                         output)
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=recipe.head_weight_decay)
     order = torch.Generator().manual_seed(seed)
+    consistent = recipe.head_consistency > 0 and partner is not None and bool(np.any(partner >= 0))
+    partner_rows = torch.tensor(np.maximum(partner, 0) if consistent else np.zeros(len(x), dtype=int))
+    is_copy = torch.tensor(partner >= 0 if consistent else np.zeros(len(x), dtype=bool), dtype=torch.float32)
     for _ in range(recipe.head_epochs):
         for batch in torch.randperm(len(inputs), generator=order).split(128):
-            loss = nn.functional.cross_entropy(net(inputs[batch]), targets[batch], reduction="none")
+            units = net[:3](inputs[batch])  # dropout on the input, hidden layer, ReLU
+            loss = nn.functional.cross_entropy(net[3:](units), targets[batch], reduction="none") * row_weights[batch]
+            if consistent:
+                with torch.no_grad():
+                    clean_units = torch.relu(hidden(inputs[partner_rows[batch]]))
+                distance = ((units - clean_units) ** 2).mean(dim=1)
+                loss = loss + recipe.head_consistency * distance * is_copy[batch]
             optimiser.zero_grad()
-            (loss * row_weights[batch]).mean().backward()
+            loss.mean().backward()
             optimiser.step()
     return [(layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy()) for layer in (hidden, output)]
 
@@ -285,6 +300,14 @@ def sample_weights(data: VoiceData, recipe: VoiceRecipe) -> np.ndarray:
                      [recipe.target_weight, recipe.augment_weight, recipe.room_weight], 1.0)
 
 
+def clean_partners(data: VoiceData) -> np.ndarray:
+    """For every row, the row of the clean clip it is a copy of (copies share their clip's path), -1 for clean rows
+    and for copies whose clip is not among the rows."""
+    copy = np.isin(data.corpora, (AUGMENTED, ROOMS))
+    clean_row = {path: i for i, (path, is_copy) in enumerate(zip(data.paths, copy)) if not is_copy}
+    return np.array([clean_row.get(path, -1) if is_copy else -1 for path, is_copy in zip(data.paths, copy)])
+
+
 def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None = None) -> VoiceHeads:
     """Both heads on every clip of `data` (target clips weighted by target_weight), on the recipe's layers'
     columns (or the given `columns`, for features other than the cached pooling)."""
@@ -292,21 +315,25 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
     mean, scale = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
     z = (pooled - mean) / scale
     weights = sample_weights(data, recipe)
+    partners = clean_partners(data)
 
-    def head(x: np.ndarray, y: np.ndarray, w: np.ndarray, hidden_units: int, seed: int) -> Layers:
+    def head(x: np.ndarray, y: np.ndarray, w: np.ndarray, hidden_units: int, seed: int,
+             partner: np.ndarray) -> Layers:
         if hidden_units:
-            return averaged_mlp([_mlp_head(x, y, w, recipe, hidden_units, seed + 1000 * k)
+            return averaged_mlp([_mlp_head(x, y, w, recipe, hidden_units, seed + 1000 * k, partner)
                                  for k in range(recipe.head_ensemble)])
         return _logistic_head(x, y, w, recipe.c)
 
     plain_hidden = recipe.head_hidden if recipe.plain_head_hidden is None else recipe.plain_head_hidden
-    plain = head(z, data.labels, weights, plain_hidden, recipe.seed)
+    plain = head(z, data.labels, weights, plain_hidden, recipe.seed, partners)
     if recipe.history_neutral_share is None:
         normalised = head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.head_hidden,
-                          recipe.seed + 1)
+                          recipe.seed + 1, partners)
     else:
         centred, rows = centre_by_drawn_histories(z, data.speakers, data.labels, recipe)
-        normalised = head(centred, data.labels[rows], weights[rows], recipe.head_hidden, recipe.seed + 1)
+        first_draw = {clip: i for i, clip in reversed(list(enumerate(rows)))}  # a clean clip's first centred row
+        partner = np.array([first_draw.get(partners[clip], -1) if partners[clip] >= 0 else -1 for clip in rows])
+        normalised = head(centred, data.labels[rows], weights[rows], recipe.head_hidden, recipe.seed + 1, partner)
     return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised)
 
 
