@@ -27,6 +27,8 @@ Parts (--parts, default all):
               heads, or the normalised one only), judged as in rooms, with the same honest choice.
   ensemble    MLP normalised heads averaged over 5 seeds (model v0.5) against one MLP and the linear heads.
   copies      model v0.5's heads with 4 room copies of every uem-es clip instead of 2 (weight 1 or 0.5).
+  consistency model v0.5's heads with each copy's hidden units pulled towards its clean clip's (head_consistency),
+              paired consistency as in teacher-student training for far-field speech.
   dereverb    front end 3 (late reverberation suppressed before the encoder) against model v0.4's front end 2,
               every training and test clip through each, judged as in rooms, with the same honest choice.
   wpe         front end 4 (causal block-online WPE on the STFT frames) against front end 2 under the shipped
@@ -623,6 +625,12 @@ COPIES_VARIANTS = {  # name -> changes to model v0.4's recipe: does the averaged
 }
 
 
+CONSISTENCY_VARIANTS = {  # name -> changes to model v0.4's recipe: paired consistency on model v0.5's heads
+    SHIPPED_HEADS: V05_HEADS,
+    "model v0.5, copies' hidden units pulled to their clean clip's (weight 1)": {**V05_HEADS, "head_consistency": 1.0},
+}
+
+
 V04_ROWS = ("LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; every variant trains on "
             "model v0.4's rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room copies of uem-es) ")
 
@@ -927,6 +935,10 @@ def report(out: Path) -> str:
     if copies:
         text += rooms_section(copies, "Averaged MLP heads with more room copies", "copies")
         text += paired_section(copies, SHIPPED_HEADS, "model v0.5")
+    consistency = results.get("consistency")
+    if consistency:
+        text += rooms_section(consistency, "Copies held to their clean clip (paired consistency)", "consistency")
+        text += paired_section(consistency, SHIPPED_HEADS, "model v0.5")
     dereverb = results.get("dereverb")
     if dereverb:
         text += rooms_section(dereverb, "Late reverberation suppressed before the encoder", "dereverb")
@@ -975,6 +987,8 @@ def report(out: Path) -> str:
         plot_rooms(ensemble, out / "voice_ensemble.png", "averaged MLP heads")
     if copies:
         plot_rooms(copies, out / "voice_copies.png", "averaged MLP heads with more room copies")
+    if consistency:
+        plot_rooms(consistency, out / "voice_consistency.png", "copies held to their clean clip")
     if dereverb:
         plot_rooms(dereverb, out / "voice_dereverb.png", "late reverberation suppressed")
     if wpe:
@@ -1084,7 +1098,8 @@ def main() -> int:
     runners = {"loso": run_loso, "frontend": run_frontend, "skew": run_skew, "loco": run_loco, "robustness": run_robustness,
                "rooms": run_rooms, "heads": run_heads,
                "ensemble": lambda work: run_heads(work, ENSEMBLE_VARIANTS, "ensemble"),
-               "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"), "dereverb": run_dereverb, "wpe": run_wpe, "warmup": run_warmup,
+               "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"),
+               "consistency": lambda work: run_heads(work, CONSISTENCY_VARIANTS, "consistency"), "dereverb": run_dereverb, "wpe": run_wpe, "warmup": run_warmup,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

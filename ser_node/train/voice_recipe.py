@@ -61,8 +61,9 @@ class VoiceRecipe:
     head_weight_decay: float = 1e-2
     head_epochs: int = 20
     # MLP heads only: weight of a loss pulling each copy's hidden units (augmented or room copy) towards those of
-    # its clean clip (paired consistency, as teacher-student training for far-field speech). 0: off. Measured on
-    # the shipped rows (bench/voice.py --parts consistency): no better in the room than the copies alone.
+    # its clean clip (paired consistency, as teacher-student training for far-field speech). 0: off. At 1 on the
+    # shipped rows, +0.4-0.7 points clean, in the room and in noise, none significant (bench/voice.py --parts
+    # consistency, 2026-12-06): not in the default recipe.
     head_consistency: float = 0.0
     target_weight: float = 3.0  # sample weight of target-corpus clips against the other corpora's
     warmup: int = 5  # utterances of a voice before the normalised head answers
