@@ -1099,7 +1099,8 @@ def main() -> int:
                "rooms": run_rooms, "heads": run_heads,
                "ensemble": lambda work: run_heads(work, ENSEMBLE_VARIANTS, "ensemble"),
                "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"),
-               "consistency": lambda work: run_heads(work, CONSISTENCY_VARIANTS, "consistency"), "dereverb": run_dereverb, "wpe": run_wpe, "warmup": run_warmup,
+               "consistency": lambda work: run_heads(work, CONSISTENCY_VARIANTS, "consistency"),
+               "dereverb": run_dereverb, "wpe": run_wpe, "warmup": run_warmup,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":
