@@ -33,6 +33,11 @@ def corpus_clip(speaker: str, name: str) -> Path:
     return path
 
 
+# The file name stem of each emotion in the test corpus (uem-es names its clips in Spanish: Ira_01.flac).
+STEMS = {"anger": "Ira", "disgust": "Asco", "fear": "Miedo", "joy": "Alegria", "neutral": "Neutro",
+         "sadness": "Tristeza", "surprise": "Sorpresa"}
+
+
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
     if not CORPUS.is_dir():
@@ -85,10 +90,8 @@ def voice_model(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     out = tmp_path_factory.mktemp("voice")
     manifest = out / "manifest.csv"
     rows = ["path,label,speaker"]
-    names = {"anger": "Ira", "disgust": "Asco", "fear": "Miedo", "joy": "Alegria", "neutral": "Neutro",
-             "sadness": "Tristeza", "surprise": "Sorpresa"}
     for speaker in ("s00", "s01", "s02", "s03"):
-        for label, name in names.items():
+        for label, name in STEMS.items():
             rows += [f"{corpus_dir / speaker / f'{name}_0{k}.flac'},{label},{speaker}" for k in (1, 2, 3)]
     manifest.write_text("\n".join(rows) + "\n")
     recipe = VoiceRecipe(corpora=[{"name": "uem-es", "kind": "manifest", "path": str(manifest)}],

@@ -580,9 +580,9 @@ def test_consistency_pulls_each_copy_towards_its_clean_clip(corpus_dir, tmp_path
     from ser_node.train.voice_recipe import (VoiceRecipe, centre_by_speaker, clean_partners, fit_heads,
                                              load_voice_data, room_copies, with_augmentation)
 
-    names = {"anger": "Ira", "disgust": "Asco", "fear": "Miedo", "joy": "Alegria", "neutral": "Neutro",
-             "sadness": "Tristeza", "surprise": "Sorpresa"}
-    rows = ["path,label,speaker"] + [f"{corpus_dir / s / f'{names[e]}_01.flac'},{e},{s}"
+    from conftest import STEMS
+
+    rows = ["path,label,speaker"] + [f"{corpus_dir / s / f'{STEMS[e]}_01.flac'},{e},{s}"
                                      for s in ("s00", "s01") for e in EMOTIONS]
     (tmp_path / "target.csv").write_text("\n".join(rows) + "\n")
     recipe = VoiceRecipe(corpora=[{"name": "target", "kind": "manifest", "path": str(tmp_path / "target.csv")}],
