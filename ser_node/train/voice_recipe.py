@@ -251,8 +251,8 @@ def _mlp_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, recipe: VoiceRe
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=recipe.head_weight_decay)
     order = torch.Generator().manual_seed(seed)
     consistent = recipe.head_consistency > 0 and partner is not None and bool(np.any(partner >= 0))
-    partner_rows = torch.tensor(np.maximum(partner, 0) if consistent else np.zeros(len(x), dtype=int))
-    is_copy = torch.tensor(partner >= 0 if consistent else np.zeros(len(x), dtype=bool), dtype=torch.float32)
+    if consistent:
+        partner_rows, is_copy = torch.tensor(np.maximum(partner, 0)), torch.tensor(partner >= 0, dtype=torch.float32)
     for _ in range(recipe.head_epochs):
         for batch in torch.randperm(len(inputs), generator=order).split(128):
             units = net[:3](inputs[batch])  # dropout on the input, hidden layer, ReLU
@@ -333,7 +333,7 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
     else:
         centred, rows = centre_by_drawn_histories(z, data.speakers, data.labels, recipe)
         first_draw = {clip: i for i, clip in reversed(list(enumerate(rows)))}  # a clean clip's first centred row
-        partner = np.array([first_draw.get(partners[clip], -1) if partners[clip] >= 0 else -1 for clip in rows])
+        partner = np.array([first_draw.get(partners[clip], -1) for clip in rows])  # -1 stays -1: no such row
         normalised = head(centred, data.labels[rows], weights[rows], recipe.head_hidden, recipe.seed + 1, partner)
     return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised)
 
