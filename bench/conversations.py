@@ -9,6 +9,8 @@ to normalise, each judged by the same heads:
                      (the ones the node's graph gives: the embedding head on the mean of layer 3's states over
                      the utterance; --embedding last: on its last state, as models up to v0.5 did)
   oracle identity    a state per true speaker
+  and, to say where estimated identity loses, the oracle with one of the tracker's errors: the plain head where the
+  tracker doubts its voice, or a state per (tracked voice, true speaker), i.e. its splits without its mixing
   --soft adds a fifth, similarity-weighted history: no voices, each utterance centred by every earlier one weighted
                      by how alike the two speaker embeddings are (judge_soft; measured 2026-12-05, not in the node),
                      and a sixth, the tracker's voices with other utterances weighted by similarity in place of pooling
@@ -59,6 +61,10 @@ SYSTEMS = ("none", "reset on silence", "estimated identity", "oracle identity")
 EMBEDDINGS = {"mean": "the embedding head on the mean of layer 3's states over the utterance, models from v0.6",
               "last": "the embedding head on layer 3's last state after the utterance, models up to v0.5"}
 RESET_S = 30.0
+# Where estimated identity loses against oracle identity: each adds one of the tracker's errors to the oracle.
+DOUBTS = "oracle identity, plain head where the tracker doubts"  # its confidence test alone
+SPLITS = "oracle identity, split where the tracker splits"  # a state per (voice, true speaker): its splits alone
+DECOMPOSITION = (DOUBTS, SPLITS)
 SOFT = "similarity-weighted history"
 HYBRID = "estimated identity + similar utterances"
 
@@ -200,6 +206,10 @@ def judge(data: VoiceData, session: Session, system: str, settings: VoiceSetting
         elif system == "oracle identity":
             adapter = oracle.setdefault(u.speaker, new())
             offset = adapter.offset()
+        elif system in DECOMPOSITION:  # the tracker runs, but only one of its errors reaches the normalisation
+            voice = tracker.assign(data.speaker_embeddings[u.row], u.start, u.end)
+            adapter = oracle.setdefault(u.speaker if system == DOUBTS else (voice.id, u.speaker), new())
+            trusted, offset = system == SPLITS or tracker.confident(voice), adapter.offset()
         else:  # what VoiceNormaliser does in the node: every voice's offset first, then the assignment picks one
             offsets = {id(v): tracker.offset(v) for v in tracker.voices.values()}
             voice = tracker.assign(data.speaker_embeddings[u.row], u.start, u.end)
@@ -371,7 +381,9 @@ def main() -> int:
     print(f"best on every conversation (in-sample): {shipped}", flush=True)
     records = {system: {i: fixed[system][i] for i in fixed[system]} for system in fixed}
     records["estimated identity"] = {i: tracked[i][chosen[i]] for i in tracked}
-    systems = list(SYSTEMS)
+    for system in DECOMPOSITION:  # at each session's nested settings, as the estimated identity row
+        records[system] = {i: s.records(data, judge(data, s, system, grid[chosen[i]])) for i, s in enumerate(sessions)}
+    systems = [*SYSTEMS, *DECOMPOSITION]
     if args.soft:
         # The tracker's voices at each session's nested settings (None: no voices, the history by similarity alone).
         voices = {i: tracked_voices(data, s.utterances, grid[chosen[i]]) for i, s in enumerate(sessions)}
@@ -445,6 +457,18 @@ def print_identity(data: VoiceData, conversations: list[Session], embedding: str
     return 0
 
 
+def decomposition_line(rows: dict) -> str:
+    """Where estimated identity's loss against the oracle comes from (empty for results without those rows)."""
+    if not all(system in rows for system in DECOMPOSITION):
+        return ""
+    oracle, estimated = rows["oracle identity"]["ua"], rows["estimated identity"]["ua"]
+    doubts, splits = oracle - rows[DOUBTS]["ua"], oracle - rows[SPLITS]["ua"]
+    return (f"\nWhere estimated identity loses {oracle - estimated:+.3f} against the oracle: the tracker's splits alone "
+            f"(a state per voice and true speaker, every utterance trusted) cost {splits:+.3f}, its doubts alone (the "
+            f"plain head where it is not confident) {doubts:+.3f}, the rest (mixed voices, pooling) "
+            f"{oracle - estimated - splits - doubts:+.3f}.\n")
+
+
 def write_report(path: Path, result: dict) -> None:
     rows, ident, shipped = result["rows"], result["identity"], result["shipped_settings"]
     table = [{"normalisation": s, "UA": f"{r['ua']:.3f}",
@@ -482,7 +506,8 @@ def write_report(path: Path, result: dict) -> None:
             f"Goals: estimated identity within 1 UA point of oracle identity (issue #33): "
             f"{estimated['ua'] - oracle['ua']:+.3f} ({'met' if estimated['ua'] >= oracle['ua'] - 0.01 else 'not met'}); a new voice's first utterances "
             f"(1-5) at most 1 point below none: {estimated['ua_by_rank'][first] - none['ua_by_rank'][first]:+.3f} "
-            f"({'met' if estimated['ua_by_rank'][first] >= none['ua_by_rank'][first] - 0.01 else 'not met'}).\n")
+            f"({'met' if estimated['ua_by_rank'][first] >= none['ua_by_rank'][first] - 0.01 else 'not met'}).\n"
+            + decomposition_line(rows))
     path.write_text(text)
     print(text)
 

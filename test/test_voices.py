@@ -166,3 +166,50 @@ def test_voices_file_round_trip_and_refusals(tmp_path):
         load_voices(VoiceTracker(), path, "model-a")
     save_voices(VoiceTracker(), tmp_path / "empty.npz", "model-a")  # no voice at all: still a valid file
     assert load_voices(VoiceTracker(), tmp_path / "empty.npz", "model-a") == 0
+
+
+def test_conversations_bench_says_which_tracker_error_costs(voice_model):
+    """bench/conversations.py's decomposition rows, on real clips and the real heads of 4 speakers: each row adds
+    exactly one of the tracker's errors to the oracle. With one direction per speaker the tracker errs nowhere, so
+    every row is the oracle; with one speaker heard in two directions it only splits, so the splits row is the
+    tracked row, the doubts row is still the oracle, and the split speaker's later utterances are judged
+    differently (a second warm-up, another history)."""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from conversations import DOUBTS, SPLITS, Session, Utterance, judge
+
+    from ser_node.train.voice_recipe import load_voice_data
+
+    data = load_voice_data(voice_model["recipe"], progress=False)
+    heads = voice_model["heads"]
+    a, b = sorted(set(data.speakers))[:2]
+    rows = {s: np.where(data.speakers == s)[0][:12] for s in (a, b)}
+    utterances, t = [], 0.0
+    for k in range(12):  # turns of one utterance each, 3 s apart: no same-turn joins
+        for speaker in (a, b):
+            utterances.append(Utterance(int(rows[speaker][k]), speaker, t, t + 2.0, k + 1))
+            t += 3.0
+    z = heads.standardise(data.features[[u.row for u in utterances]])
+    session = Session([a, b], utterances, z, heads.plain_probabilities(z), heads)
+    settings = VoiceSettings(warmup=2, pool_threshold=1.0)
+
+    def run(embeddings: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+        with_embeddings = np.zeros_like(data.speaker_embeddings)
+        for row, e in embeddings.items():
+            with_embeddings[row] = e
+        tracked = replace(data, speaker_embeddings=with_embeddings)
+        return {system: np.array(judge(tracked, session, system, settings))
+                for system in ("oracle identity", "estimated identity", DOUBTS, SPLITS)}
+
+    perfect = run({u.row: unit(1) if u.speaker == a else unit(0, 1) for u in utterances})
+    for system in ("estimated identity", DOUBTS, SPLITS):
+        np.testing.assert_array_equal(perfect[system], perfect["oracle identity"])
+    split = run({u.row: (unit(1) if u.rank % 2 else unit(0, 0, 1)) if u.speaker == a else unit(0, 1)
+                 for u in utterances})
+    np.testing.assert_array_equal(split[DOUBTS], split["oracle identity"])
+    np.testing.assert_array_equal(split[SPLITS], split["estimated identity"])
+    later_a = [k for k, u in enumerate(utterances) if u.speaker == a and u.rank > 4]
+    assert np.abs(split[SPLITS][later_a] - split["oracle identity"][later_a]).max() > 1e-3
