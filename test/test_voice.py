@@ -290,10 +290,12 @@ def test_the_benchmark_evaluation_is_the_adapter(voice_model, clips_of_every_spe
     assert not np.allclose(offline[2:], heads.plain_probabilities(np.stack(features))[2:], atol=1e-3)
 
 
-def test_node_normalises_per_speaker_and_resets(voice_model, real_waveforms):
+@pytest.mark.parametrize("balance", [-1.0, 1.0])
+def test_node_normalises_per_speaker_and_resets(voice_model, real_waveforms, balance):
     """Through a real node: with speaker_adaptation on, the published scores are the graph's with SpeakerAdapter's
-    offsets over the utterances in order (plain during warm-up); diagnostics count the speaker's utterances;
-    ~/reset_adaptation forgets them and the next utterance is judged unnormalised again."""
+    offsets over the utterances in order (plain during warm-up; with adaptation_balance 1 the class-balanced mean,
+    -1 the model's own, the plain mean); diagnostics count the speaker's utterances; ~/reset_adaptation forgets
+    them and the next utterance is judged unnormalised again."""
     pytest.importorskip("rclpy", reason="needs the ROS 2 wheels")
     from ros_harness import Harness, speech_stream, typed_chunks
     from std_srvs.srv import Trigger
@@ -305,7 +307,7 @@ def test_node_normalises_per_speaker_and_resets(voice_model, real_waveforms):
     messages = typed_chunks(stream, 16000, 1, "int16", 0.05, 1000.0)
     harness = Harness({"model_path": str(voice_model["path"]), "reliability": "reliable", "vad_backend": "webrtc",
                        "speaker_adaptation": True, "adaptation_warmup": 0, "publish_utterance": True,
-                       "voice_tracking": False})  # 0: the model's own warm-up, 2 in the fixture's recipe
+                       "voice_tracking": False, "adaptation_balance": balance})  # warm-up 0: the model's, 2 here
     utterances = collect_utterances(harness)
     try:
         harness.publish(messages, speed=8.0)
@@ -314,13 +316,15 @@ def test_node_normalises_per_speaker_and_resets(voice_model, real_waveforms):
         values = harness.node.diagnostic_values()[2]
         assert values["adaptation_utterances"] == str(len(bounds)) and values["adaptation_space"] == "features"
         classifier = Classifier(voice_model["path"])
-        adapter = node_adapter(voice_model, warmup=2)
-        expected = []
-        for _, audio in utterances:  # the audio the node classified, judged offline
-            (result,) = classifier.infer(classifier.prepare([audio]), [adapter.offset()])
-            adapter.remember(result.features)
-            expected.append(result.probabilities)
-        np.testing.assert_allclose(got, expected, atol=1e-4)
+        expected = {}
+        for weighed in (0.0, 1.0):  # the plain mean and the balanced one, judged offline
+            adapter, expected[weighed] = node_adapter(voice_model, warmup=2, balance=weighed), []
+            for _, audio in utterances:  # the audio the node classified
+                (result,) = classifier.infer(classifier.prepare([audio]), [adapter.offset()])
+                adapter.remember(result.features, result.plain)
+                expected[weighed].append(result.probabilities)
+        np.testing.assert_allclose(got, expected[max(balance, 0.0)], atol=1e-4)
+        assert not np.allclose(expected[0.0][3:], expected[1.0][3:], atol=1e-3)  # the two rules differ here
         plain = classifier.predict([audio for _, audio in utterances])
         np.testing.assert_allclose(got[:2], plain[:2], atol=1e-4)  # warm-up: the plain head
         assert not np.allclose(got[2:], plain[2:], atol=1e-3)  # normalised after it
@@ -458,14 +462,15 @@ def test_node_keeps_a_state_per_voice(voice_model, real_waveforms, corpus_dir):
         harness.close()
 
 
-def node_adapter(voice_model: dict, warmup: int):
-    """The adapter the node builds for a voice model: warm-up from its parameter, history and shrinkage from the
-    model file's metadata."""
+def node_adapter(voice_model: dict, warmup: int, balance: float = 0.0):
+    """The adapter the node builds for a voice model: warm-up and balance from its parameters, history and
+    shrinkage from the model file's metadata."""
     from ser_node.inference.adaptation import SpeakerAdapter
     from ser_node.inference.model_file import read_metadata
 
     normalisation = read_metadata(voice_model["path"]).model["normalisation"]
-    return SpeakerAdapter(warmup=warmup, history=normalisation["history"], shrinkage=normalisation["shrinkage"])
+    return SpeakerAdapter(warmup=warmup, history=normalisation["history"], shrinkage=normalisation["shrinkage"],
+                          balance=balance)
 
 
 def test_trainer_cli_writes_a_loadable_model(voice_model, tmp_path):

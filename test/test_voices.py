@@ -67,7 +67,7 @@ def test_two_voices_of_one_person_are_merged_once_their_centroids_agree():
     assert len(tracker.voices) == 1 and tracker.merged == 1
     (voice,) = tracker.voices.values()
     assert voice.utterances == 2 * MERGE_MIN and voice.adapter.count == 2 * MERGE_MIN
-    assert sorted(v[0] for v in voice.adapter.history()) == list(range(1, 2 * MERGE_MIN + 1))  # both histories
+    assert sorted(v[0] for v, _ in voice.adapter.history()) == list(range(1, 2 * MERGE_MIN + 1))  # both histories
 
 
 def test_voices_of_one_person_pool_their_histories_for_normalisation_only():
@@ -140,23 +140,34 @@ def test_tells_two_real_speakers_apart(voice_model, corpus_dir):
 
 
 def test_voices_file_round_trip_and_refusals(tmp_path):
-    """save_voices / load_voices: the same ids, centroids and normalisation offsets come back; a file of another
-    model and a corrupt file are refused with the reason."""
+    """save_voices / load_voices: the same ids, centroids and normalisation offsets come back (balanced ones too:
+    the plain head's probabilities travel with the history); a file from before they did loads as plain histories;
+    a file of another model and a corrupt file are refused with the reason."""
     from ser_node.inference.voices import load_voices, save_voices
 
-    tracker = VoiceTracker(VoiceSettings(warmup=2))
+    balanced = VoiceSettings(warmup=2, balance=0.5)
+    tracker = VoiceTracker(balanced)
     rng = np.random.default_rng(0)
     for k in range(6):
         voice = tracker.assign(unit(1, 0) if k % 2 else unit(0, 1), 10.0 * k, 10.0 * k + 1)
-        voice.adapter.remember(rng.normal(size=12))
+        voice.adapter.remember(rng.normal(size=12), rng.dirichlet(np.full(7, 0.3)))
     path = tmp_path / "voices.npz"
     save_voices(tracker, path, "model-a")
-    again = VoiceTracker(VoiceSettings(warmup=2))
+    again = VoiceTracker(balanced)
     assert load_voices(again, path, "model-a") == 2
     for a, b in zip(tracker.voices.values(), again.voices.values()):
         assert a.id == b.id and a.utterances == b.utterances
         np.testing.assert_allclose(a.centroid, b.centroid)
         np.testing.assert_allclose(a.adapter.offset(), b.adapter.offset(), rtol=1e-6)
+        plain_mean = np.mean([vector for vector, _ in a.adapter.history()], axis=0)  # VoiceSettings: no shrinkage
+        assert not np.allclose(b.adapter.offset(), plain_mean, rtol=1e-3)  # the probabilities came back
+    with np.load(path) as saved:
+        older = {key: saved[key] for key in saved.files if key != "probabilities"}
+    np.savez(tmp_path / "older.npz", **older)
+    before = VoiceTracker(balanced)
+    assert load_voices(before, tmp_path / "older.npz", "model-a") == 2
+    for a, b in zip(tracker.voices.values(), before.voices.values()):
+        np.testing.assert_allclose(b.adapter.offset(), np.mean([v for v, _ in a.adapter.history()], axis=0))
     fresh = again.assign(unit(0, 0, 1), 100.0, 101.0)  # somebody new: a new id, the loaded voices untouched
     assert fresh.id not in tracker.voices and len(again.voices) == 3
     with pytest.raises(ValueError, match="not of model-b"):

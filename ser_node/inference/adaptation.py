@@ -6,6 +6,12 @@ voice encoder's pooled features in the node with the default model, or a DeepSpe
 log-probabilities; openSMILE functionals for the baseline) and subtracts it from each new one.
 Nothing is used before it has been heard (causal), nothing changes until `warmup` utterances are in, and the
 estimate is shrunk toward zero while it rests on few utterances, so a new speaker is never judged on noise.
+
+A history that leans to one emotion (a mostly calm person, or a voice the tracker split off when its speaker got
+angry) moves the mean towards that emotion, and the normalised head then reads that emotion as the person's usual
+self. With `balance` > 0 each remembered utterance carries the plain head's class probabilities, and the mean
+weights every class's share of the history equally: an utterance weighs sum_c p_c / (n_c + balance), n_c the
+history's summed probability of class c (balance smooths classes seldom heard).
 """
 from __future__ import annotations
 
@@ -15,17 +21,19 @@ import numpy as np
 
 
 DEFAULT_WARMUP = 5  # utterances before adapting, for models that do not recommend their own
+Remembered = tuple[np.ndarray, "np.ndarray | None"]  # an utterance's vector and the plain head's probabilities
 
 
 class SpeakerAdapter:
     """Running-mean normalisation of one speaker's utterance vectors; `reset()` when the speaker may change."""
 
-    def __init__(self, warmup: int = DEFAULT_WARMUP, history: int = 50, shrinkage: float = 5.0) -> None:
-        if warmup < 1 or history < warmup or shrinkage < 0:
-            raise ValueError(f"need warmup >= 1, history >= warmup, shrinkage >= 0; got {warmup}, {history}, "
-                             f"{shrinkage}")
-        self.warmup, self.shrinkage = warmup, shrinkage
-        self._past: deque[np.ndarray] = deque(maxlen=history)
+    def __init__(self, warmup: int = DEFAULT_WARMUP, history: int = 50, shrinkage: float = 5.0,
+                 balance: float = 0.0) -> None:
+        if warmup < 1 or history < warmup or shrinkage < 0 or balance < 0:
+            raise ValueError(f"need warmup >= 1, history >= warmup, shrinkage >= 0, balance >= 0; got {warmup}, "
+                             f"{history}, {shrinkage}, {balance}")
+        self.warmup, self.shrinkage, self.balance = warmup, shrinkage, balance
+        self._past: deque[Remembered] = deque(maxlen=history)
 
     @property
     def count(self) -> int:
@@ -39,22 +47,36 @@ class SpeakerAdapter:
     def reset(self) -> None:
         self._past.clear()
 
-    def history(self) -> list[np.ndarray]:
-        """The vectors the estimate rests on, oldest first."""
+    def history(self) -> list[Remembered]:
+        """What the estimate rests on, oldest first: (vector, the plain head's class probabilities or None)."""
         return list(self._past)
 
-    def offset(self, borrowed: list[np.ndarray] | tuple = ()) -> np.ndarray | None:
+    def offset(self, borrowed: list[Remembered] | tuple = ()) -> np.ndarray | None:
         """What is subtracted now: the shrunk mean of the earlier utterances (None during warm-up), with
-        `borrowed` vectors counted as earlier utterances (another voice of the same person, VoiceTracker.offset)."""
+        `borrowed` ones counted as earlier utterances (another voice of the same person, VoiceTracker.offset)."""
         past = list(self._past) + list(borrowed)
         if len(past) < self.warmup:
             return None
         n = len(past)
-        return np.mean(past, axis=0) * (n / (n + self.shrinkage))
+        vectors = np.array([vector for vector, _ in past])
+        return np.average(vectors, axis=0, weights=self._weights(past)) * (n / (n + self.shrinkage))
 
-    def remember(self, vector: np.ndarray) -> None:
-        """Adds an utterance's vector to the history (after it was judged: each one is judged only on its past)."""
-        self._past.append(np.asarray(vector, dtype=np.float64))
+    def _weights(self, past: list[Remembered]) -> np.ndarray | None:
+        """Per utterance, its weight in the class-balanced mean (None: the plain mean). An utterance remembered
+        without probabilities (a voices file from before balancing) counts as every class alike."""
+        if not self.balance:
+            return None
+        classes = next((len(p) for _, p in past if p is not None), 0)
+        if not classes:
+            return None
+        p = np.array([np.full(classes, 1.0 / classes) if q is None else q for _, q in past])
+        return (p / (p.sum(axis=0) + self.balance)).sum(axis=1)
+
+    def remember(self, vector: np.ndarray, probabilities: np.ndarray | None = None) -> None:
+        """Adds an utterance's vector (and the plain head's class probabilities for it, which a balanced mean needs)
+        to the history, after it was judged: each one is judged only on its past."""
+        self._past.append((np.asarray(vector, dtype=np.float64),
+                           None if probabilities is None else np.asarray(probabilities, dtype=np.float64)))
 
     def __call__(self, vector: np.ndarray) -> np.ndarray:
         """The adapted vector, then remembers the raw one."""

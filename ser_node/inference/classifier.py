@@ -30,6 +30,7 @@ class Inference:
     probabilities: np.ndarray
     features: np.ndarray | None = None
     speaker_embedding: np.ndarray | None = None
+    plain: np.ndarray | None = None  # voice models: the plain head's probabilities (a balanced history weighs by them)
     rejected: str = ""  # why it is not to be published (e.g. "self_voice"): then it changed no speaker state
 
 log = logging.getLogger(__name__)
@@ -164,10 +165,10 @@ class Classifier:
 
     @property
     def adapter_settings(self) -> dict[str, Any]:
-        """SpeakerAdapter history and shrinkage stored in a voice model's metadata (what its LOSO figures were
+        """SpeakerAdapter history, shrinkage and balance stored in a voice model's metadata (what its LOSO figures were
         measured with); empty for models without them (the adapter's own defaults apply)."""
         normalisation = self.metadata.model.get("normalisation", {})
-        return {k: normalisation[k] for k in ("history", "shrinkage") if k in normalisation}
+        return {k: normalisation[k] for k in ("history", "shrinkage", "balance") if k in normalisation}
 
     @property
     def recommended_warmup(self) -> int:
@@ -270,7 +271,7 @@ class Classifier:
         feed = self._voice_feed(self._dummy_frame, state,
                                 np.ascontiguousarray(offsets, np.float32).reshape(-1, self.feature_size))
         normalised, plain, features, speaker = self.session.run(list(HEAD_OUTPUTS), feed)
-        return normalised, Inference(plain[0], features[0], speaker[0])
+        return normalised, Inference(plain[0], features[0], speaker[0], plain[0])
 
     def infer_adapted(self, prepared_one: Any, adapter: Any,
                       reject: Callable[[Inference], str] | None = None) -> Inference:
@@ -283,7 +284,7 @@ class Classifier:
             (result,) = self.infer([prepared_one], [adapter.offset()])
             result.rejected = reject(result) if reject is not None else ""
             if not result.rejected:
-                adapter.remember(result.features)
+                adapter.remember(result.features, result.plain)
             return result
         (result,) = self.infer(prepared_one[None])
         result.probabilities = adapt_log_probabilities(adapter, result.probabilities)

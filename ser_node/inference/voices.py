@@ -55,6 +55,7 @@ class VoiceSettings:
     warmup: int = 5
     history: int = 50
     shrinkage: float = 0.0
+    balance: float = 0.0  # class-balanced history mean (SpeakerAdapter); 0: the plain mean
 
     def __post_init__(self) -> None:
         if (not (-1 <= self.same_turn_threshold <= self.threshold <= 1) or not -1 <= self.merge_threshold <= 1
@@ -129,8 +130,8 @@ class VoiceTracker:
                 keep.similarity = voice.similarity  # the utterance's, whichever voice keeps it
                 keep.embedding_sum = keep.embedding_sum + gone.embedding_sum
                 keep.utterances += gone.utterances
-                for vector in gone.adapter.history():
-                    keep.adapter.remember(vector)
+                for vector, probabilities in gone.adapter.history():
+                    keep.adapter.remember(vector, probabilities)
                 del self.voices[gone.id]
                 self.merged += 1
                 return keep
@@ -165,7 +166,7 @@ class VoiceTracker:
             self.voices.popitem(last=False)
             self.forgotten += 1
         s = self.settings
-        voice = Voice(voice_id or self._new_id(), SpeakerAdapter(s.warmup, s.history, s.shrinkage),
+        voice = Voice(voice_id or self._new_id(), SpeakerAdapter(s.warmup, s.history, s.shrinkage, s.balance),
                       np.zeros(EMBEDDING_SIZE))
         self.voices[voice.id] = voice
         return voice
@@ -209,7 +210,7 @@ class VoiceNormaliser:
         row = next((i for i, (v, _) in enumerate(candidates) if v is voice), None)
         if row is not None and self.tracker.confident(voice):
             result.probabilities = normalised[row]
-        voice.adapter.remember(result.features)
+        voice.adapter.remember(result.features, result.plain)
         return result, voice
 
     def judge_named(self, classifier, encoded: Any, voice_id: str, end: float):
@@ -224,18 +225,23 @@ class VoiceNormaliser:
 
 
 def save_voices(tracker: VoiceTracker, path: Path, model_id: str) -> None:
-    """Writes the voices (ids, embedding sums, normalisation histories) to `path` atomically; only where the
-    voices_file parameter names a file. The statistics belong to one model's feature space, so its id goes too."""
+    """Writes the voices (ids, embedding sums, normalisation histories with the plain head's probabilities, NaN
+    where an utterance has none) to `path` atomically; only where the voices_file parameter names a file. The
+    statistics belong to one model's feature space, so its id goes too."""
     voices = list(tracker.voices.values())
-    histories = [np.array(v.adapter.history(), dtype=np.float64) for v in voices]
-    filled = [h for h in histories if len(h)]
+    remembered = [v.adapter.history() for v in voices]
+    classes = next((len(p) for h in remembered for _, p in h if p is not None), 0)
+    histories = [np.array([vector for vector, _ in h], dtype=np.float64) for h in remembered if h]
+    probabilities = [np.array([np.full(classes, np.nan) if p is None else p for _, p in h], dtype=np.float64
+                              ).reshape(len(h), classes) for h in remembered if h]
     path.parent.mkdir(parents=True, exist_ok=True)
     save_npz_atomic(dict(
         model_id=np.array(model_id), ids=np.array([v.id for v in voices], dtype=str),
         embedding_sums=np.array([v.embedding_sum for v in voices]).reshape(len(voices), EMBEDDING_SIZE),
         utterances=np.array([v.utterances for v in voices]), last_heard=np.array([v.last_heard for v in voices]),
-        lengths=np.array([len(h) for h in histories], dtype=np.int64),
-        histories=np.concatenate(filled) if filled else np.zeros((0, 0))), path)
+        lengths=np.array([len(h) for h in remembered], dtype=np.int64),
+        histories=np.concatenate(histories) if histories else np.zeros((0, 0)),
+        probabilities=np.concatenate(probabilities) if probabilities else np.zeros((0, 0))), path)
 
 
 def load_voices(tracker: VoiceTracker, path: Path, model_id: str) -> int:
@@ -243,9 +249,13 @@ def load_voices(tracker: VoiceTracker, path: Path, model_id: str) -> int:
     Raises ValueError for a file of another model or one that is not a voices file."""
     try:
         with np.load(path, allow_pickle=False) as saved:
-            saved = {key: saved[key] for key in ("model_id", "ids", "embedding_sums", "utterances", "last_heard",
-                                                 "lengths", "histories")}
-        rows = np.split(saved["histories"], np.cumsum(saved["lengths"])[:-1]) if len(saved["lengths"]) else []
+            keys = ["model_id", "ids", "embedding_sums", "utterances", "last_heard", "lengths", "histories"]
+            keys += ["probabilities"] if "probabilities" in saved else []  # files from before 2026-12-06 have none
+            saved = {key: saved[key] for key in keys}
+        cuts = np.cumsum(saved["lengths"])[:-1]
+        rows = np.split(saved["histories"], cuts) if len(saved["lengths"]) else []
+        probabilities = (np.split(saved["probabilities"], cuts) if "probabilities" in saved and len(saved["lengths"])
+                         else [[None] * len(r) for r in rows])
     except Exception as error:  # truncated, corrupt, or another kind of file: numpy's errors vary by damage
         raise ValueError(f"{path}: not a voices file ({type(error).__name__}: {error})") from error
     if str(saved["model_id"]) != model_id:
@@ -254,6 +264,6 @@ def load_voices(tracker: VoiceTracker, path: Path, model_id: str) -> int:
         voice = tracker._open(str(voice_id))
         voice.embedding_sum = saved["embedding_sums"][k].astype(np.float64)
         voice.utterances, voice.last_heard = int(saved["utterances"][k]), float(saved["last_heard"][k])
-        for vector in rows[k]:
-            voice.adapter.remember(vector)
+        for vector, p in zip(rows[k], probabilities[k]):
+            voice.adapter.remember(vector, None if p is None or not np.size(p) or np.isnan(p).any() else p)
     return len(saved["ids"])

@@ -105,6 +105,13 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
     "adaptation_warmup": (0, describe("utterances heard before adaptation starts (until then: unadapted); 0: the "
                                       "model's own (a voice model's recipe warm-up, in its metadata; 5 for "
                                       "other models)", low=0, high=100, integer=True), True),
+    "adaptation_balance": (-1.0, describe("voice models: a voice's offset as the class-balanced mean of its history "
+                                          "(each utterance weighed by the plain head's class probabilities, this "
+                                          "the smoothing), so a history leaning to one emotion (a mostly calm "
+                                          "person, a voice split off in anger) is not read as the person's usual "
+                                          "self; 0: the plain mean; -1: the model's own (its metadata; 0 if it "
+                                          "does not say). README Accuracy, bench/voice.py --parts balance",
+                                          low=-1.0, high=100.0), True),
     "voice_tracking": (True, describe("voice-encoder models: keep a normalisation state per voice, told apart by "
                                       "the model's speaker embedding (ser_node/inference/voices.py; "
                                       "bench/conversations.py), "

@@ -106,22 +106,32 @@ class VoiceState:
         return classifier.recommended_warmup if classifier else DEFAULT_WARMUP
 
     def _new_adapter(self) -> SpeakerAdapter:
-        """Warm-up from the parameter (or the model); history and shrinkage from a voice model's metadata (what its
-        LOSO figures were measured with), the log-probability adapter's own defaults otherwise."""
+        """Warm-up from the parameter (or the model); history, shrinkage and balance from a voice model's metadata
+        (what its LOSO figures were measured with; balance from its parameter where set), the log-probability
+        adapter's own defaults otherwise."""
+        return SpeakerAdapter(warmup=self._warmup(), **self._adapter_settings())
+
+    def _adapter_settings(self) -> dict:
+        """History, shrinkage and balance from a voice model's metadata, balance overridden by the
+        adaptation_balance parameter where it is not -1."""
         classifier = self._classifier()
-        return SpeakerAdapter(warmup=self._warmup(), **(classifier.adapter_settings if classifier else {}))
+        settings = dict(classifier.adapter_settings) if classifier else {}
+        if float(self.p("adaptation_balance")) >= 0:
+            settings["balance"] = float(self.p("adaptation_balance"))
+        return settings
 
     def _current_adapter(self, item: Pending) -> SpeakerAdapter:
         """The current speaker's adapter (call with the lock held): a fresh one after `adaptation_reset_s` without
         an utterance (a new speaker is likely), or when its settings changed."""
-        if self.adapter.warmup != self._warmup() or starts_new_speaker(
-                item.utterance.start, self._last_utterance_end, float(self.p("adaptation_reset_s"))):
+        changed = (self.adapter.warmup != self._warmup()
+                   or self.adapter.balance != self._adapter_settings().get("balance", 0.0))
+        if changed or starts_new_speaker(item.utterance.start, self._last_utterance_end,
+                                         float(self.p("adaptation_reset_s"))):
             self.adapter = self._new_adapter()
         self._last_utterance_end = item.utterance.end
         return self.adapter
 
     def _settings(self) -> VoiceSettings:
-        classifier = self._classifier()
         return VoiceSettings(threshold=float(self.p("voice_threshold")),
                              same_turn_threshold=min(float(self.p("voice_same_turn_threshold")),
                                                      float(self.p("voice_threshold"))),
@@ -129,7 +139,7 @@ class VoiceState:
                              merge_threshold=float(self.p("voice_merge_threshold")),
                              pool_threshold=float(self.p("voice_pool_threshold")),
                              max_voices=int(self.p("max_voices")), warmup=self._warmup(),
-                             **(classifier.adapter_settings if classifier else {}))
+                             **self._adapter_settings())
 
     def _normaliser(self) -> VoiceNormaliser:
         """The voices heard so far (call with the lock held); forgotten when their settings change."""

@@ -69,6 +69,10 @@ class VoiceRecipe:
     warmup: int = 5  # utterances of a voice before the normalised head answers
     history: int = 50  # utterances the running mean rests on (the node's SpeakerAdapter)
     shrinkage: float = 0.0  # offset shrunk by n / (n + shrinkage) while it rests on few utterances
+    # A voice's offset as a class-balanced mean of its history, each utterance weighed by the plain head's class
+    # probabilities (SpeakerAdapter balance, the smoothing); 0: the plain mean. A serving setting, in the model's
+    # metadata: it changes no head. bench/voice.py --parts balance and bench/conversations.py --balance measure it.
+    history_balance: float = 0.0
     # Real speakers are mostly neutral, acted corpora are balanced: with a share here, the normalised head is
     # trained on clips centred by random histories of their speaker drawn with this neutral share (history_size
     # clips, history_draws draws per clip) instead of the speaker's full mean; [low, high]: a share drawn
@@ -108,7 +112,8 @@ class VoiceRecipe:
         return Path(self.cache_dir).expanduser() / "voice"
 
     def adapter(self) -> SpeakerAdapter:
-        return SpeakerAdapter(warmup=self.warmup, history=self.history, shrinkage=self.shrinkage)
+        return SpeakerAdapter(warmup=self.warmup, history=self.history, shrinkage=self.shrinkage,
+                              balance=self.history_balance)
 
 
 @dataclass
@@ -338,16 +343,18 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
     return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised)
 
 
-def causal_offsets(z: np.ndarray, recipe: VoiceRecipe) -> tuple[np.ndarray, np.ndarray]:
-    """For one voice's features in the order heard: the offset each was judged with and whether the normalised
-    head answered (exactly what the node's SpeakerAdapter does)."""
+def causal_offsets(z: np.ndarray, recipe: VoiceRecipe, plain: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """For one voice's features in the order heard (and the plain head's probabilities, which a balanced history
+    weighs by): the offset each was judged with and whether the normalised head answered (exactly what the node's
+    SpeakerAdapter does)."""
     adapter = recipe.adapter()
     offsets, active = np.zeros_like(z), np.zeros(len(z), dtype=bool)
     for i, vector in enumerate(z):
         offset = adapter.offset()
         if offset is not None:
             offsets[i], active[i] = offset, True
-        adapter.remember(vector)
+        adapter.remember(vector, None if plain is None else plain[i])
     return offsets, active
 
 
@@ -356,7 +363,7 @@ def predict_in_order(heads: VoiceHeads, z: np.ndarray, recipe: VoiceRecipe, norm
     plain = heads.plain_probabilities(z)
     if not normalise:
         return plain
-    offsets, active = causal_offsets(z, recipe)
+    offsets, active = causal_offsets(z, recipe, plain)
     return np.where(active[:, None], heads.normalised_probabilities(z, offsets), plain)
 
 
@@ -428,7 +435,7 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
                "encoder": {"name": "GE2E speaker encoder", "package": ENCODER_PACKAGE, "version": ENCODER_VERSION,
                            "file": "resemblyzer/pretrained.pt", "sha256": ENCODER_SHA256, "license": "Apache-2.0"},
                "normalisation": {"warmup": recipe.warmup, "history": recipe.history,
-                                 "shrinkage": recipe.shrinkage}},
+                                 "shrinkage": recipe.shrinkage, "balance": recipe.history_balance}},
         training=training)
     write_metadata(graph, metadata)
     _atomic_save(graph, path)
