@@ -191,7 +191,7 @@ def judge(data: VoiceData, session: Session, system: str, settings: VoiceSetting
     """Published probabilities per utterance under one way to normalise (same heads, same features)."""
     if system == "none":
         return list(session.plain)
-    new = lambda: SpeakerAdapter(settings.warmup, settings.history, settings.shrinkage)  # noqa: E731
+    new = lambda: SpeakerAdapter(settings.warmup, settings.history, settings.shrinkage, settings.balance)  # noqa: E731
     shared, oracle = {"adapter": new(), "end": -np.inf}, {}
     tracker = VoiceTracker(settings)
     out = []
@@ -216,7 +216,7 @@ def judge(data: VoiceData, session: Session, system: str, settings: VoiceSetting
             adapter, trusted, offset = voice.adapter, tracker.confident(voice), offsets.get(id(voice))
         out.append(session.plain[k] if offset is None or not trusted
                    else session.heads.normalised_probabilities(session.z[k:k + 1], offset[None])[0])
-        adapter.remember(session.z[k])
+        adapter.remember(session.z[k], session.plain[k])
     return out
 
 
@@ -281,6 +281,9 @@ def nested_choices(sessions: list[Session], multi: list[int], judged: dict[int, 
             for i, s in enumerate(sessions)}
 
 
+SERVING = ("warmup", "history", "shrinkage", "history_balance")  # recipe fields read only when judging
+
+
 class HeadsCache:
     """Heads per left-out group, pickled in bench/work by recipe, one file per group: fitting is the slow part of
     this bench (~35 min), and the heads do not depend on how voices are tracked, so a re-run with other tracking
@@ -288,7 +291,8 @@ class HeadsCache:
     after every fit)."""
 
     def __init__(self, recipe, data: VoiceData, copies: Callable[[], list]) -> None:
-        key = json.dumps({"recipe": recipe.to_mapping(), "clips": len(data.paths)}, sort_keys=True)
+        fitting = {k: v for k, v in recipe.to_mapping().items() if k not in SERVING}  # what the heads depend on
+        key = json.dumps({"recipe": fitting, "clips": len(data.paths)}, sort_keys=True)
         self.folder = ROOT / "bench" / "work" / f"conversation_heads_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
         single = self.folder.with_suffix(".pkl")  # the one-file layout before 2026-12-04: split once, then removed
         if single.exists():
@@ -356,6 +360,9 @@ def main() -> int:
                              "defaults, on the same conversations; no heads, seconds")
     parser.add_argument("--embedding", choices=tuple(EMBEDDINGS), default="mean",
                         help="the node's speaker embedding: " + "; ".join(f"{k}: {v}" for k, v in EMBEDDINGS.items()))
+    parser.add_argument("--balance", type=float, default=None,
+                        help="every state's offset the class-balanced mean of its history with this smoothing "
+                             "(SpeakerAdapter balance; 0: the plain mean; default: the recipe's history_balance)")
     parser.add_argument("--soft", action="store_true",
                         help="also judge a similarity-weighted history (no voices; judge_soft) and the tracker's "
                              "voices with similar utterances in place of pooling, centre and width calibrated nested "
@@ -367,7 +374,8 @@ def main() -> int:
     sessions = build_sessions(data, recipe, args.repeats, np.random.default_rng(1), heads=not args.identity)
     if args.identity:
         return print_identity(data, [s for s in sessions if len(s.speakers) > 1], args.embedding)
-    adapter = {"warmup": recipe.warmup, "history": recipe.history, "shrinkage": recipe.shrinkage}
+    adapter = {"warmup": recipe.warmup, "history": recipe.history, "shrinkage": recipe.shrinkage,
+               "balance": recipe.history_balance if args.balance is None else args.balance}
     base = VoiceSettings(**{**VoiceSettings().__dict__, **adapter})
     grid = settings_grid(args.merge_thresholds, adapter, args.join, args.same_turn, args.confident,
                          args.pool_thresholds)

@@ -35,6 +35,8 @@ Parts (--parts, default all):
               recipe (one MLP seed each), every training and test clip through each, judged as in rooms.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
+  balance     a voice's offset as the class-balanced mean of its history (history_balance, weighed by the plain
+              head) against the plain mean: random orders clean, in the room and in noise, and skewed histories.
   attention   attentive pooling over the encoder's frames, trained per fold (uem-es only), then the linear heads.
   finetune    the same with the encoder's layer 3 fine-tuned at a low learning rate (~40 min on one core).
   report      bench/results/voice.md and voice.png from voice.json.
@@ -331,17 +333,7 @@ def run_skew(work: Path, history: int = 20) -> dict:
         neutral = target.labels[test] == "neutral"
         truth = target.labels[test]
         for skew, share in SKEWS.items():
-            rng = np.random.default_rng(int(t[-2:]))
-            picks = []
-            for i in range(len(test)):
-                others = np.delete(np.arange(len(test)), i)
-                if share is None:
-                    picks.append(rng.choice(others, history, replace=False))
-                    continue
-                n_neutral = int(round(share * history))
-                pool_n, pool_o = others[neutral[others]], others[~neutral[others]]
-                picks.append(np.concatenate([rng.choice(pool_n, n_neutral, replace=n_neutral > len(pool_n)),
-                                             rng.choice(pool_o, history - n_neutral, replace=False)]))
+            picks = skewed_histories(neutral, share, np.random.default_rng(int(t[-2:])), history)
             offsets = np.stack([z[p].mean(axis=0) for p in picks])
             records.add(f"shipped recipe | {skew}", t, truth, heads.normalised_probabilities(z, offsets))
             records.add(f"{SKEWED_NAME} | {skew}", t, truth, skewed_heads.normalised_probabilities(z, offsets))
@@ -734,6 +726,81 @@ def run_warmup(work: Path) -> dict:
                           "chosen": chosen, "ua_mean": float(np.mean(list(per.values()))), "per_speaker": per}}
 
 
+BALANCES = (0.0, 0.5, 1.0, 2.0)  # SpeakerAdapter balance: 0 the plain mean, else the class-balanced mean's smoothing
+
+
+def run_balance(work: Path) -> dict:
+    """A voice's offset as the class-balanced mean of its history (history_balance) against the plain mean: the
+    shipped recipe's LOSO fold heads, each test speaker's clips in 5 random orders clean, in the test room and under
+    robot noise (the node's causal regime), and centred by 20 other clips drawn balanced, 50 % or 70 % neutral (the
+    skew part's histories, the weights from the plain head); the honest choice per test speaker by clean and room."""
+    from ser_node.inference.adaptation import SpeakerAdapter
+
+    recipe = shipped_recipe()
+    data = load_voice_data(recipe)
+    target = data.subset(data.corpora == data.target)
+    _, features = condition_features(target, recipe)
+    copies = training_copies(data, recipe)
+    records = Records()
+    began = time.perf_counter()
+    for t in sorted(set(target.speakers)):
+        test = np.where(target.speakers == t)[0]
+        heads = fold_heads(data, recipe, t, True, copies)
+        for balance in BALANCES:
+            judge_in_conditions(records, f"balance {balance:g}", heads,
+                                dataclasses.replace(recipe, history_balance=balance), target, test, features)
+        z = heads.standardise(target.features[test])
+        plain = heads.plain_probabilities(z)
+        neutral, truth = target.labels[test] == "neutral", target.labels[test]
+        for skew, share in SKEWS.items():
+            picks = skewed_histories(neutral, share, np.random.default_rng(int(t[-2:])))
+            for balance in BALANCES:
+                offsets = []
+                for pick in picks:
+                    adapter = SpeakerAdapter(warmup=1, history=len(pick), shrinkage=0.0, balance=balance)
+                    for k in pick:
+                        adapter.remember(z[k], plain[k])
+                    offsets.append(adapter.offset())
+                records.add(f"balance {balance:g} | {skew} | normalised", t, truth,
+                            heads.normalised_probabilities(z, np.stack(offsets)))
+        print(f"balance: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
+    rows = {name: records.summary(name) for name in records.rows}
+    names = [f"balance {b:g}" for b in BALANCES]
+    for name in names[1:]:
+        for condition in [*features, *SKEWS]:
+            key = f"{name} | {condition} | normalised"
+            rows[key]["vs_plain_mean"] = paired(rows[key]["per_speaker"],
+                                                rows[f"balance 0 | {condition} | normalised"]["per_speaker"])
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
+            "protocol": "LOSO over the 12 speakers of uem-es, the shipped recipe's fold heads; conditions: 5 random "
+                        "orders per speaker, each clip judged against the speaker's earlier clips in the same "
+                        "condition (warm-up and shrinkage of the recipe); skews: each clip centred by 20 other clips "
+                        "of its speaker drawn with the given neutral share (the skew part's draws); the offset the "
+                        "SpeakerAdapter's mean, class-balanced by the plain head's probabilities with the given "
+                        "smoothing (0: the plain mean)",
+            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker", "ua_by_rank",
+                                                                   "vs_plain_mean")}
+                     for name, row in rows.items()},
+            "selection": honest_selection(rows, names, list(features))}
+
+
+def skewed_histories(neutral: np.ndarray, share: float | None, rng: np.random.Generator,
+                     history: int = 20) -> list[np.ndarray]:
+    """For each clip of one speaker (`neutral` marks its neutral clips), `history` of its other clips, drawn with
+    the given neutral share (None: uniformly; neutral clips with replacement where there are too few)."""
+    picks = []
+    for i in range(len(neutral)):
+        others = np.delete(np.arange(len(neutral)), i)
+        if share is None:
+            picks.append(rng.choice(others, history, replace=False))
+            continue
+        n_neutral = int(round(share * history))
+        pool_n, pool_o = others[neutral[others]], others[~neutral[others]]
+        picks.append(np.concatenate([rng.choice(pool_n, n_neutral, replace=n_neutral > len(pool_n)),
+                                     rng.choice(pool_o, history - n_neutral, replace=False)]))
+    return picks
+
+
 def honest_choice(per_speaker: dict[str, dict[str, float]]) -> tuple[dict[str, str], dict[str, float]]:
     """For each speaker, the option with the best mean over the other speakers, and that option's score on the
     speaker: a choice never made on the speaker it is scored on."""
@@ -1100,7 +1167,7 @@ def main() -> int:
                "ensemble": lambda work: run_heads(work, ENSEMBLE_VARIANTS, "ensemble"),
                "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"),
                "consistency": lambda work: run_heads(work, CONSISTENCY_VARIANTS, "consistency"),
-               "dereverb": run_dereverb, "wpe": run_wpe, "warmup": run_warmup,
+               "dereverb": run_dereverb, "wpe": run_wpe, "warmup": run_warmup, "balance": run_balance,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":
