@@ -317,10 +317,11 @@ class HeadsCache:
         return heads
 
 
-def build_sessions(data: VoiceData, recipe, repeats: int, rng: np.random.Generator, heads: bool = True
-                   ) -> list[Session]:
+def build_sessions(data: VoiceData, recipe, repeats: int, rng: np.random.Generator, heads: bool = True,
+                   sizes: tuple[int, ...] = (1, 2, 3, 4)) -> list[Session]:
     """Partitions of the target speakers into groups of 1-4, `repeats` times; heads trained without the group
-    (cached, see HeadsCache; without them, `heads` False, the same conversations in seconds: identity only)."""
+    (cached, see HeadsCache; without them, `heads` False, the same conversations in seconds: identity only). Only
+    groups of `sizes` are kept; the others are drawn all the same, so every kept session is the one a full run has."""
     lengths = durations(data.paths)
     cache = HeadsCache(recipe, data, lambda: training_copies(data, recipe))
     target_speakers = sorted(set(data.speakers[data.corpora == data.target]))
@@ -330,6 +331,8 @@ def build_sessions(data: VoiceData, recipe, repeats: int, rng: np.random.Generat
             order = list(rng.permutation(target_speakers))
             for group in (order[i:i + size] for i in range(0, len(order) - size + 1, size)):
                 utterances = conversation(data, lengths, group, rng)
+                if size not in sizes:
+                    continue
                 if not heads:
                     sessions.append(Session(list(group), utterances, None, None, None))
                     continue
@@ -360,6 +363,9 @@ def main() -> int:
                              "defaults, on the same conversations; no heads, seconds")
     parser.add_argument("--embedding", choices=tuple(EMBEDDINGS), default="mean",
                         help="the node's speaker embedding: " + "; ".join(f"{k}: {v}" for k, v in EMBEDDINGS.items()))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4],
+                        help="group sizes judged (1: a speaker alone); the others are drawn but not judged, so the "
+                             "sessions kept are those of a full run")
     parser.add_argument("--balance", type=float, default=None,
                         help="every state's offset the class-balanced mean of its history with this smoothing "
                              "(SpeakerAdapter balance; 0: the plain mean; default: the recipe's history_balance)")
@@ -371,7 +377,8 @@ def main() -> int:
     began = time.perf_counter()
     recipe = shipped_recipe()
     data = with_node_embeddings(load_voice_data(recipe), recipe, args.embedding)
-    sessions = build_sessions(data, recipe, args.repeats, np.random.default_rng(1), heads=not args.identity)
+    sessions = build_sessions(data, recipe, args.repeats, np.random.default_rng(1), heads=not args.identity,
+                              sizes=tuple(args.sizes))
     if args.identity:
         return print_identity(data, [s for s in sessions if len(s.speakers) > 1], args.embedding)
     adapter = {"warmup": recipe.warmup, "history": recipe.history, "shrinkage": recipe.shrinkage,
@@ -407,7 +414,7 @@ def main() -> int:
                   f"nested choices: {sorted(set(points[system_chosen[i]] for i in multi))}", flush=True)
     rows = {}
     for suffix, members in (("", multi), (", one speaker alone", [i for i in range(len(sessions)) if i not in multi])):
-        for system in systems:
+        for system in systems if members else ():
             rec = [r for i in members for r in records[system][i]]
             rows[system + suffix] = {"ua": ua(rec), "ua_by_rank": ua_by_rank(rec), "utterances": len(rec)}
     identity = [identity_scores(sessions[i].utterances, track(data, sessions[i].utterances, grid[chosen[i]]))
@@ -416,6 +423,7 @@ def main() -> int:
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
               "command": " ".join([".venv/bin/python bench/conversations.py", *sys.argv[1:]]),
               "embedding": args.embedding, "sessions": len(sessions), "conversations": len(multi),
+              "balance": adapter["balance"],
               "shipped_settings": shipped.__dict__,
               "nested_settings": [grid[chosen[i]].__dict__ for i in multi],
               "shipped_in_sample": {"ua": ua(shipped_records), "ua_by_rank": ua_by_rank(shipped_records)},
@@ -496,10 +504,14 @@ def write_report(path: Path, result: dict) -> None:
                  f"{node.confident_similarity}, merge {node.merge_threshold}, pool {node.pool_threshold}) in-sample: UA {node_row['ua']:.3f}, first five "
                  f"{node_row['ua_by_rank'][RANK_FIRST]:.3f}; the best point: {result['shipped_in_sample']['ua']:.3f}, "
                  f"{result['shipped_in_sample']['ua_by_rank'][RANK_FIRST]:.3f}.")
+    alone = " and each speaker alone (the last rows)" if result["sessions"] > result["conversations"] else ""
+    balance = result.get("balance", 0.0)
+    offset = (f"the class-balanced mean of its history (balance {balance:g}, weighed by the plain head)" if balance
+              else "the mean of its history")
     text = (f"# Conversations: normalisation by voice ({result['date']})\n\n`{result['command']}`:"
             f" {result['sessions']} sessions of uem-es speakers (~40 % neutral): {result['conversations']} conversations"
-            f" of 2-4 speakers (the first rows) and each speaker alone (the last rows), each judged by heads trained "
-            f"without its speakers. Voices are told apart by the speaker embedding the node's graph gives ("
+            f" of 2-4 speakers (the first rows){alone}, each judged by heads trained "
+            f"without its speakers; each state's offset {offset}. Voices are told apart by the speaker embedding the node's graph gives ("
             f"{EMBEDDINGS[result['embedding']]}; before 2026-12-03 this bench used the wheel's windowed embedding, "
             f"which the node never computes).\n\nTracker settings by nested calibration: each session is judged with the "
             f"settings that did best on the conversations of the other speakers (first: a new voice's first five "
