@@ -1024,6 +1024,9 @@ def report(out: Path) -> str:
                   **{f"UA at {k}": f"{r['ua_by_rank'][k]:.3f}" for k in RANK_NAMES}}
                  for name, r in warmup["rows"].items()]
         text += format_table(table, list(table[0])) + "\n"
+    balance = results.get("balance")
+    if balance:
+        text += balance_section(balance)
     pooling = [(part, results[part]) for part in ("attention", "finetune") if part in results]
     if pooling and loso:
         text += ("\n## Attentive pooling and fine-tuning the encoder (uem-es only)\n\nThe `attention` and `finetune` "
@@ -1061,6 +1064,27 @@ def report(out: Path) -> str:
     if wpe:
         plot_rooms(wpe, out / "voice_wpe.png", "online WPE (front end 4)")
     return text
+
+
+def balance_section(part: dict) -> str:
+    """The balance part: normalised UA per offset rule in each condition and skew, with the paired difference
+    against the plain mean."""
+    names = sorted({name.split(" | ")[0] for name in part["rows"]}, key=lambda n: float(n.split()[-1]))
+    columns = [c for c in ("clean", "room RT60 0.6 s at 2 m", "robot noise 10 dB", *SKEWS)
+               if f"{names[0]} | {c} | normalised" in part["rows"]]
+
+    def cell(name: str, column: str) -> str:
+        row = part["rows"][f"{name} | {column} | normalised"]
+        versus = row.get("vs_plain_mean")
+        return f"{row['ua_mean']:.3f}" + (f" ({versus['difference']:+.3f}, {versus['wins']}/12, p "
+                                           f"{versus['wilcoxon_p']:.2f})" if versus else "")
+    table = [{"offset": "plain mean" if name == "balance 0" else f"class-balanced, {name}",
+              **{column: cell(name, column) for column in columns}} for name in names]
+    chosen = sorted(set(part["selection"]["chosen"].values()))
+    return (f"\n## A class-balanced history ({part['date']})\n\n`--parts balance`: {part['protocol']}. Normalised UA "
+            f"(against the plain mean: difference, wins of 12, Wilcoxon p); chosen per test speaker by clean and "
+            f"room on the other 11 speakers' folds: {', '.join(chosen)}.\n\n" + format_table(table, list(table[0]))
+            + "\n")
 
 
 def paired_section(part: dict, baseline: str, against: str) -> str:
