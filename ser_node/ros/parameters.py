@@ -107,10 +107,10 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor, bool]] = {
                                       "other models)", low=0, high=100, integer=True), True),
     "adaptation_balance": (-1.0, describe("voice models: a voice's offset as the class-balanced mean of its history "
                                           "(each utterance weighed by the plain head's class probabilities, this "
-                                          "the smoothing), so a history leaning to one emotion (a mostly calm "
-                                          "person, a voice split off in anger) is not read as the person's usual "
-                                          "self; 0: the plain mean; -1: the model's own (its metadata; 0 if it "
-                                          "does not say). README Accuracy, bench/voice.py --parts balance",
+                                          "the smoothing), so a mostly calm person's history is not read as their "
+                                          "usual self: +5.7 UA at 70 % neutral, -2.2 on balanced speech; 0: the "
+                                          "plain mean; -1: the model's own (its metadata; 0 if it does not say). "
+                                          "README Accuracy, bench/voice.py --parts balance",
                                           low=-1.0, high=100.0), True),
     "voice_tracking": (True, describe("voice-encoder models: keep a normalisation state per voice, told apart by "
                                       "the model's speaker embedding (ser_node/inference/voices.py; "
