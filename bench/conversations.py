@@ -48,7 +48,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from accuracy import RANK_NAMES, ua_by_rank  # noqa: E402
 from voice import shipped_recipe  # noqa: E402
 
-from ser_node.inference.adaptation import SpeakerAdapter  # noqa: E402
 from ser_node.files import save_bytes_atomic  # noqa: E402
 from ser_node.inference.voices import VoiceSettings, VoiceTracker  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
@@ -191,7 +190,7 @@ def judge(data: VoiceData, session: Session, system: str, settings: VoiceSetting
     """Published probabilities per utterance under one way to normalise (same heads, same features)."""
     if system == "none":
         return list(session.plain)
-    new = lambda: SpeakerAdapter(settings.warmup, settings.history, settings.shrinkage, settings.balance)  # noqa: E731
+    new = settings.adapter
     shared, oracle = {"adapter": new(), "end": -np.inf}, {}
     tracker = VoiceTracker(settings)
     out = []
@@ -510,8 +509,8 @@ def write_report(path: Path, result: dict) -> None:
               else "the mean of its history")
     text = (f"# Conversations: normalisation by voice ({result['date']})\n\n`{result['command']}`:"
             f" {result['sessions']} sessions of uem-es speakers (~40 % neutral): {result['conversations']} conversations"
-            f" of 2-4 speakers (the first rows){alone}, each judged by heads trained "
-            f"without its speakers; each state's offset {offset}. Voices are told apart by the speaker embedding the node's graph gives ("
+            f" of 2-4 speakers (the first rows){alone}, each judged by heads trained without its speakers; each "
+            f"state's offset {offset}. Voices are told apart by the speaker embedding the node's graph gives ("
             f"{EMBEDDINGS[result['embedding']]}; before 2026-12-03 this bench used the wheel's windowed embedding, "
             f"which the node never computes).\n\nTracker settings by nested calibration: each session is judged with the "
             f"settings that did best on the conversations of the other speakers (first: a new voice's first five "

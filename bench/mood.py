@@ -29,11 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ser_node.inference.adaptation import SpeakerAdapter  # noqa: E402
 from ser_node.inference.mood import Mood, MoodSettings  # noqa: E402
 from ser_node.labels import EMOTIONS, VALENCE_AROUSAL  # noqa: E402
 from ser_node.train.reports import format_table, write_json  # noqa: E402
-from ser_node.train.voice_recipe import VoiceRecipe, fit_heads, load_voice_data  # noqa: E402
+from ser_node.train.voice_recipe import VoiceRecipe, fit_heads, load_voice_data, predict_in_order  # noqa: E402
 
 WINDOW_S = 30.0
 POLL_S = 1.0
@@ -62,17 +61,6 @@ def timeline(rows_by_label: dict[str, np.ndarray], lengths: np.ndarray, rng: np.
         spans.append((label, begin, utterances[-1][2]))
         last = label
     return utterances, spans
-
-
-def published(heads, z: np.ndarray, recipe: VoiceRecipe) -> np.ndarray:
-    """What the node publishes for one voice: the plain head during warm-up, then its own normalisation."""
-    adapter, out = SpeakerAdapter(recipe.warmup, recipe.history, recipe.shrinkage), []
-    plain = heads.plain_probabilities(z)
-    for k in range(len(z)):
-        offset = adapter.offset()
-        out.append(plain[k] if offset is None else heads.normalised_probabilities(z[k:k + 1], offset[None])[0])
-        adapter.remember(z[k])
-    return np.array(out)
 
 
 def evaluate(utterances, spans, labels, probabilities, settings: MoodSettings | None) -> dict:
@@ -153,7 +141,7 @@ def main() -> int:
         rows_by_label = {label: mine[data.labels[mine] == label] for label in EMOTIONS}
         utterances, spans = timeline(rows_by_label, lengths, rng)
         rows = [u[0] for u in utterances]
-        probabilities = published(heads, heads.standardise(data.features[rows]), recipe)
+        probabilities = predict_in_order(heads, heads.standardise(data.features[rows]), recipe, normalise=True)
         labels = [str(data.labels[r]) for r in rows]
         for name, settings in readers.items():
             parts[name].append(evaluate(utterances, spans, labels, probabilities, settings))

@@ -57,6 +57,10 @@ class VoiceSettings:
     shrinkage: float = 0.0
     balance: float = 0.0  # class-balanced history mean (SpeakerAdapter); 0: the plain mean
 
+    def adapter(self) -> SpeakerAdapter:
+        """A fresh normalisation state with these warm-up, history, shrinkage and balance settings."""
+        return SpeakerAdapter(self.warmup, self.history, self.shrinkage, self.balance)
+
     def __post_init__(self) -> None:
         if (not (-1 <= self.same_turn_threshold <= self.threshold <= 1) or not -1 <= self.merge_threshold <= 1
                 or not -1 <= self.pool_threshold <= 1 or self.max_voices < 1 or self.turn_gap_s < 0):
@@ -165,9 +169,7 @@ class VoiceTracker:
         while len(self.voices) >= self.settings.max_voices:
             self.voices.popitem(last=False)
             self.forgotten += 1
-        s = self.settings
-        voice = Voice(voice_id or self._new_id(), SpeakerAdapter(s.warmup, s.history, s.shrinkage, s.balance),
-                      np.zeros(EMBEDDING_SIZE))
+        voice = Voice(voice_id or self._new_id(), self.settings.adapter(), np.zeros(EMBEDDING_SIZE))
         self.voices[voice.id] = voice
         return voice
 
