@@ -19,7 +19,8 @@ import numpy as np
 from .adaptation import DEFAULT_WARMUP
 from .features import FeatureExtractor
 from .model_file import INPUT_NAME, OUTPUT_NAME, ModelFileError, ModelMetadata, metadata_of_session
-from .voice_stream import HEAD_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, EncoderState, VoiceStream
+from .prosody import PROSODY_SIZE, PROSODY_VERSION
+from .voice_stream import HEAD_OUTPUTS, PROSODY_INPUT, STEP_INPUTS, STEP_OUTPUTS, EncoderState, VoiceStream
 
 
 @dataclass
@@ -160,7 +161,18 @@ class Classifier:
         if not isinstance(size, int) or size != self.metadata.model.get("feature_size"):
             raise ModelFileError(f"{self.path}: speaker_offset width {size} does not match feature_size "
                                  f"{self.metadata.model.get('feature_size')} in its metadata")
+        prosody = self.metadata.model.get("prosody")
+        if (PROSODY_INPUT in inputs) != (prosody is not None):
+            raise ModelFileError(f"{self.path}: the graph {'has' if PROSODY_INPUT in inputs else 'lacks'} the input "
+                                 f"'{PROSODY_INPUT}' but its metadata {'lacks' if prosody is None else 'has'} "
+                                 "'prosody'")
+        if prosody is not None and (prosody.get("version") != PROSODY_VERSION
+                                    or inputs[PROSODY_INPUT].shape[-1] != PROSODY_SIZE):
+            raise ModelFileError(f"{self.path}: built for prosody version {prosody.get('version')} of width "
+                                 f"{inputs[PROSODY_INPUT].shape[-1]}, this ser_node computes version "
+                                 f"{PROSODY_VERSION} of width {PROSODY_SIZE}: re-export it with this version")
         self._no_offset = np.zeros((1, size), np.float32)
+        self._no_prosody = np.zeros((1, PROSODY_SIZE), np.float32)
         self._dummy_frame = np.zeros((1, 1, self.metadata.features.n_mels), np.float32)
 
     @property
@@ -180,6 +192,11 @@ class Classifier:
     def frontend_version(self) -> int:
         """Voice models: what reaches the encoder (voice_frontend.StreamingFrontEnd's version) for this model."""
         return int(self.metadata.model["frontend_version"])
+
+    @property
+    def prosody_size(self) -> int:
+        """Voice models with a prosody head: the width of the prosody block the graph reads (0 without)."""
+        return int(self.metadata.model.get("prosody", {}).get("size", 0))
 
     @property
     def feature_size(self) -> int:
@@ -242,10 +259,16 @@ class Classifier:
         h, c, sums, count = self.session.run(list(STEP_OUTPUTS), feed)
         return EncoderState(h, c, sums, count, model=self)
 
-    @staticmethod
-    def _voice_feed(frames: np.ndarray, state: EncoderState, offsets: np.ndarray) -> dict[str, np.ndarray]:
-        """The voice graph's inputs (STEP_INPUTS): frames, the state, speaker offsets."""
-        return dict(zip(STEP_INPUTS, (frames, state.h, state.c, state.sums, state.count, offsets)))
+    def _voice_feed(self, frames: np.ndarray, state: EncoderState, offsets: np.ndarray,
+                    heads: bool = False) -> dict[str, np.ndarray]:
+        """The voice graph's inputs (STEP_INPUTS): frames, the state, speaker offsets; and for models with a
+        prosody head the state's prosody block (zeros for a step, whose head outputs nobody reads)."""
+        feed = dict(zip(STEP_INPUTS, (frames, state.h, state.c, state.sums, state.count, offsets)))
+        if self.prosody_size:
+            if heads and state.prosody is None:
+                raise ValueError("this model's heads read the utterance's prosody, and the encoder state has none")
+            feed[PROSODY_INPUT] = state.prosody if heads else self._no_prosody
+        return feed
 
     def infer(self, prepared: Any, offsets: Sequence[np.ndarray | None] | None = None) -> list[Inference]:
         """Results for prepared inputs. Voice models: an utterance with an offset is judged by the normalised head
@@ -269,7 +292,7 @@ class Classifier:
         if state.frames < 1:
             raise ValueError("an encoder state of no frames has no features (every utterance gives at least one)")
         feed = self._voice_feed(self._dummy_frame, state,
-                                np.ascontiguousarray(offsets, np.float32).reshape(-1, self.feature_size))
+                                np.ascontiguousarray(offsets, np.float32).reshape(-1, self.feature_size), heads=True)
         normalised, plain, features, speaker = self.session.run(list(HEAD_OUTPUTS), feed)
         return normalised, Inference(plain[0], features[0], speaker[0], plain[0])
 

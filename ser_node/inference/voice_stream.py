@@ -15,12 +15,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .prosody import ProsodyTracker
 from .voice_frontend import StreamingFrontEnd
 
 log = logging.getLogger(__name__)
 
 # The voice model graph (train/voice_encoder.py, VoiceEmotionModel): a step and the heads in one graph.
 STEP_INPUTS = ("frames", "h", "c", "sums", "count", "speaker_offset")
+PROSODY_INPUT = "prosody"  # models with a prosody head: the utterance's prosody block (1, PROSODY_SIZE)
 STEP_OUTPUTS = ("h_next", "c_next", "sums_next", "count_next")
 HEAD_OUTPUTS = ("probabilities", "probabilities_plain", "features", "speaker_embedding")
 LAYERS, HIDDEN = 3, 256
@@ -38,6 +40,7 @@ class EncoderState:
     sums: np.ndarray = field(default_factory=lambda: np.zeros((2, LAYERS * HIDDEN), np.float64))
     count: np.ndarray = field(default_factory=lambda: np.zeros(1, np.float64))
     model: Any = None
+    prosody: np.ndarray | None = None  # (1, PROSODY_SIZE) at the utterance's end, for models with a prosody head
 
     @property
     def frames(self) -> int:
@@ -64,8 +67,12 @@ class VoiceStream:
         self._samples = 0
         self._frames: list[np.ndarray] = []
         self._count = 0
+        # Measured frame by frame as the audio arrives, like the encoder, so the end has only statistics left.
+        self.prosody = ProsodyTracker() if classifier.prosody_size else None
 
     def push(self, samples: np.ndarray) -> None:
+        if self.prosody is not None:
+            self.prosody.push(samples)
         self._audio.append(samples)
         self._samples += samples.size
         if self._samples < PUSH_SAMPLES:
@@ -78,6 +85,8 @@ class VoiceStream:
         self._to_front_end()
         self._frames.append(self.front.finish())
         self._step()
+        if self.prosody is not None:
+            self.state.prosody = self.prosody.finish().astype(np.float32)[None]
         return self.state
 
     def _to_front_end(self) -> None:

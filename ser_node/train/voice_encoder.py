@@ -17,7 +17,7 @@ answers for each, and the node keeps the row of the voice the speaker embedding 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -112,16 +112,29 @@ class VoiceEmotionModel(nn.Module):
 
     def __init__(self, encoder: GE2EEncoder, layers: Sequence[int], mean: np.ndarray, scale: np.ndarray,
                  plain: Sequence[tuple[np.ndarray, np.ndarray]],
-                 normalised: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+                 normalised: Sequence[tuple[np.ndarray, np.ndarray]], prosody: Any = None,
+                 prosody_weight: float = 0.0) -> None:
+        """`prosody`: heads on the utterance's prosody block (voice_recipe.VoiceHeads with mean, scale, plain,
+        normalised), fused with these as log p + prosody_weight x log p(prosody); the graph then takes the block
+        as the input `prosody` (1, PROSODY_SIZE) and its features and offsets are the GE2E features followed by
+        the standardised block."""
         super().__init__()
         self.encoder = encoder
         self.layer_ids = tuple(int(i) for i in layers)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
         self.plain_head, self.normalised_head = _head(plain), _head(normalised)
+        self.width = len(mean)
+        self.prosody_weight = float(prosody_weight)
+        self.has_prosody = prosody is not None
+        if prosody is not None:
+            self.register_buffer("prosody_mean", torch.as_tensor(prosody.mean, dtype=torch.float32))
+            self.register_buffer("prosody_scale", torch.as_tensor(prosody.scale, dtype=torch.float32))
+            self.prosody_plain, self.prosody_normalised = _head(prosody.plain), _head(prosody.normalised)
 
     def forward(self, frames: torch.Tensor, h: torch.Tensor, c: torch.Tensor, sums: torch.Tensor,
-                count: torch.Tensor, speaker_offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                count: torch.Tensor, speaker_offset: torch.Tensor,
+                prosody: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(new h, new c, new sums, new count; probabilities with the offset removed, probabilities of the plain
         head, features, speaker embedding - the last four of the state given)."""
         x, new_h, new_c, step_sums, step_squares = frames, [], [], [], []
@@ -135,9 +148,17 @@ class VoiceEmotionModel(nn.Module):
         step = torch.stack([torch.cat(step_sums), torch.cat(step_squares)])
         new_count = count + torch.ones_like(frames[0, :, 0], dtype=torch.float64).sum().reshape(1)
         features = (pooled_from_sums(sums, count, self.layer_ids) - self.mean) / self.scale
+        normalised = self.normalised_head(features - speaker_offset[:, :self.width])
+        plain = self.plain_head(features)
+        if self.has_prosody:
+            block = (prosody - self.prosody_mean) / self.prosody_scale
+            weight = self.prosody_weight
+            normalised = torch.log_softmax(normalised, dim=1) + weight * torch.log_softmax(
+                self.prosody_normalised(block - speaker_offset[:, self.width:]), dim=1)
+            plain = torch.log_softmax(plain, dim=1) + weight * torch.log_softmax(self.prosody_plain(block), dim=1)
+            features = torch.cat([features, block], dim=1)
         return (torch.cat(new_h), torch.cat(new_c), sums + step, new_count,
-                torch.softmax(self.normalised_head(features - speaker_offset), dim=1),
-                torch.softmax(self.plain_head(features), dim=1), features,
+                torch.softmax(normalised, dim=1), torch.softmax(plain, dim=1), features,
                 self.encoder.embed((sums[0, (LAYERS - 1) * HIDDEN:] / count).float()[None]))
 
 

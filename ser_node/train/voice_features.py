@@ -7,6 +7,7 @@ rewritten atomically every few hundred clips.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from ..audio.decode import load_audio
 from ..files import file_digest, save_npz_atomic
+from ..inference.prosody import PROSODY_SIZE, PROSODY_VERSION, prosody
 from ..inference.voice_frontend import (COMPUTABLE_FRONTENDS, ENCODER_SHA256, FRONTEND_VERSION, encoder_input,
                                         partial_frames, preprocess)
 
@@ -52,13 +54,11 @@ def clip_features(paths: Sequence[str | Path], cache_dir: str | Path, tag: str =
 
 
 def _cached_per_clip(paths: Sequence[str | Path], store_path: Path, compute: Callable[[Any, int], np.ndarray],
-                     desc: str, progress: bool, cannot_compute: str | None = None) -> np.ndarray:
+                     desc: str, progress: bool, cannot_compute: str | None = None,
+                     needs_encoder: bool = True) -> np.ndarray:
     """`compute(encoder, index)` per clip, stored in one .npz by clip content and computed only where missing
-    (rewritten atomically every 300 clips, so a crash loses little); `cannot_compute` refuses missing clips."""
-    import torch
-
-    from .voice_encoder import GE2EEncoder
-
+    (rewritten atomically every 300 clips, so a crash loses little); `cannot_compute` refuses missing clips.
+    Without `needs_encoder`, compute gets None instead of the GE2E encoder."""
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store: dict[str, np.ndarray] = dict(np.load(store_path)) if store_path.exists() else {}
     keys = [file_digest(p) for p in paths]
@@ -66,15 +66,37 @@ def _cached_per_clip(paths: Sequence[str | Path], store_path: Path, compute: Cal
     if missing and cannot_compute:
         raise FileNotFoundError(f"{store_path}: {len(missing)} clip(s) missing; {cannot_compute}")
     if missing:
-        torch.set_num_threads(1)
-        encoder = GE2EEncoder.pretrained()
+        encoder, no_grad = None, contextlib.nullcontext
+        if needs_encoder:
+            import torch
+
+            from .voice_encoder import GE2EEncoder
+
+            torch.set_num_threads(1)
+            encoder, no_grad = GE2EEncoder.pretrained(), torch.no_grad
         for done, (i, key) in enumerate(tqdm(missing, desc=desc, unit="clip", disable=not progress or None),
                                         start=1):
-            with torch.no_grad():
+            with no_grad():
                 store[key] = np.asarray(compute(encoder, i), dtype=np.float32)
             if done % 300 == 0 or done == len(missing):
                 save_npz_atomic(store, store_path)
     return np.stack([store[k] for k in keys])
+
+
+def clip_prosody(paths: Sequence[str | Path], cache_dir: str | Path, tag: str = "clean",
+                 transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                 progress: bool = True) -> np.ndarray:
+    """(n, PROSODY_SIZE) prosody (inference/prosody.py) of clips, after `transform` as in clip_features (give each
+    transform its own `tag`), cached per clip content, tag and prosody version."""
+    store_path = Path(cache_dir) / f"prosody-v{PROSODY_VERSION}-{tag}.npz"
+    if not paths:
+        return np.zeros((0, PROSODY_SIZE), np.float32)
+
+    def compute(_, i: int) -> np.ndarray:
+        audio = load_audio(paths[i])
+        return prosody(transform(audio, i) if transform is not None else audio)
+
+    return _cached_per_clip(paths, store_path, compute, f"prosody ({tag})", progress, needs_encoder=False)
 
 
 def node_speaker_embeddings(paths: Sequence[str | Path], cache_dir: str | Path,

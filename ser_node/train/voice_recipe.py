@@ -24,12 +24,13 @@ import numpy as np
 import yaml
 
 from ..inference.adaptation import SpeakerAdapter
+from ..inference.prosody import PROSODY_NAMES, PROSODY_SIZE, PROSODY_VERSION
 from ..inference.voice_frontend import ENCODER_PACKAGE, ENCODER_SHA256, ENCODER_VERSION, FRONTEND_VERSION, MEL_CONFIG
-from ..inference.voice_stream import HEAD_OUTPUTS, HIDDEN, LAYERS, STEP_INPUTS, STEP_OUTPUTS
+from ..inference.voice_stream import HEAD_OUTPUTS, HIDDEN, LAYERS, PROSODY_INPUT, STEP_INPUTS, STEP_OUTPUTS
 from ..labels import EMOTIONS
 from ..settings import check_known_fields
 from .corpora import load_corpus_entry
-from .voice_features import ALL_LAYERS, clip_features, layer_columns
+from .voice_features import ALL_LAYERS, clip_features, clip_prosody, layer_columns
 
 MODEL_KIND = "ge2e_heads"
 
@@ -92,6 +93,11 @@ class VoiceRecipe:
     room_copies: int = 0
     room_corpora: list[str] | None = None
     room_weight: float = 1.0
+    # A head on the utterance's prosody (inference/prosody.py: pitch, voicing, loudness dynamics, tilt; fitted like
+    # the GE2E heads, with its own standardisation and per-voice offset) beside them, in late fusion: the model's
+    # log-probabilities are the GE2E heads' plus this weight times the prosody head's. 0: no prosody. Appended to
+    # the GE2E features instead, the block changed nothing (bench/prosody.py --concat).
+    prosody_weight: float = 0.0
     # What reaches the encoder (inference/voice_frontend.py): 2, the causal front end; 3, the same through a
     # late-reverberation suppressor. The model file records it and the node computes the same.
     frontend_version: int = FRONTEND_VERSION
@@ -120,7 +126,7 @@ class VoiceRecipe:
 class VoiceData:
     """Cached features of every clip of the recipe's corpora, with labels and namespaced speakers."""
 
-    features: np.ndarray  # (n, 1536): all layers; select with layer_columns
+    features: np.ndarray  # (n, 1536): all layers, select with layer_columns; + PROSODY_COLUMNS with prosody
     speaker_embeddings: np.ndarray  # (n, 256)
     labels: np.ndarray
     speakers: np.ndarray  # corpus/speaker
@@ -145,6 +151,8 @@ def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: boo
         clips = entry.corpus.clips
         x, e = clip_features([c.path for c in clips], recipe.feature_cache, progress=progress,
                              frontend_version=recipe.frontend_version)
+        if recipe.prosody_weight:
+            x = np.hstack([x, clip_prosody([c.path for c in clips], recipe.feature_cache, progress=progress)])
         features.append(x)
         embeddings.append(e)
         labels += [c.label for c in clips]
@@ -199,36 +207,59 @@ def head_logits(layers: Layers, x: np.ndarray) -> np.ndarray:
     return x
 
 
+GE2E_WIDTH = 3 * 512  # the cached pooled features of all layers
+PROSODY_COLUMNS = np.arange(GE2E_WIDTH, GE2E_WIDTH + PROSODY_SIZE)  # where VoiceData keeps the prosody block
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
 @dataclass
 class VoiceHeads:
-    """Standardisation and the two heads, as the exported graph computes them (numpy, for evaluation)."""
+    """Standardisation and the two heads, as the exported graph computes them (numpy, for evaluation); with
+    `prosody`, the heads on the prosody block (layers []), fused as log p + prosody_weight x log p(prosody)."""
 
     layers: list[int]
     mean: np.ndarray
     scale: np.ndarray
     plain: Layers  # on standardised features; the last layer gives the 7 logits
     normalised: Layers  # on standardised features minus the voice's offset
+    prosody: "VoiceHeads | None" = None
+    prosody_weight: float = 0.0
 
-    def standardise(self, pooled_all_layers: np.ndarray) -> np.ndarray:
-        return (pooled_all_layers[:, layer_columns(self.layers)] - self.mean) / self.scale
+    def standardise(self, features: np.ndarray) -> np.ndarray:
+        """Standardised features of rows of VoiceData.features: the heads' layers, then the prosody block if any
+        (the vector the node's per-voice offset averages)."""
+        z = (features[:, layer_columns(self.layers)] - self.mean) / self.scale
+        if self.prosody is None:
+            return z
+        return np.hstack([z, (features[:, PROSODY_COLUMNS] - self.prosody.mean) / self.prosody.scale])
 
-    @staticmethod
-    def _softmax(logits: np.ndarray) -> np.ndarray:
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
+    def _fused(self, head: str, z: np.ndarray) -> np.ndarray:
+        width = len(self.mean)
+        log_p = _log_softmax(head_logits(getattr(self, head), z[:, :width]))
+        if self.prosody is not None:
+            log_p = log_p + self.prosody_weight * _log_softmax(head_logits(getattr(self.prosody, head),
+                                                                           z[:, width:]))
+        return np.exp(_log_softmax(log_p))
 
     def plain_probabilities(self, z: np.ndarray) -> np.ndarray:
-        return self._softmax(head_logits(self.plain, z))
+        return self._fused("plain", z)
 
     def normalised_probabilities(self, z: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        return self._softmax(head_logits(self.normalised, z - offsets))
+        return self._fused("normalised", z - offsets)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Every array, by name (heads.npz)."""
+        """Every array, by name (heads.npz); the prosody heads' with the prefix prosody_."""
         out = {"mean": self.mean, "scale": self.scale, "layers": np.array(self.layers)}
         for name, head in (("plain", self.plain), ("norm", self.normalised)):
             for i, (weight, bias) in enumerate(head):
                 out[f"{name}_w{i}"], out[f"{name}_b{i}"] = weight, bias
+        if self.prosody is not None:
+            out.update({f"prosody_{k}": v for k, v in self.prosody.arrays().items() if k != "layers"})
+            out["prosody_weight"] = np.array(self.prosody_weight)
         return out
 
 
@@ -316,7 +347,12 @@ def clean_partners(data: VoiceData) -> np.ndarray:
 
 def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None = None) -> VoiceHeads:
     """Both heads on every clip of `data` (target clips weighted by target_weight), on the recipe's layers'
-    columns (or the given `columns`, for features other than the cached pooling)."""
+    columns (or the given `columns`, for features other than the cached pooling); with the recipe's
+    prosody_weight, the prosody heads too, fitted the same way on PROSODY_COLUMNS."""
+    if recipe.prosody_weight and columns is None:
+        plain_recipe = dataclasses.replace(recipe, prosody_weight=0.0)
+        return dataclasses.replace(fit_heads(data, plain_recipe), prosody_weight=recipe.prosody_weight,
+                                   prosody=fit_heads(data, plain_recipe, PROSODY_COLUMNS))
     pooled = data.features[:, layer_columns(recipe.layers) if columns is None else columns].astype(np.float64)
     mean, scale = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
     z = (pooled - mean) / scale
@@ -380,13 +416,19 @@ def build_torch_model(heads: VoiceHeads, weights_path: str | Path | None = None)
     from .voice_encoder import GE2EEncoder, VoiceEmotionModel
 
     return VoiceEmotionModel(GE2EEncoder.pretrained(weights_path), heads.layers, heads.mean, heads.scale,
-                             heads.plain, heads.normalised).eval()
+                             heads.plain, heads.normalised, heads.prosody, heads.prosody_weight).eval()
 
 
 # The default model's version; its id ends in v<major>.<minor>. 0.6: the speaker embedding is the head on the mean of
 # layer 3's states (0.5: its last state); a self-voice enrolment names the model id it was made with.
 MODEL_VERSION = "0.6.0"
 DEFAULT_MODEL_ID = f"ser-default-ge2e-heads-v{MODEL_VERSION.rsplit('.', 1)[0]}"
+
+
+def feature_size(heads: VoiceHeads) -> int:
+    """Width of the vector the node's per-voice offset averages: the standardised GE2E features and the prosody
+    block if the model has one."""
+    return int(len(heads.mean)) + (PROSODY_SIZE if heads.prosody is not None else 0)
 
 
 def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path, training: dict[str, Any],
@@ -407,11 +449,15 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
     example = (torch.from_numpy(rng.random((1, 120, MEL_CONFIG.n_mels), dtype=np.float32)),
                torch.zeros((LAYERS, 1, HIDDEN)), torch.zeros((LAYERS, 1, HIDDEN)),
                torch.ones((2, LAYERS * HIDDEN), dtype=torch.float64), torch.ones(1, dtype=torch.float64),
-               torch.zeros((1, len(heads.mean))))
+               torch.zeros((1, feature_size(heads))))
+    inputs = list(STEP_INPUTS)
+    if heads.prosody is not None:
+        example += (torch.zeros((1, PROSODY_SIZE)),)
+        inputs.append(PROSODY_INPUT)
     tmp = path.with_name(path.name + ".export.onnx")
     with warnings.catch_warnings():  # the tracer's notes on LSTM shapes: batch is fixed at 1, time is dynamic
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, example, str(tmp), input_names=list(STEP_INPUTS),
+        torch.onnx.export(model, example, str(tmp), input_names=inputs,
                           output_names=list(STEP_OUTPUTS) + list(HEAD_OUTPUTS),
                           # One utterance per run; several candidate offsets (one per known voice) in one run.
                           dynamic_axes={"frames": {1: "time"}, "speaker_offset": {0: "candidates"},
@@ -427,13 +473,19 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
                          "note": "step: frames and state in, h_next c_next sums_next count_next out; heads: the "
                                  "outputs probabilities.. speaker_embedding judge the state given (feed one dummy "
                                  "frame); initial state zeros"},
-               "feature_size": int(len(heads.mean)),
+               "feature_size": feature_size(heads),
                "speaker_embedding": "the encoder's embedding head on the mean of layer 3's states over the utterance",
                # each head's layer widths, features to classes: [1536, 7] linear, [1536, 128, 7] one hidden layer
                "heads": {name: [int(head[0][0].shape[1])] + [int(w.shape[0]) for w, _ in head]
                          for name, head in (("plain", heads.plain), ("normalised", heads.normalised))},
                "encoder": {"name": "GE2E speaker encoder", "package": ENCODER_PACKAGE, "version": ENCODER_VERSION,
                            "file": "resemblyzer/pretrained.pt", "sha256": ENCODER_SHA256, "license": "Apache-2.0"},
+               **({} if heads.prosody is None else {"prosody": {
+                   "version": PROSODY_VERSION, "size": PROSODY_SIZE, "names": list(PROSODY_NAMES),
+                   "weight": heads.prosody_weight, "code": "ser_node/inference/prosody.py",
+                   "heads": {name: [PROSODY_SIZE] + [int(w.shape[0]) for w, _ in head]
+                             for name, head in (("plain", heads.prosody.plain),
+                                                ("normalised", heads.prosody.normalised))}}}),
                "normalisation": {"warmup": recipe.warmup, "history": recipe.history,
                                  "shrinkage": recipe.shrinkage, "balance": recipe.history_balance}},
         training=training)
@@ -462,30 +514,40 @@ class Copies:
 
 
 def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> list[Copies]:
-    """`augment_copies` degraded copies of every target clip, cached per copy. Rooms are simulated with room seeds
-    1 and 2 (bench/robustness.py measures in room seed 0); each clip's condition and seed follow from its file
-    name, speaker and copy number, so the copies are the same in every run."""
+    """`augment_copies` degraded copies of every target clip (augment_transform), cached per copy."""
+    target = data.corpora == data.target
+    rows = np.where(target)[0]
+    paths = [data.paths[r] for r in rows]
+    copies = []
+    for copy in range(recipe.augment_copies):
+        transform = augment_transform(data, copy)
+        features = clip_features(paths, recipe.feature_cache, tag=f"augment{copy}", transform=transform,
+                                 progress=progress, frontend_version=recipe.frontend_version)[0]
+        features = _with_prosody(features, paths, recipe, f"augment{copy}", transform, progress)
+        copies.append(Copies(features, rows, data.speakers[target], AUGMENTED))
+    return copies
+
+
+def augment_transform(data: VoiceData, copy: int) -> Callable[[np.ndarray, int], np.ndarray]:
+    """transform(audio, i): the i-th target clip of `data` under augmentation copy `copy`. Rooms are simulated with
+    room seeds 1 and 2 (bench/robustness.py measures in room seed 0); each clip's condition and seed follow from
+    its file name, speaker and copy number, so the copies are the same in every run."""
     from .acoustics import AcousticSimulator, AugmentRanges, random_condition, stable_seed
     from .corpora import Clip
 
     target = data.corpora == data.target
     babble = [Clip(Path(p), str(label), str(speaker), str(corpus)) for p, label, speaker, corpus, keep
               in zip(data.paths, data.labels, data.speakers, data.corpora, ~target) if keep]
-    rows = np.where(target)[0]
-    paths = [data.paths[r] for r in rows]
+    paths = [p for p, keep in zip(data.paths, target) if keep]
     speakers = data.speakers[target]
     ranges, simulators = AugmentRanges(probability=1.0), {}
-    copies = []
-    for copy in range(recipe.augment_copies):
-        def transform(audio: np.ndarray, i: int, copy: int = copy) -> np.ndarray:
-            rng = np.random.default_rng(stable_seed(Path(paths[i]).name, speakers[i], "augment", copy))
-            condition, room = random_condition(ranges, rng)
-            simulator = simulators.setdefault(room, AcousticSimulator(babble, room_seed=1 + room))
-            return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
-        features = clip_features(paths, recipe.feature_cache, tag=f"augment{copy}",
-                                 transform=transform, progress=progress, frontend_version=recipe.frontend_version)[0]
-        copies.append(Copies(features, rows, speakers, AUGMENTED))
-    return copies
+
+    def transform(audio: np.ndarray, i: int) -> np.ndarray:
+        rng = np.random.default_rng(stable_seed(Path(paths[i]).name, speakers[i], "augment", copy))
+        condition, room = random_condition(ranges, rng)
+        simulator = simulators.setdefault(room, AcousticSimulator(babble, room_seed=1 + room))
+        return simulator(audio, condition, seed=int(rng.integers(2**31)), exclude_speakers=[str(speakers[i])])
+    return transform
 
 
 def speaker_room(speaker: str, copy: int):
@@ -520,11 +582,20 @@ def room_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> 
     speakers = data.speakers[rows]
     copies = []
     for copy in range(recipe.room_copies):
-        features = clip_features(paths, recipe.feature_cache, tag=f"room{copy}",
-                                 transform=room_transform(speakers, copy),
+        transform = room_transform(speakers, copy)
+        features = clip_features(paths, recipe.feature_cache, tag=f"room{copy}", transform=transform,
                                  progress=progress, frontend_version=recipe.frontend_version)[0]
+        features = _with_prosody(features, paths, recipe, f"room{copy}", transform, progress)
         copies.append(Copies(features, rows, np.char.add(speakers.astype(str), f"@room{copy}"), ROOMS))
     return copies
+
+
+def _with_prosody(features: np.ndarray, paths: list[str], recipe: VoiceRecipe, tag: str,
+                  transform: Callable[[np.ndarray, int], np.ndarray], progress: bool) -> np.ndarray:
+    """Copies' features with the prosody of the same degraded audio appended, for recipes with prosody."""
+    if not recipe.prosody_weight:
+        return features
+    return np.hstack([features, clip_prosody(paths, recipe.feature_cache, tag, transform, progress)])
 
 
 def training_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> list[Copies]:
