@@ -122,13 +122,17 @@ def placement(model: Path, providers: list[str], feed: dict) -> dict:
 def voice_feed(classifier, waveform: np.ndarray) -> dict:
     """The default model's inputs for one whole utterance in one step from the initial state (what the node feeds
     the graph when encode_while_speaking is off)."""
+    from ser_node.inference.prosody import prosody
     from ser_node.inference.voice_frontend import encoder_input
-    from ser_node.inference.voice_stream import EncoderState
+    from ser_node.inference.voice_stream import PROSODY_INPUT, EncoderState
 
     state = EncoderState()
-    return {"frames": np.ascontiguousarray(encoder_input(waveform)[None], np.float32), "h": state.h, "c": state.c,
+    feed = {"frames": np.ascontiguousarray(encoder_input(waveform)[None], np.float32), "h": state.h, "c": state.c,
             "sums": state.sums, "count": state.count,
             "speaker_offset": np.zeros((1, classifier.feature_size), np.float32)}
+    if classifier.prosody_size:  # models with a prosody head: the utterance's block
+        feed[PROSODY_INPUT] = prosody(waveform).astype(np.float32)[None]
+    return feed
 
 
 # ------------------------------------------------------------------ inference latency

@@ -603,6 +603,7 @@ def voice_inference(waveforms: list[np.ndarray]) -> dict:
     import torch
 
     from ser_node.inference.classifier import Classifier
+    from ser_node.inference.prosody import prosody
     from ser_node.inference.voice_frontend import encoder_input
     from ser_node.inference.voice_stream import EncoderState
     from ser_node.train.voice_encoder import GE2EEncoder, pool
@@ -619,8 +620,11 @@ def voice_inference(waveforms: list[np.ndarray]) -> dict:
         for f in frames[:3]:  # warm-up
             classifier.step(EncoderState(), f)
         began = time.perf_counter()
-        for f in frames:  # the whole utterance in one step from the initial state, then the heads
-            classifier.infer([classifier.step(EncoderState(), f)], [zero])
+        for w, f in zip(waveforms, frames):  # the whole utterance in one step from the initial state, the heads
+            state = classifier.step(EncoderState(), f)
+            if classifier.prosody_size:  # models with a prosody head read the utterance's block too
+                state.prosody = prosody(w).astype(np.float32)[None]
+            classifier.infer([state], [zero])
         out[f"onnxruntime_{threads}_threads_ms_per_audio_s"] = (time.perf_counter() - began) / audio_s * 1000
     torch.set_num_threads(1)
     encoder = GE2EEncoder.pretrained()

@@ -399,7 +399,7 @@ def condition_features(target: VoiceData, recipe: VoiceRecipe):
     from robustness import Degrader
 
     from ser_node.train.corpora import load_emomatch
-    from ser_node.train.voice_features import clip_features
+    from ser_node.train.voice_features import clip_features, clip_prosody
 
     clips = load_emomatch(DATA / "uem-es").clips
     assert [str(c.path) for c in clips] == list(target.paths)
@@ -407,13 +407,24 @@ def condition_features(target: VoiceData, recipe: VoiceRecipe):
     features = {}
     for name, condition in test_conditions().items():
         transform: Callable | None = None if name == "clean" else (lambda audio, i, c=condition: degrader(i, c))
-        features[name] = clip_features(target.paths, recipe.feature_cache,
-                                       tag="clean" if name == "clean" else condition.name.replace(" ", "_"),
-                                       transform=transform, frontend_version=recipe.frontend_version)[0]
+        tag = "clean" if name == "clean" else condition.name.replace(" ", "_")
+        features[name] = clip_features(target.paths, recipe.feature_cache, tag=tag, transform=transform,
+                                       frontend_version=recipe.frontend_version)[0]
+        if recipe.prosody_weight:  # the prosody block after the encoder's features, as VoiceData keeps it
+            features[name] = np.hstack([features[name], clip_prosody(target.paths, recipe.feature_cache, tag,
+                                                                     transform)])
     return degrader, features
 
 
-LINEAR = {"head_hidden": 0, "plain_head_hidden": None, "head_ensemble": 1}
+def recipe_rows(recipe: VoiceRecipe) -> tuple[VoiceData, VoiceData, dict[str, np.ndarray], list]:
+    """What a LOSO part of this recipe reads: every clip of its corpora, the target corpus's clips, their features
+    under each test condition and the recipe's training copies."""
+    data = load_voice_data(recipe)
+    target = data.subset(data.corpora == data.target)
+    return data, target, condition_features(target, recipe)[1], training_copies(data, recipe)
+
+
+LINEAR = {"head_hidden": 0, "plain_head_hidden": None, "head_ensemble": 1, "prosody_weight": 0.0}
 PREVIOUS = LINEAR  # model v0.4's recipe (linear heads; same rows, same serving), against this one's
 SIMPLE = {**LINEAR, "augment_copies": 0, "room_copies": 0}  # uem-es only (not pooled with the other corpora)
 
@@ -737,10 +748,7 @@ def run_balance(work: Path) -> dict:
     from ser_node.inference.adaptation import SpeakerAdapter
 
     recipe = shipped_recipe()
-    data = load_voice_data(recipe)
-    target = data.subset(data.corpora == data.target)
-    _, features = condition_features(target, recipe)
-    copies = training_copies(data, recipe)
+    data, target, features, copies = recipe_rows(recipe)
     records = Records()
     began = time.perf_counter()
     for t in sorted(set(target.speakers)):

@@ -14,6 +14,7 @@ from ser_node.audio.decode import load_audio
 from ser_node.inference.classifier import Classifier
 from ser_node.inference.features import FeatureConfig
 from ser_node.inference.model_file import read_metadata
+from ser_node.inference.prosody import PROSODY_SIZE, PROSODY_VERSION
 from ser_node.inference.voice_frontend import ENCODER_SHA256, MEL_CONFIG
 from ser_node.labels import EMOTIONS
 from ser_node.train.corpora import load_emomatch
@@ -47,6 +48,14 @@ def test_default_metadata_names_the_encoder_and_its_recipe():
     hidden = {"normalised": recipe["head_hidden"], "plain": recipe.get("plain_head_hidden", recipe["head_hidden"])}
     assert metadata.model["heads"] == {
         name: [1536] + ([units * recipe.get("head_ensemble", 1)] if units else []) + [7] for name, units in hidden.items()}
+    # v0.7: prosody heads of the same shapes on the block this code computes, fused at the recipe's weight
+    prosody = metadata.model.get("prosody")
+    assert (prosody is not None) == bool(recipe.get("prosody_weight"))
+    if prosody is not None:
+        assert prosody["version"] == PROSODY_VERSION and prosody["weight"] == recipe["prosody_weight"]
+        assert prosody["heads"] == {name: [PROSODY_SIZE] + ([units * recipe.get("head_ensemble", 1)] if units else [])
+                                    + [7] for name, units in hidden.items()}
+        assert metadata.model["feature_size"] == 1536 + PROSODY_SIZE
 
 
 def test_ds_am_metadata_matches_the_feature_code():

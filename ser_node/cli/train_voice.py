@@ -1,4 +1,5 @@
-"""`ser_train_voice`: train the default model (linear heads on the pretrained GE2E voice encoder) and export it."""
+"""`ser_train_voice`: train the default model (heads on the pretrained GE2E voice encoder and, with the recipe's
+prosody_weight, on the utterance's prosody) and export it."""
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,10 @@ from ..train.voice_recipe import VoiceRecipe, train_and_export
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ser_train_voice",
-        description="Train the default model (linear heads on the pretrained GE2E voice encoder, speaker-"
-                    "normalised) on every clip of the recipe's corpora and export it as an ONNX model file. "
-                    "LOSO figures come from bench/voice.py.")
+        description="Train the default model (heads on the pretrained GE2E voice encoder and, with the recipe's "
+                    "prosody_weight, on the utterance's prosody; speaker-normalised) on every clip of the recipe's "
+                    "corpora and export it as an ONNX model file. LOSO figures come from bench/voice.py and "
+                    "bench/prosody.py.")
     parser.add_argument("--config", type=Path, default=None, help="YAML recipe (default: config/train_voice.yaml's "
                                                                   "settings)")
     parser.add_argument("--out", type=Path, required=True, help="folder for model.onnx, heads.npz, report.json")

@@ -520,10 +520,7 @@ def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True
     paths = [data.paths[r] for r in rows]
     copies = []
     for copy in range(recipe.augment_copies):
-        transform = augment_transform(data, copy)
-        features = clip_features(paths, recipe.feature_cache, tag=f"augment{copy}", transform=transform,
-                                 progress=progress, frontend_version=recipe.frontend_version)[0]
-        features = _with_prosody(features, paths, recipe, f"augment{copy}", transform, progress)
+        features = _copy_features(paths, recipe, f"augment{copy}", augment_transform(data, copy), progress)
         copies.append(Copies(features, rows, data.speakers[target], AUGMENTED))
     return copies
 
@@ -582,17 +579,17 @@ def room_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> 
     speakers = data.speakers[rows]
     copies = []
     for copy in range(recipe.room_copies):
-        transform = room_transform(speakers, copy)
-        features = clip_features(paths, recipe.feature_cache, tag=f"room{copy}", transform=transform,
-                                 progress=progress, frontend_version=recipe.frontend_version)[0]
-        features = _with_prosody(features, paths, recipe, f"room{copy}", transform, progress)
+        features = _copy_features(paths, recipe, f"room{copy}", room_transform(speakers, copy), progress)
         copies.append(Copies(features, rows, np.char.add(speakers.astype(str), f"@room{copy}"), ROOMS))
     return copies
 
 
-def _with_prosody(features: np.ndarray, paths: list[str], recipe: VoiceRecipe, tag: str,
-                  transform: Callable[[np.ndarray, int], np.ndarray], progress: bool) -> np.ndarray:
-    """Copies' features with the prosody of the same degraded audio appended, for recipes with prosody."""
+def _copy_features(paths: list[str], recipe: VoiceRecipe, tag: str,
+                   transform: Callable[[np.ndarray, int], np.ndarray], progress: bool) -> np.ndarray:
+    """Encoder features of degraded copies of clips, cached under `tag`, and for recipes with prosody the block of
+    the same degraded audio after them."""
+    features = clip_features(paths, recipe.feature_cache, tag=tag, transform=transform, progress=progress,
+                             frontend_version=recipe.frontend_version)[0]
     if not recipe.prosody_weight:
         return features
     return np.hstack([features, clip_prosody(paths, recipe.feature_cache, tag, transform, progress)])
