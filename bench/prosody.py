@@ -138,7 +138,7 @@ def report(result: dict) -> str:
     """The table: normalised / plain UA per variant and condition, the gap to clean, and the paired differences."""
     conditions = ("clean", "room RT60 0.6 s at 2 m", "robot noise 10 dB")
     names = sorted({k.split(" | ")[0] for k in result["rows"]}, key=lambda n: (n != BASE, n))
-    lines = [f"# Prosody block beside the GE2E features ({result['date']})", "",
+    lines = [f"# Prosody heads beside the GE2E heads ({result['date']})", "",
              f"`{result['command']}`: {result['protocol']}.", "",
              "| variant | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
     for name in names:
