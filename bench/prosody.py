@@ -61,21 +61,16 @@ def main() -> int:
     for t in sorted(set(target.speakers)):
         rows = with_augmentation(data, copies, data.speakers != t)
         shipped, alone = fit_heads(rows, base), fit_heads(rows, base, PROSODY_COLUMNS)
-        systems = {BASE: (shipped, lambda x: shipped.standardise(x)),
-                   ALONE: (alone, lambda x: (x[:, PROSODY_COLUMNS] - alone.mean) / alone.scale)}
-        for w in args.fusion_weights:
-            fused = dataclasses.replace(shipped, prosody=alone, prosody_weight=w)
-            systems[fusion_name(w)] = (fused, fused.standardise)
+        systems = {BASE: shipped, ALONE: alone, **{fusion_name(w): dataclasses.replace(
+            shipped, prosody=alone, prosody_weight=w) for w in args.fusion_weights}}
         if args.concat:
-            columns = np.arange(GE2E_WIDTH + len(PROSODY_COLUMNS))
-            joint = fit_heads(rows, base, columns)
-            systems[CONCAT] = (joint, lambda x, h=joint, c=columns: (x[:, c] - h.mean) / h.scale)
+            systems[CONCAT] = fit_heads(rows, base, np.arange(GE2E_WIDTH + len(PROSODY_COLUMNS)))
         test = np.where(target.speakers == t)[0]
         for order in speaker_orders(len(test), t):
             pick = test[order]
             for condition, x in features.items():
-                for name, (heads, standardise) in systems.items():
-                    z = standardise(x[pick])
+                for name, heads in systems.items():
+                    z = heads.standardise(x[pick])
                     for mode, normalise in (("plain", False), ("normalised", True)):
                         records.add(f"{name} | {condition} | {mode}", t, target.labels[pick],
                                     predict_in_order(heads, z, base, normalise))

@@ -924,7 +924,7 @@ def run_attention(work: Path, epochs: int = 8, heads: int = 4, finetune: bool = 
         heads_ = fit_heads(fold.subset(data.speakers != t), recipe, columns=np.arange(learned.shape[1]))
         for order in speaker_orders(len(test), t):
             rows = test[order]
-            z = (learned[rows] - heads_.mean) / heads_.scale
+            z = heads_.standardise(learned[rows])
             records.add("attentive pooling | plain", t, data.labels[rows], heads_.plain_probabilities(z))
             records.add("attentive pooling | normalised", t, data.labels[rows],
                         predict_in_order(heads_, z, recipe, normalise=True))

@@ -208,7 +208,7 @@ def head_logits(layers: Layers, x: np.ndarray) -> np.ndarray:
     return x
 
 
-GE2E_WIDTH = 3 * 512  # the cached pooled features of all layers
+GE2E_WIDTH = len(layer_columns(ALL_LAYERS))  # the cached pooled features of all layers
 PROSODY_COLUMNS = np.arange(GE2E_WIDTH, GE2E_WIDTH + PROSODY_SIZE)  # where VoiceData keeps the prosody block
 
 
@@ -220,7 +220,8 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 @dataclass
 class VoiceHeads:
     """Standardisation and the two heads, as the exported graph computes them (numpy, for evaluation); with
-    `prosody`, the heads on the prosody block (layers []), fused as log p + prosody_weight x log p(prosody)."""
+    `prosody`, the heads on the prosody block (columns PROSODY_COLUMNS), fused as log p + prosody_weight x
+    log p(prosody)."""
 
     layers: list[int]
     mean: np.ndarray
@@ -229,14 +230,14 @@ class VoiceHeads:
     normalised: Layers  # on standardised features minus the voice's offset
     prosody: "VoiceHeads | None" = None
     prosody_weight: float = 0.0
+    columns: np.ndarray | None = None  # the feature columns read, where not the layers' (fit_heads' `columns`)
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
-        """Standardised features of rows of VoiceData.features: the heads' layers, then the prosody block if any
-        (the vector the node's per-voice offset averages)."""
-        z = (features[:, layer_columns(self.layers)] - self.mean) / self.scale
-        if self.prosody is None:
-            return z
-        return np.hstack([z, (features[:, PROSODY_COLUMNS] - self.prosody.mean) / self.prosody.scale])
+        """Standardised features of rows of VoiceData.features: the heads' columns (their layers'), then the
+        prosody block if any (the vector the node's per-voice offset averages)."""
+        columns = layer_columns(self.layers) if self.columns is None else self.columns
+        z = (features[:, columns] - self.mean) / self.scale
+        return z if self.prosody is None else np.hstack([z, self.prosody.standardise(features)])
 
     def _fused(self, head: str, z: np.ndarray) -> np.ndarray:
         width = len(self.mean)
@@ -377,7 +378,8 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
         first_draw = {clip: i for i, clip in reversed(list(enumerate(rows)))}  # a clean clip's first centred row
         partner = np.array([first_draw.get(partners[clip], -1) for clip in rows])  # -1 stays -1: no such row
         normalised = head(centred, data.labels[rows], weights[rows], recipe.head_hidden, recipe.seed + 1, partner)
-    return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised)
+    return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised,
+                      columns=columns)
 
 
 def causal_offsets(z: np.ndarray, recipe: VoiceRecipe, plain: np.ndarray | None = None
