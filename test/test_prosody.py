@@ -127,6 +127,55 @@ def test_the_exported_prosody_model_is_what_training_scores(prosody_model, real_
     assert np.abs(alone - expected).max() > 0.01
 
 
+def test_the_end_is_ready_when_the_vad_decides(prosody_model, voice_model, real_waveforms):
+    """Behind the segmenter (20 ms messages), every utterance that silence ends had its end prepared during the
+    pause (front end, last step and prosody block): nothing is handed over or computed in the message that ends
+    it, and the state it ends with is the one of its audio encoded afterwards, prosody block bit for bit."""
+    from ser_node.audio.segmenter import Segmenter
+    from ser_node.audio.stream import AudioChunk, StreamProcessor
+    from ser_node.audio.vad import make_vad
+    from ser_node.inference.classifier import Classifier
+    from ser_node.inference.voice_stream import UtteranceEncoder
+
+    class Watched(UtteranceEncoder):
+        """The node's encoder, noting which message each piece of audio and each utterance's end came in."""
+
+        message = 0
+        pieces: list[int] = []  # the message of each piece of audio
+        in_last_message: list[int] = []  # per utterance: pieces handed over in the message that ended it
+
+        def audio(self, samples: np.ndarray) -> None:
+            self.pieces.append(self.message)
+            super().audio(samples)
+
+        def end(self, utterance) -> None:
+            self.in_last_message.append(self.pieces.count(self.message))
+            super().end(utterance)
+
+    rng = np.random.default_rng(3)
+    parts = [p for w in real_waveforms[:6] for p in (w, np.zeros(int(rng.uniform(0.8, 1.2) * SR), np.float32))]
+    audio = np.concatenate(parts) + 1e-3 * rng.standard_normal(sum(map(len, parts))).astype(np.float32)
+    for model in (prosody_model, voice_model):
+        classifier = Classifier(model["path"])
+        encoder = Watched(lambda: classifier)
+        encoder.pieces, encoder.in_last_message = [], []
+        processor, utterances = StreamProcessor(Segmenter(make_vad("silero"), listener=encoder)), []
+        for encoder.message, start in enumerate(range(0, audio.size, 320)):
+            utterances += processor.feed(AudioChunk(audio[start:start + 320, None], SR, start / SR))
+        assert len(utterances) == 6 and {u.reason for u in utterances} == {"silence"} and encoder.errors == 0
+        assert encoder.prepared_ends == 6 and encoder.in_last_message == [0] * 6
+        offset = np.zeros(classifier.feature_size, np.float32)
+        for utterance in utterances:
+            after = classifier.prepare([utterance.audio])[0]
+            (live,), (again,) = classifier.infer([utterance.encoded], [offset]), classifier.infer([after], [offset])
+            np.testing.assert_allclose(live.probabilities, again.probabilities, atol=1e-5)
+            np.testing.assert_allclose(live.features, again.features, atol=1e-4)
+            if model is prosody_model:
+                np.testing.assert_array_equal(utterance.encoded.prosody, after.prosody)
+            else:
+                assert utterance.encoded.prosody is None
+
+
 def test_a_model_whose_prosody_this_node_cannot_compute_is_refused(prosody_model, tmp_path):
     """A model built for another version of the block would read numbers with other meanings: refused at load,
     with the reason, as a model of an unknown front end is."""

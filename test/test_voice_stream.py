@@ -61,6 +61,57 @@ def test_front_end_is_causal(clips, version):
 
 
 @pytest.mark.parametrize("version", [2, 3, 4])
+def test_a_previewed_end_changes_nothing(clips, version):
+    """finish_preview() at a pause gives what finish() gives there, and the front end goes on as if it had never
+    been asked: the frames of the whole utterance are those of a front end never previewed (bit for bit)."""
+    audio = np.concatenate([clips[0], np.zeros(4800, np.float32), clips[1]])
+    plain = streamed(StreamingFrontEnd(version), audio, [1600])
+    front, out = StreamingFrontEnd(version), []
+    for start in range(0, audio.size, 1600):
+        out.append(front.push(audio[start:start + 1600]))
+        if start in (clips[0].size // 1600 * 1600, 32000):
+            ended_here = streamed(StreamingFrontEnd(version), audio[:start + 1600], [1600])
+            np.testing.assert_array_equal(np.concatenate(out + [front.finish_preview()]), ended_here)
+    np.testing.assert_array_equal(np.concatenate(out + [front.finish()]), plain)
+
+
+def test_an_end_prepared_at_a_pause_is_the_end(voice_model, clips):
+    """VoiceStream.prepare_end() at a pause: finish() then returns exactly the prepared state, which is the state
+    the utterance ends with unprepared; and when the person goes on, the prepared end is dropped and the state
+    at the real end is the one of a stream never prepared."""
+    from ser_node.inference.classifier import Classifier
+    from ser_node.inference.voice_stream import VoiceStream
+
+    classifier = Classifier(voice_model["path"])
+    audio = np.concatenate([clips[2], np.zeros(4000, np.float32), clips[3]])
+    pause = clips[2].size + 2400
+
+    def stream(pieces: list[np.ndarray], prepare_after: int | None) -> tuple[VoiceStream, object]:
+        voice, prepared = VoiceStream(classifier), None
+        for i, piece in enumerate(pieces):
+            voice.push(piece)
+            if i == prepare_after:
+                prepared = voice.prepare_end()
+        return voice, prepared
+
+    def same_state(a, b) -> None:
+        assert a.frames == b.frames
+        for x, y in ((a.h, b.h), (a.c, b.c), (a.sums, b.sums)):
+            np.testing.assert_allclose(x, y, rtol=0, atol=1e-5 * float(np.abs(y).max()))
+
+    blocks = lambda a: [a[i:i + 1600] for i in range(0, a.size, 1600)]  # noqa: E731
+    head = blocks(audio[:pause])
+    voice, prepared = stream(head, len(head) - 1)
+    assert voice.end_prepared and voice.finish() is prepared
+    unprepared = stream(head, None)[0].finish()
+    same_state(prepared, unprepared)  # the graph stepped in other chunks: float32 rounding apart
+    voice, _ = stream(head + blocks(audio[pause:]), len(head) - 1)
+    assert not voice.end_prepared
+    went_on, never = voice.finish(), stream(head + blocks(audio[pause:]), None)[0].finish()
+    same_state(went_on, never)
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_front_end_keeps_what_the_vad_rejects_whole(version):
     """Silence, noise and utterances shorter than one VAD window still give finite frames (the wheel's rule: an
     utterance trimmed to nothing is kept whole), and the same frames chunked."""
@@ -82,16 +133,42 @@ class Recorder:
     def begin(self) -> None:
         assert self.current is None, "begin() twice without end()"
         self.current = []
+        self.before_pause: set[int] = set()  # pieces handed over just before a may_end() (may be short)
 
     def audio(self, samples: np.ndarray) -> None:
         self.current.append(samples.copy())
 
     def end(self, utterance) -> None:
         if self.current and getattr(self, "block_samples", 0):
-            assert all(piece.size >= self.block_samples for piece in self.current[:-1])
+            assert all(piece.size >= self.block_samples for i, piece in enumerate(self.current[:-1])
+                       if i not in self.before_pause)
         heard = np.concatenate(self.current) if self.current else np.zeros(0, np.float32)
         self.ended.append((heard, utterance))
         self.current = None
+
+
+class PauseRecorder(Recorder):
+    """A listener that also hears the pauses (`may_end`): notes how much audio it held at each, and whether audio
+    came after the last one."""
+
+    def begin(self) -> None:
+        super().begin()
+        self.pauses: list[int] = []
+        self.after_pause = False
+
+    def audio(self, samples: np.ndarray) -> None:
+        self.after_pause = True
+        super().audio(samples)
+
+    def may_end(self) -> None:
+        self.pauses.append(sum(piece.size for piece in self.current))
+        self.before_pause.add(len(self.current) - 1)
+        self.after_pause = False
+
+    def end(self, utterance) -> None:
+        self.ended_at_pause = (self.pauses[-1] if self.pauses and not self.after_pause else None)
+        super().end(utterance)
+        self.ended[-1] += (self.ended_at_pause,)
 
 
 def speech_with_pauses(clips: list[np.ndarray]) -> np.ndarray:
@@ -103,22 +180,29 @@ def speech_with_pauses(clips: list[np.ndarray]) -> np.ndarray:
     return (audio + 1e-3 * rng.standard_normal(audio.size)).astype(np.float32)
 
 
+@pytest.mark.parametrize("listener", [Recorder, PauseRecorder], ids=["listener", "pauses_heard"])
 @pytest.mark.parametrize("block", [0, 3200], ids=["every_frame", "blocks"])
 @pytest.mark.parametrize("config", [SegmenterConfig(), SegmenterConfig(max_utterance_s=1.0),
-                                    SegmenterConfig(min_speech_s=0.8)], ids=["default", "max_length", "too_short"])
-def test_the_listener_hears_each_utterance_exactly(clips, config, block):
+                                    SegmenterConfig(min_speech_s=0.8), SegmenterConfig(post_roll_s=0.0)],
+                         ids=["default", "max_length", "too_short", "no_post_roll"])
+def test_the_listener_hears_each_utterance_exactly(clips, config, block, listener):
     """Every utterance the segmenter emits was handed to its listener sample for sample while it was spoken (in
     pieces of at least `block_samples` but the last, when the listener asks for blocks); utterances it drops (too
-    short) end with None; begin/end always pair."""
-    recorder = Recorder()
+    short) end with None; begin/end always pair. A listener that hears pauses (`may_end`) held, at the last pause
+    of every utterance that silence ended, exactly the utterance's audio, and nothing came after."""
+    recorder = listener()
     recorder.block_samples = block
     utterances = StreamProcessor(Segmenter(make_vad("silero"), config, listener=recorder)).feed_recording(
         speech_with_pauses(clips), 16000)
-    emitted = [(heard, u) for heard, u in recorder.ended if u is not None]
+    emitted = [(heard, u) for heard, u, *_ in recorder.ended if u is not None]
     assert [u for _, u in emitted] == utterances and len(utterances) >= 4
     for heard, utterance in emitted:
         np.testing.assert_array_equal(heard, utterance.audio)
-    dropped = [heard for heard, u in recorder.ended if u is None]
+    if listener is PauseRecorder:
+        ends = [(u, at_pause) for _, u, at_pause in recorder.ended if u is not None]
+        assert all(at_pause == u.audio.size for u, at_pause in ends if u.reason == "silence")
+        assert sum(u.reason == "silence" for u, _ in ends) >= 2
+    dropped = [heard for heard, u, *_ in recorder.ended if u is None]
     if config.min_speech_s > 0.5:
         assert dropped, "a min_speech_s this long drops some of these clips"
     if config.max_utterance_s < 2:

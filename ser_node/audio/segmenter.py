@@ -24,7 +24,10 @@ A `listener` hears the utterance in progress while it is spoken, so work can sta
 encoder, inference/voice_stream.py): `begin()`, then `audio(samples)` with every sample that is sure to belong to
 the utterance (all of it except trailing silence that may still be cut), then `end(utterance)` with the utterance
 as emitted (the same samples, in order) or `end(None)` when it was dropped. A listener with a `block_samples`
-attribute gets the audio in pieces of at least that many samples, except the last.
+attribute gets the audio in pieces of at least that many samples, except the last and those before a `may_end()`.
+A listener with a `may_end()` method hears it during a pause, PREPARE_LEAD_S before the silence would end the
+utterance (and never before `post_roll_s`): it then holds all the audio the utterance will have if the pause turns
+out to be its end, and can prepare that end while the VAD waits for the rest of the silence.
 """
 from __future__ import annotations
 
@@ -42,6 +45,10 @@ BACKGROUND_S = 20.0  # the background gate's memory of the stream's levels
 BACKGROUND_PERCENTILE = 10.0
 MIN_BACKGROUND_S = 2.0  # no gating before this much of the stream was heard
 LEVEL_FRAMES = 3  # ~100 ms of frames smooth a frame's level
+# A listener's may_end() comes this long before the VAD would decide (never before the post-roll): the voice
+# encoder prepares the end in ~3 ms. Of 55 uem-es utterances' inner pauses, 46 reached the post-roll (0.15 s) and
+# 13 reached 0.3 s (the default silence less this lead), so fewer preparations are wasted on speech that resumes.
+PREPARE_LEAD_S = 0.2
 
 
 class FrameVad(Protocol):
@@ -259,8 +266,16 @@ class Segmenter:
         if self._speech_samples >= cfg.max_utterance_s * SAMPLE_RATE:
             return self._cut_at_max_length()
         # Trailing silence beyond the post-roll may still be cut off: it waits until speech resumes.
-        self._release(self._speech_samples - max(0, self._silence_samples - int(cfg.post_roll_s * SAMPLE_RATE)),
-                      force=False)
+        post_roll = int(cfg.post_roll_s * SAMPLE_RATE)
+        # The frame at which the listener may prepare the end: the pause is past the post-roll (the utterance would
+        # end with what is out) and PREPARE_LEAD_S short of the end. Not earlier: most shorter pauses are between
+        # words, and each costs the listener's preparation when speech resumes.
+        prepare_at = max(post_roll, int((self._silence_needed() - PREPARE_LEAD_S) * SAMPLE_RATE), 1)
+        pause_reached = (hasattr(self.listener, "may_end")
+                         and self._silence_samples - frame.size < prepare_at <= self._silence_samples)
+        self._release(self._speech_samples - max(0, self._silence_samples - post_roll), force=pause_reached)
+        if pause_reached:
+            self.listener.may_end()
         return None
 
     def _silence_needed(self) -> float:

@@ -112,10 +112,10 @@ class ProsodyTracker:
         self._pending = buffer[len(frames) * HOP:]
 
     def finish(self) -> np.ndarray:
-        """PROSODY_NAMES of the audio pushed (shorter than one frame: padded with silence to one)."""
-        if not self._measures:
-            self._measures.append(frame_measures(np.pad(self._pending, (0, FRAME - len(self._pending)))[None]))
-        return utterance_statistics(np.concatenate(self._measures), max(self._samples, 1))
+        """PROSODY_NAMES of the audio pushed (shorter than one frame: padded with silence to one). The tracker is
+        left as it was: more audio may follow (an end prepared during a pause)."""
+        measures = self._measures or [frame_measures(np.pad(self._pending, (0, FRAME - len(self._pending)))[None])]
+        return utterance_statistics(np.concatenate(measures), max(self._samples, 1))
 
 
 def prosody(audio: np.ndarray, sr: int = SR) -> np.ndarray:

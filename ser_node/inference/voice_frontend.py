@@ -16,6 +16,7 @@ without importing it (its package imports torch and librosa).
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -168,6 +169,16 @@ class StreamingFrontEnd:
             return self._out(self._mel(centred(whole, MEL_CONFIG)))  # mel_frames, through this front end's WPE
         pad = np.zeros(MEL_CONFIG.n_fft // 2, np.float32)
         return self._out(np.concatenate([frames, self._frames(np.concatenate([self._stft, pad]), final=True)]))
+
+    def finish_preview(self) -> np.ndarray:
+        """What finish() would return now, leaving this front end as it was, so that more audio can still follow
+        (an utterance's end prepared while the person pauses: voice_stream.VoiceStream.prepare_end). finish()
+        rebinds the buffers it changes but appends to the smoothed flags and steps the dereverberation's state,
+        so only those are copied: the windows so far (the whole utterance) are shared, not copied."""
+        preview = copy.copy(self)
+        preview._smoothed = list(self._smoothed)
+        preview._dereverb, preview._wpe = copy.deepcopy(self._dereverb), copy.deepcopy(self._wpe)
+        return preview.finish()
 
     def _out(self, frames: np.ndarray) -> np.ndarray:
         return frames if self._dereverb is None or not len(frames) else self._dereverb(frames)

@@ -4,8 +4,11 @@ The encoder is recurrent, so it need not wait for the utterance's end: `Utteranc
 (audio/segmenter.py's listener) and steps the model's encoder graph on the frames the causal front end
 (voice_frontend.StreamingFrontEnd) makes final; the pooling is kept as running sums inside the state. At the end of
 the utterance only the front end's last frames, one step and the heads remain, so the time from the VAD's decision
-to the result no longer grows with the utterance's length. The state an utterance ends with travels on the
-Utterance (`encoded`) to the worker, which runs the heads under the speaker normalisation.
+to the result no longer grows with the utterance's length. Even those are done before the decision: once a pause
+has lasted the segmenter's post-roll, the utterance would end with the audio heard so far, so its end is computed
+then (`may_end`), while the VAD waits for the rest of the silence; at the decision only the heads remain. Should
+the person go on, the prepared end is dropped. The state an utterance ends with travels on the Utterance
+(`encoded`) to the worker, which runs the heads under the speaker normalisation.
 """
 from __future__ import annotations
 
@@ -56,8 +59,9 @@ class VoiceStream:
     (bench/performance.py --voice, each against the previous whole-utterance code in the same run): a step per
     20 ms message on two threads 51 against 40 ms; 100 ms blocks on one thread 41 against 38; 200 ms blocks 38
     against 36 and 40 against 38. In this process (one thread, 40 uem-es clips) 200 ms blocks cost 9.4 ms per
-    second of audio, 400 ms blocks 8.5. They leave at most ~0.4 s of audio (~3 ms of work) for the end. The front
-    end's output does not depend on how its input is chunked, so neither does the state."""
+    second of audio, 400 ms blocks 8.5. They would leave up to ~0.4 s of audio (~3 ms of work) for the end, which
+    is why the end is prepared during the pause before it (prepare_end). The front end's output does not depend on
+    how its input is chunked, so neither does the state."""
 
     def __init__(self, classifier: Any) -> None:
         self.classifier = classifier
@@ -69,8 +73,10 @@ class VoiceStream:
         self._count = 0
         # Measured frame by frame as the audio arrives, like the encoder, so the end has only statistics left.
         self.prosody = ProsodyTracker() if classifier.prosody_size else None
+        self._prepared: EncoderState | None = None  # the end, should no more audio come (prepare_end)
 
     def push(self, samples: np.ndarray) -> None:
+        self._prepared = None
         if self.prosody is not None:
             self.prosody.push(samples)
         self._audio.append(samples)
@@ -82,12 +88,32 @@ class VoiceStream:
             self._step()
 
     def finish(self) -> EncoderState:
+        if self._prepared is not None:
+            return self._prepared
         self._to_front_end()
         self._frames.append(self.front.finish())
         self._step()
         if self.prosody is not None:
             self.state.prosody = self.prosody.finish().astype(np.float32)[None]
         return self.state
+
+    @property
+    def end_prepared(self) -> bool:
+        return self._prepared is not None
+
+    def prepare_end(self) -> EncoderState:
+        """Computes (and returns) what finish() would return if no more audio came, so that finish() is free until
+        push() is called again. The audio so far goes through the front end and the graph for good (the state does not
+        depend on how the audio was chunked); only the front end's last frames, their step and the prosody
+        statistics (~3 ms on one core) are lost should the person go on."""
+        self._to_front_end()
+        if self._count:
+            self._step()
+        end = self.classifier.step(self.state, self.front.finish_preview())
+        if self.prosody is not None:
+            end.prosody = self.prosody.finish().astype(np.float32)[None]
+        self._prepared = end
+        return end
 
     def _to_front_end(self) -> None:
         if self._audio:
@@ -117,6 +143,7 @@ class UtteranceEncoder:
         self._stream: VoiceStream | None = None
         self.errors = 0
         self.steps = 0  # audio blocks and utterance ends this encoder worked on
+        self.prepared_ends = 0  # utterances whose end was ready when the VAD decided (may_end)
 
     def begin(self) -> None:
         classifier = self._classifier()
@@ -126,9 +153,16 @@ class UtteranceEncoder:
         if self._stream is not None:
             self._guard(self._stream.push, samples)
 
+    def may_end(self) -> None:
+        """The segmenter's word that the utterance ends with the audio handed over so far, should the silence
+        now begun last: the end is prepared (VoiceStream.prepare_end) while the VAD waits to be sure."""
+        if self._stream is not None:
+            self._guard(self._stream.prepare_end)
+
     def end(self, utterance: Any) -> None:
         stream, self._stream = self._stream, None
         if stream is not None and utterance is not None:
+            self.prepared_ends += stream.end_prepared
             utterance.encoded = self._guard(stream.finish)
 
     def _guard(self, work: Callable[..., Any], *args: Any) -> Any:
