@@ -46,8 +46,9 @@ BACKGROUND_PERCENTILE = 10.0
 MIN_BACKGROUND_S = 2.0  # no gating before this much of the stream was heard
 LEVEL_FRAMES = 3  # ~100 ms of frames smooth a frame's level
 # A listener's may_end() comes this long before the VAD would decide (never before the post-roll): the voice
-# encoder prepares the end in ~3 ms. Of 55 uem-es utterances' inner pauses, 46 reached the post-roll (0.15 s) and
-# 13 reached 0.3 s (the default silence less this lead), so fewer preparations are wasted on speech that resumes.
+# encoder prepares the end in ~3 ms. Later in a pause, fewer preparations are thrown away because speech resumed:
+# 0.04 per uem-es utterance at 0.2 s against 0.11 at the post-roll (bench/pauses.py, 2026-12-07); in the node, CPU per
+# second of speech x1.059 of model v0.6's against x1.077 at the post-roll (bench/performance.py --voice).
 PREPARE_LEAD_S = 0.2
 
 
