@@ -4,10 +4,10 @@ The encoder is recurrent, so it need not wait for the utterance's end: `Utteranc
 (audio/segmenter.py's listener) and steps the model's encoder graph on the frames the causal front end
 (voice_frontend.StreamingFrontEnd) makes final; the pooling is kept as running sums inside the state. At the end of
 the utterance only the front end's last frames, one step and the heads remain, so the time from the VAD's decision
-to the result no longer grows with the utterance's length. Even those are done before the decision: once a pause
-has lasted the segmenter's post-roll, the utterance would end with the audio heard so far, so its end is computed
-then (`may_end`), while the VAD waits for the rest of the silence; at the decision only the heads remain. Should
-the person go on, the prepared end is dropped. The state an utterance ends with travels on the Utterance
+to the result no longer grows with the utterance's length. Even those are done before the decision: late in a
+pause (segmenter.PREPARE_LEAD_S before the silence would end the utterance) the utterance would end with the audio
+heard so far, so its end is computed then (`may_end`), while the VAD waits for the rest of the silence; at the
+decision only the heads remain. Should the person go on, the prepared end is dropped. The state an utterance ends with travels on the Utterance
 (`encoded`) to the worker, which runs the heads under the speaker normalisation.
 """
 from __future__ import annotations
@@ -88,28 +88,20 @@ class VoiceStream:
             self._step()
 
     def finish(self) -> EncoderState:
-        if self._prepared is not None:
-            return self._prepared
-        self._to_front_end()
-        self._frames.append(self.front.finish())
-        self._step()
-        if self.prosody is not None:
-            self.state.prosody = self.prosody.finish().astype(np.float32)[None]
-        return self.state
+        """The state the utterance ends with: the one prepare_end() made, unless audio came since."""
+        return self._prepared if self._prepared is not None else self.prepare_end()
 
     @property
     def end_prepared(self) -> bool:
         return self._prepared is not None
 
     def prepare_end(self) -> EncoderState:
-        """Computes (and returns) what finish() would return if no more audio came, so that finish() is free until
-        push() is called again. The audio so far goes through the front end and the graph for good (the state does not
-        depend on how the audio was chunked); only the front end's last frames, their step and the prosody
-        statistics (~3 ms on one core) are lost should the person go on."""
+        """Computes (and returns) the state the utterance ends with if no more audio comes, so that finish() is
+        free until push() is called again. Nothing is committed: the audio so far goes through the front end for
+        good, but the frames not yet stepped, the front end's last frames and the prosody statistics (~3 ms on one
+        core) make the end's state only, so should the person go on, the stream goes on as if never asked."""
         self._to_front_end()
-        if self._count:
-            self._step()
-        end = self.classifier.step(self.state, self.front.finish_preview())
+        end = self.classifier.step(self.state, np.concatenate(self._frames + [self.front.finish_preview()]))
         if self.prosody is not None:
             end.prosody = self.prosody.finish().astype(np.float32)[None]
         self._prepared = end
