@@ -195,26 +195,30 @@ def judge(data: VoiceData, session: Session, system: str, settings: VoiceSetting
     tracker = VoiceTracker(settings)
     out = []
     for k, u in enumerate(session.utterances):
-        trusted = True
+        trusted, scaled = True, session.heads.speaker_scale
         if system == "reset on silence":
             if u.start - shared["end"] > RESET_S:
                 shared["adapter"] = new()
             shared["end"] = u.end
             adapter = shared["adapter"]
-            offset = adapter.offset()
+            offset, spread = adapter.offset(), adapter.spread() if scaled else None
         elif system == "oracle identity":
             adapter = oracle.setdefault(u.speaker, new())
-            offset = adapter.offset()
+            offset, spread = adapter.offset(), adapter.spread() if scaled else None
         elif system in DECOMPOSITION:  # the tracker runs, but only one of its errors reaches the normalisation
             voice = tracker.assign(data.speaker_embeddings[u.row], u.start, u.end)
             adapter = oracle.setdefault(u.speaker if system == DOUBTS else (voice.id, u.speaker), new())
             trusted, offset = system == SPLITS or tracker.confident(voice), adapter.offset()
+            spread = adapter.spread() if scaled else None
         else:  # what VoiceNormaliser does in the node: every voice's offset first, then the assignment picks one
-            offsets = {id(v): tracker.offset(v) for v in tracker.voices.values()}
+            offsets = {id(v): (tracker.offset(v), tracker.spread(v) if scaled else None)
+                       for v in tracker.voices.values()}
             voice = tracker.assign(data.speaker_embeddings[u.row], u.start, u.end)
-            adapter, trusted, offset = voice.adapter, tracker.confident(voice), offsets.get(id(voice))
+            adapter, trusted = voice.adapter, tracker.confident(voice)
+            offset, spread = offsets.get(id(voice), (None, None))
         out.append(session.plain[k] if offset is None or not trusted
-                   else session.heads.normalised_probabilities(session.z[k:k + 1], offset[None])[0])
+                   else session.heads.normalised_probabilities(session.z[k:k + 1], offset[None],
+                                                               None if spread is None else spread[None])[0])
         adapter.remember(session.z[k], session.plain[k])
     return out
 

@@ -33,6 +33,8 @@ Parts (--parts, default all):
               every training and test clip through each, judged as in rooms, with the same honest choice.
   wpe         front end 4 (causal block-online WPE on the STFT frames) against front end 2 under the shipped
               recipe (one MLP seed each), every training and test clip through each, judged as in rooms.
+  scale       per-voice variance normalisation (speaker_scale: the normalised head reads the centred features
+              divided by the voice's spread) against the shipped recipe (model v0.7), judged as in rooms.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
   balance     a voice's offset as the class-balanced mean of its history (history_balance, weighed by the plain
@@ -677,6 +679,19 @@ def run_wpe(work: Path) -> dict:
     return run_front_ends("wpe", WPE_VARIANTS, shipped_recipe())
 
 
+SCALE_BASELINE = "model v0.7 (shipped)"
+SCALE_VARIANTS = {  # name -> changes to the shipped recipe
+    SCALE_BASELINE: {},
+    "model v0.7, per-voice variance normalisation (speaker_scale)": {"speaker_scale": True},
+}
+
+
+def run_scale(work: Path) -> dict:
+    """Each voice's centred features divided by the spread of its history (recipe speaker_scale, SpeakerAdapter
+    .spread) against the shipped recipe's centring alone, on the same rows, folds, conditions and orders."""
+    return run_front_ends("scale", SCALE_VARIANTS, shipped_recipe())
+
+
 def run_front_ends(part: str, variants: dict[str, dict], base: VoiceRecipe) -> dict:
     """Variants of `base` that may read different front ends: each front end's features of every training clip,
     copy and test clip (cached per version), judged on the LOSO folds, conditions and orders of --parts rooms."""
@@ -1022,6 +1037,10 @@ def report(out: Path) -> str:
     if wpe:
         text += rooms_section(wpe, "Online WPE before the mel bands (front end 4)", "wpe")
         text += paired_section(wpe, WPE_BASELINE, "front end 2")
+    scale = results.get("scale")
+    if scale:
+        text += rooms_section(scale, "Per-voice variance normalisation (speaker_scale)", "scale")
+        text += paired_section(scale, SCALE_BASELINE, "the shipped recipe")
     warmup = results.get("warmup")
     if warmup:
         text += (f"\n## A new voice's first utterances ({warmup['date']})\n\n`--parts warmup`: {warmup['protocol']}. "
@@ -1071,6 +1090,8 @@ def report(out: Path) -> str:
         plot_rooms(dereverb, out / "voice_dereverb.png", "late reverberation suppressed")
     if wpe:
         plot_rooms(wpe, out / "voice_wpe.png", "online WPE (front end 4)")
+    if scale:
+        plot_rooms(scale, out / "voice_scale.png", "per-voice variance normalisation")
     return text
 
 
@@ -1199,7 +1220,7 @@ def main() -> int:
                "ensemble": lambda work: run_heads(work, ENSEMBLE_VARIANTS, "ensemble"),
                "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"),
                "consistency": lambda work: run_heads(work, CONSISTENCY_VARIANTS, "consistency"),
-               "dereverb": run_dereverb, "wpe": run_wpe, "warmup": run_warmup, "balance": run_balance,
+               "dereverb": run_dereverb, "wpe": run_wpe, "scale": run_scale, "warmup": run_warmup, "balance": run_balance,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

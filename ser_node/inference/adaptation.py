@@ -22,6 +22,9 @@ import numpy as np
 
 
 DEFAULT_WARMUP = 5  # utterances before adapting, for models that do not recommend their own
+# Per-voice spread (models trained with speaker_scale): a floor on each dimension's standard deviation, in the
+# standardised units the offset is in, so a few near-identical utterances cannot blow a dimension up.
+SPREAD_FLOOR = 0.1
 Remembered = tuple[np.ndarray, "np.ndarray | None"]  # an utterance's vector and the plain head's probabilities
 
 
@@ -62,6 +65,15 @@ class SpeakerAdapter:
         vectors = np.array([vector for vector, _ in past])
         return np.average(vectors, axis=0, weights=self._weights(past)) * (n / (n + self.shrinkage))
 
+    def spread(self, borrowed: list[Remembered] | tuple = ()) -> np.ndarray | None:
+        """Per dimension, the standard deviation of the history (with `borrowed`, weighted as `offset`), floored
+        at SPREAD_FLOOR; None during warm-up. Models trained with speaker_scale divide the centred vector by it:
+        a room's reverberation narrows or widens how a person's utterances vary, not only where they sit."""
+        past = list(self._past) + list(borrowed)
+        if len(past) < self.warmup:
+            return None
+        return voice_spread(np.array([vector for vector, _ in past]), self._weights(past))
+
     def _weights(self, past: list[Remembered]) -> np.ndarray | None:
         """Per utterance, its weight in the class-balanced mean (None: the plain mean). An utterance remembered
         without probabilities (a voices file from before balancing) counts as every class alike."""
@@ -85,6 +97,13 @@ class SpeakerAdapter:
         offset = self.offset()
         self.remember(vector)
         return vector if offset is None else vector - offset
+
+
+def voice_spread(vectors: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Per column, the (weighted) standard deviation of one voice's vectors, floored at SPREAD_FLOOR: what training
+    (centre_by_speaker) and the node (SpeakerAdapter.spread) divide a centred vector by."""
+    mean = np.average(vectors, axis=0, weights=weights)
+    return np.maximum(np.sqrt(np.average((vectors - mean) ** 2, axis=0, weights=weights)), SPREAD_FLOOR)
 
 
 def starts_new_speaker(start: float, last_end: float, reset_s: float) -> bool:

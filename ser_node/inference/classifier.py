@@ -20,7 +20,8 @@ from .adaptation import DEFAULT_WARMUP
 from .features import FeatureExtractor
 from .model_file import INPUT_NAME, OUTPUT_NAME, ModelFileError, ModelMetadata, metadata_of_session
 from .prosody import PROSODY_SIZE, PROSODY_VERSION
-from .voice_stream import HEAD_OUTPUTS, PROSODY_INPUT, STEP_INPUTS, STEP_OUTPUTS, EncoderState, VoiceStream
+from .voice_stream import (HEAD_OUTPUTS, PROSODY_INPUT, SCALE_INPUT, STEP_INPUTS, STEP_OUTPUTS, EncoderState,
+                           VoiceStream)
 
 
 @dataclass
@@ -171,6 +172,11 @@ class Classifier:
             raise ModelFileError(f"{self.path}: built for prosody version {prosody.get('version')} of width "
                                  f"{inputs[PROSODY_INPUT].shape[-1]}, this ser_node computes version "
                                  f"{PROSODY_VERSION} of width {PROSODY_SIZE}: re-export it with this version")
+        scaled = bool(self.metadata.model.get("speaker_scale"))
+        if (SCALE_INPUT in inputs) != scaled:
+            raise ModelFileError(f"{self.path}: the graph {'has' if SCALE_INPUT in inputs else 'lacks'} the input "
+                                 f"'{SCALE_INPUT}' but its metadata {'says' if scaled else 'does not say'} "
+                                 "speaker_scale")
         self._no_offset = np.zeros((1, size), np.float32)
         self._no_prosody = np.zeros((1, PROSODY_SIZE), np.float32)
         self._dummy_frame = np.zeros((1, 1, self.metadata.features.n_mels), np.float32)
@@ -192,6 +198,12 @@ class Classifier:
     def frontend_version(self) -> int:
         """Voice models: what reaches the encoder (voice_frontend.StreamingFrontEnd's version) for this model."""
         return int(self.metadata.model["frontend_version"])
+
+    @property
+    def uses_spread(self) -> bool:
+        """Voice models trained with speaker_scale: the normalised head reads the centred features divided by the
+        voice's spread (SpeakerAdapter.spread), given beside each offset."""
+        return bool(self.metadata.model.get("speaker_scale"))
 
     @property
     def prosody_size(self) -> int:
@@ -260,39 +272,49 @@ class Classifier:
         return EncoderState(h, c, sums, count, model=self)
 
     def _voice_feed(self, frames: np.ndarray, state: EncoderState, offsets: np.ndarray,
-                    heads: bool = False) -> dict[str, np.ndarray]:
-        """The voice graph's inputs (STEP_INPUTS): frames, the state, speaker offsets; and for models with a
-        prosody head the state's prosody block (zeros for a step, whose head outputs nobody reads)."""
+                    heads: bool = False, spreads: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The voice graph's inputs (STEP_INPUTS): frames, the state, speaker offsets; for models with a prosody
+        head the state's prosody block (zeros for a step, whose head outputs nobody reads); for models with
+        speaker_scale the spreads (ones where none are given: the offsets alone)."""
         feed = dict(zip(STEP_INPUTS, (frames, state.h, state.c, state.sums, state.count, offsets)))
         if self.prosody_size:
             if heads and state.prosody is None:
                 raise ValueError("this model's heads read the utterance's prosody, and the encoder state has none")
             feed[PROSODY_INPUT] = state.prosody if heads else self._no_prosody
+        if self.uses_spread:
+            feed[SCALE_INPUT] = (np.ones_like(offsets) if spreads is None
+                                 else np.ascontiguousarray(spreads, np.float32).reshape(offsets.shape))
         return feed
 
-    def infer(self, prepared: Any, offsets: Sequence[np.ndarray | None] | None = None) -> list[Inference]:
+    def infer(self, prepared: Any, offsets: Sequence[np.ndarray | None] | None = None,
+              spreads: Sequence[np.ndarray | None] | None = None) -> list[Inference]:
         """Results for prepared inputs. Voice models: an utterance with an offset is judged by the normalised head
-        on its features minus the offset, one without by the plain head. DeepSpectrum models ignore offsets."""
+        on its features minus the offset (divided by its spread, for models with speaker_scale), one without by
+        the plain head. DeepSpectrum models ignore offsets."""
         if not self.is_voice_model:
             return [Inference(row) for row in self.predict_images(prepared)]
         results = []
         for i, state in enumerate(prepared):
             offset = None if offsets is None else offsets[i]
             normalised, result = self.infer_candidates(
-                state, np.zeros(self.feature_size, np.float32) if offset is None else offset)
+                state, np.zeros(self.feature_size, np.float32) if offset is None else offset,
+                None if spreads is None or offset is None else spreads[i])
             if offset is not None:
                 result.probabilities = normalised[0]
             results.append(result)
         return results
 
-    def infer_candidates(self, state: EncoderState, offsets: np.ndarray) -> tuple[np.ndarray, Inference]:
-        """Voice models, one encoded utterance judged against several offsets (K, feature_size) in one run:
-        (normalised probabilities (K, classes), the Inference with the plain head's probabilities). The heads read
-        the state given; the graph's step part gets one dummy frame and its outputs are not fetched."""
+    def infer_candidates(self, state: EncoderState, offsets: np.ndarray,
+                         spreads: np.ndarray | None = None) -> tuple[np.ndarray, Inference]:
+        """Voice models, one encoded utterance judged against several offsets (K, feature_size) in one run (and
+        the voices' spreads, same shape, for models with speaker_scale): (normalised probabilities (K, classes),
+        the Inference with the plain head's probabilities). The heads read the state given; the graph's step part
+        gets one dummy frame and its outputs are not fetched."""
         if state.frames < 1:
             raise ValueError("an encoder state of no frames has no features (every utterance gives at least one)")
         feed = self._voice_feed(self._dummy_frame, state,
-                                np.ascontiguousarray(offsets, np.float32).reshape(-1, self.feature_size), heads=True)
+                                np.ascontiguousarray(offsets, np.float32).reshape(-1, self.feature_size), heads=True,
+                                spreads=spreads)
         normalised, plain, features, speaker = self.session.run(list(HEAD_OUTPUTS), feed)
         return normalised, Inference(plain[0], features[0], speaker[0], plain[0])
 
@@ -304,7 +326,8 @@ class Classifier:
         from .adaptation import adapt_log_probabilities
 
         if self.is_voice_model:
-            (result,) = self.infer([prepared_one], [adapter.offset()])
+            (result,) = self.infer([prepared_one], [adapter.offset()],
+                                   [adapter.spread()] if self.uses_spread else None)
             result.rejected = reject(result) if reject is not None else ""
             if not result.rejected:
                 adapter.remember(result.features, result.plain)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # The voice model graph (train/voice_encoder.py, VoiceEmotionModel): a step and the heads in one graph.
 STEP_INPUTS = ("frames", "h", "c", "sums", "count", "speaker_offset")
 PROSODY_INPUT = "prosody"  # models with a prosody head: the utterance's prosody block (1, PROSODY_SIZE)
+SCALE_INPUT = "speaker_scale"  # models trained with speaker_scale: each candidate voice's spread, like speaker_offset
 STEP_OUTPUTS = ("h_next", "c_next", "sums_next", "count_next")
 HEAD_OUTPUTS = ("probabilities", "probabilities_plain", "features", "speaker_embedding")
 LAYERS, HIDDEN = 3, 256

@@ -145,13 +145,21 @@ class VoiceTracker:
         """What `voice`'s next utterance is normalised by: the shrunk mean of its history and of the histories of
         voices (each over MERGE_MIN utterances or more) whose centroids are within pool_threshold of its own. A
         person the tracker split keeps one mean, and a new voice of a known person skips its warm-up."""
-        borrowed: list[np.ndarray] = []
+        return voice.adapter.offset(self._borrowed(voice))
+
+    def spread(self, voice: Voice) -> np.ndarray | None:
+        """The spread of the same pooled history (models with speaker_scale divide by it)."""
+        return voice.adapter.spread(self._borrowed(voice))
+
+    def _borrowed(self, voice: Voice) -> list:
+        """The histories `voice` shares (pool_threshold)."""
+        borrowed: list = []
         if self.settings.pool_threshold < 1.0 and voice.utterances:
             for other in self.voices.values():
                 if (other is not voice and other.utterances >= MERGE_MIN
                         and float(other.centroid @ voice.centroid) >= self.settings.pool_threshold):
                     borrowed += other.adapter.history()
-        return voice.adapter.offset(borrowed)
+        return borrowed
 
     def confident(self, voice: Voice) -> bool:
         """Whether the utterance just assigned to `voice` may be judged by the voice's normalisation state."""
@@ -204,7 +212,9 @@ class VoiceNormaliser:
         candidates = [(v, o) for v, o in candidates if o is not None]
         offsets = (np.stack([o for _, o in candidates]) if candidates
                    else np.zeros((1, classifier.feature_size), np.float32))
-        normalised, result = classifier.infer_candidates(encoded, offsets)
+        spreads = (np.stack([self.tracker.spread(v) for v, _ in candidates])
+                   if candidates and classifier.uses_spread else None)
+        normalised, result = classifier.infer_candidates(encoded, offsets, spreads)
         result.rejected = reject(result) if reject is not None else ""
         if result.rejected:
             return result, None

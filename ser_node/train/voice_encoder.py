@@ -113,11 +113,12 @@ class VoiceEmotionModel(nn.Module):
     def __init__(self, encoder: GE2EEncoder, layers: Sequence[int], mean: np.ndarray, scale: np.ndarray,
                  plain: Sequence[tuple[np.ndarray, np.ndarray]],
                  normalised: Sequence[tuple[np.ndarray, np.ndarray]], prosody: Any = None,
-                 prosody_weight: float = 0.0) -> None:
+                 prosody_weight: float = 0.0, speaker_scale: bool = False) -> None:
         """`prosody`: heads on the utterance's prosody block (voice_recipe.VoiceHeads with mean, scale, plain,
         normalised), fused with these as log p + prosody_weight x log p(prosody); the graph then takes the block
         as the input `prosody` (1, PROSODY_SIZE) and its features and offsets are the GE2E features followed by
-        the standardised block."""
+        the standardised block. `speaker_scale`: the normalised heads read the centred features divided by the
+        input `speaker_scale` (one row per row of `speaker_offset`: each voice's spread), after `prosody`."""
         super().__init__()
         self.encoder = encoder
         self.layer_ids = tuple(int(i) for i in layers)
@@ -127,16 +128,19 @@ class VoiceEmotionModel(nn.Module):
         self.width = len(mean)
         self.prosody_weight = float(prosody_weight)
         self.has_prosody = prosody is not None
+        self.speaker_scale = speaker_scale
         if prosody is not None:
             self.register_buffer("prosody_mean", torch.as_tensor(prosody.mean, dtype=torch.float32))
             self.register_buffer("prosody_scale", torch.as_tensor(prosody.scale, dtype=torch.float32))
             self.prosody_plain, self.prosody_normalised = _head(prosody.plain), _head(prosody.normalised)
 
     def forward(self, frames: torch.Tensor, h: torch.Tensor, c: torch.Tensor, sums: torch.Tensor,
-                count: torch.Tensor, speaker_offset: torch.Tensor,
-                prosody: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+                count: torch.Tensor, speaker_offset: torch.Tensor, *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(new h, new c, new sums, new count; probabilities with the offset removed, probabilities of the plain
-        head, features, speaker embedding - the last four of the state given)."""
+        head, features, speaker embedding - the last four of the state given). `extra`: the prosody block for
+        models with prosody heads, then the spreads for models with speaker_scale."""
+        prosody = extra[0] if self.has_prosody else None
+        spread = extra[-1] if self.speaker_scale else None
         x, new_h, new_c, step_sums, step_squares = frames, [], [], [], []
         for i, layer in enumerate(self.encoder.layers):
             x, (h_i, c_i) = layer(x, (h[i:i + 1], c[i:i + 1]))
@@ -148,13 +152,19 @@ class VoiceEmotionModel(nn.Module):
         step = torch.stack([torch.cat(step_sums), torch.cat(step_squares)])
         new_count = count + torch.ones_like(frames[0, :, 0], dtype=torch.float64).sum().reshape(1)
         features = (pooled_from_sums(sums, count, self.layer_ids) - self.mean) / self.scale
-        normalised = self.normalised_head(features - speaker_offset[:, :self.width])
+        centred = features - speaker_offset[:, :self.width]
+        if spread is not None:
+            centred = centred / spread[:, :self.width]
+        normalised = self.normalised_head(centred)
         plain = self.plain_head(features)
         if self.has_prosody:
             block = (prosody - self.prosody_mean) / self.prosody_scale
             weight = self.prosody_weight
+            centred_block = block - speaker_offset[:, self.width:]
+            if spread is not None:
+                centred_block = centred_block / spread[:, self.width:]
             normalised = torch.log_softmax(normalised, dim=1) + weight * torch.log_softmax(
-                self.prosody_normalised(block - speaker_offset[:, self.width:]), dim=1)
+                self.prosody_normalised(centred_block), dim=1)
             plain = torch.log_softmax(plain, dim=1) + weight * torch.log_softmax(self.prosody_plain(block), dim=1)
             features = torch.cat([features, block], dim=1)
         return (torch.cat(new_h), torch.cat(new_c), sums + step, new_count,

@@ -23,10 +23,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import yaml
 
-from ..inference.adaptation import SpeakerAdapter
+from ..inference.adaptation import SpeakerAdapter, voice_spread
 from ..inference.prosody import PROSODY_NAMES, PROSODY_SIZE, PROSODY_VERSION
 from ..inference.voice_frontend import ENCODER_PACKAGE, ENCODER_SHA256, ENCODER_VERSION, FRONTEND_VERSION, MEL_CONFIG
-from ..inference.voice_stream import HEAD_OUTPUTS, HIDDEN, LAYERS, PROSODY_INPUT, STEP_INPUTS, STEP_OUTPUTS
+from ..inference.voice_stream import (HEAD_OUTPUTS, HIDDEN, LAYERS, PROSODY_INPUT, SCALE_INPUT, STEP_INPUTS,
+                                      STEP_OUTPUTS)
 from ..labels import EMOTIONS
 from ..settings import check_known_fields
 from .corpora import load_corpus_entry
@@ -74,6 +75,11 @@ class VoiceRecipe:
     # probabilities (SpeakerAdapter balance, the smoothing); 0: the plain mean. A serving setting, in the model's
     # metadata: it changes no head. bench/voice.py --parts balance and bench/conversations.py --balance measure it.
     history_balance: float = 0.0
+    # Per-voice variance normalisation: the normalised head reads (features - voice mean) / voice spread (the
+    # per-dimension standard deviation of the voice's history, SpeakerAdapter.spread) instead of the centred
+    # features alone; the exported graph then takes a speaker_scale input beside speaker_offset. Reverberation
+    # changes how a person's utterances spread as well as their mean. Not with history_neutral_share.
+    speaker_scale: bool = False
     # Real speakers are mostly neutral, acted corpora are balanced: with a share here, the normalised head is
     # trained on clips centred by random histories of their speaker drawn with this neutral share (history_size
     # clips, history_draws draws per clip) instead of the speaker's full mean; [low, high]: a share drawn
@@ -104,6 +110,10 @@ class VoiceRecipe:
     frontend_version: int = FRONTEND_VERSION
     seed: int = 0
     cache_dir: str = "~/.cache/ser_node"
+
+    def __post_init__(self) -> None:
+        if self.speaker_scale and self.history_neutral_share is not None:
+            raise ValueError("voice recipe: speaker_scale and history_neutral_share cannot be combined")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "VoiceRecipe":
@@ -164,11 +174,13 @@ def load_voice_data(recipe: VoiceRecipe, base: Path | None = None, progress: boo
                      np.array(corpora), paths, target=str(corpora[0]))
 
 
-def centre_by_speaker(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
-    """Each row minus the mean of its speaker's rows."""
+def centre_by_speaker(x: np.ndarray, speakers: np.ndarray, scale: bool = False) -> np.ndarray:
+    """Each row minus the mean of its speaker's rows (and, with `scale`, divided by their spread, voice_spread)."""
     out = np.array(x, dtype=np.float64, copy=True)
     for speaker in np.unique(speakers):
         rows = speakers == speaker
+        if scale:
+            out[rows] /= voice_spread(out[rows])  # the spread does not depend on the mean
         out[rows] -= out[rows].mean(axis=0)
     return out
 
@@ -231,6 +243,7 @@ class VoiceHeads:
     prosody: "VoiceHeads | None" = None
     prosody_weight: float = 0.0
     columns: np.ndarray | None = None  # the feature columns read, where not the layers' (fit_heads' `columns`)
+    speaker_scale: bool = False  # the normalised head reads (z - offset) / the voice's spread (recipe's)
 
     def standardise(self, features: np.ndarray) -> np.ndarray:
         """Standardised features of rows of VoiceData.features: the heads' columns (their layers'), then the
@@ -250,8 +263,14 @@ class VoiceHeads:
     def plain_probabilities(self, z: np.ndarray) -> np.ndarray:
         return self._fused("plain", z)
 
-    def normalised_probabilities(self, z: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        return self._fused("normalised", z - offsets)
+    def normalised_probabilities(self, z: np.ndarray, offsets: np.ndarray, spreads: np.ndarray | None = None
+                                 ) -> np.ndarray:
+        """The normalised head on z minus the voices' offsets, divided by their spreads where the heads were
+        trained so (speaker_scale; None: ones)."""
+        if self.speaker_scale != (spreads is not None):
+            raise ValueError(f"heads trained {'with' if self.speaker_scale else 'without'} speaker_scale need "
+                             f"{'spreads' if self.speaker_scale else 'no spreads'}")
+        return self._fused("normalised", z - offsets if spreads is None else (z - offsets) / spreads)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array, by name (heads.npz); the prosody heads' with the prefix prosody_."""
@@ -371,7 +390,7 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
     plain_hidden = recipe.head_hidden if recipe.plain_head_hidden is None else recipe.plain_head_hidden
     plain = head(z, data.labels, weights, plain_hidden, recipe.seed, partners)
     if recipe.history_neutral_share is None:
-        normalised = head(centre_by_speaker(z, data.speakers), data.labels, weights, recipe.head_hidden,
+        normalised = head(centre_by_speaker(z, data.speakers, recipe.speaker_scale), data.labels, weights, recipe.head_hidden,
                           recipe.seed + 1, partners)
     else:
         centred, rows = centre_by_drawn_histories(z, data.speakers, data.labels, recipe)
@@ -379,7 +398,7 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
         partner = np.array([first_draw.get(partners[clip], -1) for clip in rows])  # -1 stays -1: no such row
         normalised = head(centred, data.labels[rows], weights[rows], recipe.head_hidden, recipe.seed + 1, partner)
     return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised,
-                      columns=columns)
+                      columns=columns, speaker_scale=recipe.speaker_scale)
 
 
 def causal_offsets(z: np.ndarray, recipe: VoiceRecipe, plain: np.ndarray | None = None
@@ -387,14 +406,24 @@ def causal_offsets(z: np.ndarray, recipe: VoiceRecipe, plain: np.ndarray | None 
     """For one voice's features in the order heard (and the plain head's probabilities, which a balanced history
     weighs by): the offset each was judged with and whether the normalised head answered (exactly what the node's
     SpeakerAdapter does)."""
+    offsets, _, active = causal_normalisation(z, recipe, plain)
+    return offsets, active
+
+
+def causal_normalisation(z: np.ndarray, recipe: VoiceRecipe, plain: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """causal_offsets with each utterance's spread too (None unless the recipe has speaker_scale)."""
     adapter = recipe.adapter()
     offsets, active = np.zeros_like(z), np.zeros(len(z), dtype=bool)
+    spreads = np.ones_like(z) if recipe.speaker_scale else None
     for i, vector in enumerate(z):
         offset = adapter.offset()
         if offset is not None:
             offsets[i], active[i] = offset, True
+            if spreads is not None:
+                spreads[i] = adapter.spread()
         adapter.remember(vector, None if plain is None else plain[i])
-    return offsets, active
+    return offsets, spreads, active
 
 
 def predict_in_order(heads: VoiceHeads, z: np.ndarray, recipe: VoiceRecipe, normalise: bool) -> np.ndarray:
@@ -402,8 +431,8 @@ def predict_in_order(heads: VoiceHeads, z: np.ndarray, recipe: VoiceRecipe, norm
     plain = heads.plain_probabilities(z)
     if not normalise:
         return plain
-    offsets, active = causal_offsets(z, recipe, plain)
-    return np.where(active[:, None], heads.normalised_probabilities(z, offsets), plain)
+    offsets, spreads, active = causal_normalisation(z, recipe, plain)
+    return np.where(active[:, None], heads.normalised_probabilities(z, offsets, spreads), plain)
 
 
 def speaker_orders(n: int, speaker: str, count: int = 5) -> list[np.ndarray]:
@@ -419,7 +448,8 @@ def build_torch_model(heads: VoiceHeads, weights_path: str | Path | None = None)
     from .voice_encoder import GE2EEncoder, VoiceEmotionModel
 
     return VoiceEmotionModel(GE2EEncoder.pretrained(weights_path), heads.layers, heads.mean, heads.scale,
-                             heads.plain, heads.normalised, heads.prosody, heads.prosody_weight).eval()
+                             heads.plain, heads.normalised, heads.prosody, heads.prosody_weight,
+                             heads.speaker_scale).eval()
 
 
 # The default model's version; its id ends in v<major>.<minor>. 0.6: the speaker embedding is the head on the mean of
@@ -458,14 +488,18 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
     if heads.prosody is not None:
         example += (torch.zeros((1, PROSODY_SIZE)),)
         inputs.append(PROSODY_INPUT)
+    if heads.speaker_scale:
+        example += (torch.ones((1, feature_size(heads))),)
+        inputs.append(SCALE_INPUT)
     tmp = path.with_name(path.name + ".export.onnx")
     with warnings.catch_warnings():  # the tracer's notes on LSTM shapes: batch is fixed at 1, time is dynamic
         warnings.simplefilter("ignore")
         torch.onnx.export(model, example, str(tmp), input_names=inputs,
                           output_names=list(STEP_OUTPUTS) + list(HEAD_OUTPUTS),
                           # One utterance per run; several candidate offsets (one per known voice) in one run.
-                          dynamic_axes={"frames": {1: "time"}, "speaker_offset": {0: "candidates"},
-                                        "probabilities": {0: "candidates"}},
+                          dynamic_axes={"frames": {1: "time"}, "probabilities": {0: "candidates"},
+                                        **{name: {0: "candidates"} for name in ("speaker_offset", SCALE_INPUT)
+                                           if name in inputs}},
                           opset_version=17, dynamo=False)
     graph = onnx.load(str(tmp))
     tmp.unlink()
@@ -478,6 +512,7 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
                                  "outputs probabilities.. speaker_embedding judge the state given (feed one dummy "
                                  "frame); initial state zeros"},
                "feature_size": feature_size(heads),
+               **({"speaker_scale": True} if heads.speaker_scale else {}),
                "speaker_embedding": "the encoder's embedding head on the mean of layer 3's states over the utterance",
                # each head's layer widths, features to classes: [1536, 7] linear, [1536, 128, 7] one hidden layer
                "heads": {name: [int(head[0][0].shape[1])] + [int(w.shape[0]) for w, _ in head]
