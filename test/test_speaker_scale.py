@@ -24,6 +24,9 @@ def test_the_spread_is_the_history_spread_with_a_floor():
             expected = np.maximum(held.std(axis=0), SPREAD_FLOOR)
             np.testing.assert_allclose(adapter.spread(), expected)
             assert adapter.spread()[3] == SPREAD_FLOOR  # a dimension that hardly moves is not blown up
+            # both are kept until the history changes, and are then those of the new history
+            np.testing.assert_allclose(adapter.offset(), held.mean(axis=0))
+            assert adapter.offset() is adapter.offset() and not adapter.spread().flags.writeable
         adapter.remember(vector)
     # another voice's history counts as the offset counts it
     borrowed = [(v, None) for v in rng.standard_normal((3, 5))]

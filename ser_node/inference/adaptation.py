@@ -38,6 +38,9 @@ class SpeakerAdapter:
                              f"{history}, {shrinkage}, {balance}")
         self.warmup, self.shrinkage, self.balance = warmup, shrinkage, balance
         self._past: deque[Remembered] = deque(maxlen=history)
+        # offset and spread of the own history alone, kept until it changes: the node asks every voice for them
+        # at every utterance, and most voices were not the last one heard
+        self._memo: dict[str, np.ndarray | None] = {}
 
     @property
     def count(self) -> int:
@@ -50,6 +53,7 @@ class SpeakerAdapter:
 
     def reset(self) -> None:
         self._past.clear()
+        self._memo.clear()
 
     def history(self) -> list[Remembered]:
         """What the estimate rests on, oldest first: (vector, the plain head's class probabilities or None)."""
@@ -58,21 +62,30 @@ class SpeakerAdapter:
     def offset(self, borrowed: list[Remembered] | tuple = ()) -> np.ndarray | None:
         """What is subtracted now: the shrunk mean of the earlier utterances (None during warm-up), with
         `borrowed` ones counted as earlier utterances (another voice of the same person, VoiceTracker.offset)."""
+        if not borrowed and "offset" in self._memo:
+            return self._memo["offset"]
         past = list(self._past) + list(borrowed)
-        if len(past) < self.warmup:
-            return None
-        n = len(past)
-        vectors = np.array([vector for vector, _ in past])
-        return np.average(vectors, axis=0, weights=self._weights(past)) * (n / (n + self.shrinkage))
+        offset = None
+        if len(past) >= self.warmup:
+            n = len(past)
+            vectors = np.array([vector for vector, _ in past])
+            offset = np.average(vectors, axis=0, weights=self._weights(past)) * (n / (n + self.shrinkage))
+        if not borrowed:
+            self._memo["offset"] = _frozen(offset)
+        return offset
 
     def spread(self, borrowed: list[Remembered] | tuple = ()) -> np.ndarray | None:
         """Per dimension, the standard deviation of the history (with `borrowed`, weighted as `offset`), floored
         at SPREAD_FLOOR; None during warm-up. Models trained with speaker_scale divide the centred vector by it:
         a room's reverberation narrows or widens how a person's utterances vary, not only where they sit."""
+        if not borrowed and "spread" in self._memo:
+            return self._memo["spread"]
         past = list(self._past) + list(borrowed)
-        if len(past) < self.warmup:
-            return None
-        return voice_spread(np.array([vector for vector, _ in past]), self._weights(past))
+        spread = (voice_spread(np.array([vector for vector, _ in past]), self._weights(past))
+                  if len(past) >= self.warmup else None)
+        if not borrowed:
+            self._memo["spread"] = _frozen(spread)
+        return spread
 
     def _weights(self, past: list[Remembered]) -> np.ndarray | None:
         """Per utterance, its weight in the class-balanced mean (None: the plain mean). An utterance remembered
@@ -90,6 +103,7 @@ class SpeakerAdapter:
         to the history, after it was judged: each one is judged only on its past."""
         self._past.append((np.asarray(vector, dtype=np.float64),
                            None if probabilities is None else np.asarray(probabilities, dtype=np.float64)))
+        self._memo.clear()
 
     def __call__(self, vector: np.ndarray) -> np.ndarray:
         """The adapted vector, then remembers the raw one."""
@@ -97,6 +111,13 @@ class SpeakerAdapter:
         offset = self.offset()
         self.remember(vector)
         return vector if offset is None else vector - offset
+
+
+def _frozen(array: np.ndarray | None) -> np.ndarray | None:
+    """A kept result made read-only, so a caller that changes it in place fails instead of changing the next."""
+    if array is not None:
+        array.setflags(write=False)
+    return array
 
 
 def voice_spread(vectors: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
