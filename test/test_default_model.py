@@ -56,6 +56,9 @@ def test_default_metadata_names_the_encoder_and_its_recipe():
         assert prosody["heads"] == {name: [PROSODY_SIZE] + ([units * recipe.get("head_ensemble", 1)] if units else [])
                                     + [7] for name, units in hidden.items()}
         assert metadata.model["feature_size"] == 1536 + PROSODY_SIZE
+    # v0.8: the normalised heads read the centred features divided by the voice's spread (input speaker_scale)
+    assert metadata.model.get("speaker_scale", False) == recipe.get("speaker_scale", False)
+    assert Classifier(DEFAULT).uses_spread == recipe.get("speaker_scale", False)
 
 
 def test_ds_am_metadata_matches_the_feature_code():

@@ -453,9 +453,10 @@ def build_torch_model(heads: VoiceHeads, weights_path: str | Path | None = None)
 
 
 # The default model's version; its id ends in v<major>.<minor>. 0.6: the speaker embedding is the head on the mean of
-# layer 3's states (0.5: its last state); 0.7: prosody heads fused with the GE2E heads (input `prosody`); a
-# self-voice enrolment names the model id it was made with.
-MODEL_VERSION = "0.7.0"
+# layer 3's states (0.5: its last state); 0.7: prosody heads fused with the GE2E heads (input `prosody`); 0.8: the
+# normalised heads divide by the voice's spread (input `speaker_scale`); a self-voice enrolment names the model id
+# it was made with.
+MODEL_VERSION = "0.8.0"
 DEFAULT_MODEL_ID = f"ser-default-ge2e-heads-v{MODEL_VERSION.rsplit('.', 1)[0]}"
 
 
