@@ -76,7 +76,7 @@ from ser_node.train.voice_recipe import (  # noqa: E402
     VoiceHeads,
     VoiceRecipe,
     augmented_copies,
-    causal_offsets,
+    causal_normalisation,
     centre_by_speaker,
     fit_heads,
     load_voice_data,
@@ -174,7 +174,7 @@ def compare_scores(svms: tuple, x: np.ndarray, recipe: VoiceRecipe) -> tuple[np.
     SVM on each clip minus the mean of the earlier ones, the plain margins during warm-up)."""
     plain_svm, centred_svm, global_mean = svms
     margins = plain_svm.decision_function(x)
-    offsets, active = causal_offsets(x - global_mean, recipe)
+    offsets, _, active = causal_normalisation(x - global_mean, recipe)
     normalised = centred_svm.decision_function(x - global_mean - offsets)
     return margins, np.where(active[:, None], normalised, margins)
 

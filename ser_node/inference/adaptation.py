@@ -17,6 +17,7 @@ gains for mostly calm people and costs on balanced speech, and it does not win b
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable
 
 import numpy as np
 
@@ -62,30 +63,34 @@ class SpeakerAdapter:
     def offset(self, borrowed: list[Remembered] | tuple = ()) -> np.ndarray | None:
         """What is subtracted now: the shrunk mean of the earlier utterances (None during warm-up), with
         `borrowed` ones counted as earlier utterances (another voice of the same person, VoiceTracker.offset)."""
-        if not borrowed and "offset" in self._memo:
-            return self._memo["offset"]
-        past = list(self._past) + list(borrowed)
-        offset = None
-        if len(past) >= self.warmup:
-            n = len(past)
-            vectors = np.array([vector for vector, _ in past])
-            offset = np.average(vectors, axis=0, weights=self._weights(past)) * (n / (n + self.shrinkage))
-        if not borrowed:
-            self._memo["offset"] = _frozen(offset)
-        return offset
+        return self._kept("offset", self._offset, borrowed)
 
     def spread(self, borrowed: list[Remembered] | tuple = ()) -> np.ndarray | None:
         """Per dimension, the standard deviation of the history (with `borrowed`, weighted as `offset`), floored
         at SPREAD_FLOOR; None during warm-up. Models trained with speaker_scale divide the centred vector by it:
         a room's reverberation narrows or widens how a person's utterances vary, not only where they sit."""
-        if not borrowed and "spread" in self._memo:
-            return self._memo["spread"]
-        past = list(self._past) + list(borrowed)
-        spread = (voice_spread(np.array([vector for vector, _ in past]), self._weights(past))
-                  if len(past) >= self.warmup else None)
-        if not borrowed:
-            self._memo["spread"] = _frozen(spread)
-        return spread
+        return self._kept("spread", self._spread, borrowed)
+
+    def _kept(self, name: str, compute: Callable[[list[Remembered]], np.ndarray | None],
+              borrowed: list[Remembered] | tuple) -> np.ndarray | None:
+        """compute(history) for the own history alone from the memo (read-only), or afresh when borrowing."""
+        if borrowed:
+            return compute(list(self._past) + list(borrowed))
+        if name not in self._memo:
+            self._memo[name] = _frozen(compute(list(self._past)))
+        return self._memo[name]
+
+    def _offset(self, past: list[Remembered]) -> np.ndarray | None:
+        if len(past) < self.warmup:
+            return None
+        n = len(past)
+        vectors = np.array([vector for vector, _ in past])
+        return np.average(vectors, axis=0, weights=self._weights(past)) * (n / (n + self.shrinkage))
+
+    def _spread(self, past: list[Remembered]) -> np.ndarray | None:
+        if len(past) < self.warmup:
+            return None
+        return voice_spread(np.array([vector for vector, _ in past]), self._weights(past))
 
     def _weights(self, past: list[Remembered]) -> np.ndarray | None:
         """Per utterance, its weight in the class-balanced mean (None: the plain mean). An utterance remembered

@@ -390,8 +390,8 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
     plain_hidden = recipe.head_hidden if recipe.plain_head_hidden is None else recipe.plain_head_hidden
     plain = head(z, data.labels, weights, plain_hidden, recipe.seed, partners)
     if recipe.history_neutral_share is None:
-        normalised = head(centre_by_speaker(z, data.speakers, recipe.speaker_scale), data.labels, weights, recipe.head_hidden,
-                          recipe.seed + 1, partners)
+        centred = centre_by_speaker(z, data.speakers, recipe.speaker_scale)
+        normalised = head(centred, data.labels, weights, recipe.head_hidden, recipe.seed + 1, partners)
     else:
         centred, rows = centre_by_drawn_histories(z, data.speakers, data.labels, recipe)
         first_draw = {clip: i for i, clip in reversed(list(enumerate(rows)))}  # a clean clip's first centred row
@@ -401,18 +401,11 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
                       columns=columns, speaker_scale=recipe.speaker_scale)
 
 
-def causal_offsets(z: np.ndarray, recipe: VoiceRecipe, plain: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """For one voice's features in the order heard (and the plain head's probabilities, which a balanced history
-    weighs by): the offset each was judged with and whether the normalised head answered (exactly what the node's
-    SpeakerAdapter does)."""
-    offsets, _, active = causal_normalisation(z, recipe, plain)
-    return offsets, active
-
-
 def causal_normalisation(z: np.ndarray, recipe: VoiceRecipe, plain: np.ndarray | None = None
                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """causal_offsets with each utterance's spread too (None unless the recipe has speaker_scale)."""
+    """For one voice's features in the order heard (and the plain head's probabilities, which a balanced history
+    weighs by): the offset and spread (None unless the recipe has speaker_scale) each was judged with, and whether
+    the normalised head answered (exactly what the node's SpeakerAdapter does)."""
     adapter = recipe.adapter()
     offsets, active = np.zeros_like(z), np.zeros(len(z), dtype=bool)
     spreads = np.ones_like(z) if recipe.speaker_scale else None
