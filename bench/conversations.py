@@ -284,7 +284,7 @@ def nested_choices(sessions: list[Session], multi: list[int], judged: dict[int, 
             for i, s in enumerate(sessions)}
 
 
-SERVING = ("warmup", "history", "shrinkage", "history_balance")  # recipe fields read only when judging
+SERVING = ("warmup", "history", "shrinkage", "history_balance", "spread_shrinkage")  # recipe fields read only when judging
 
 
 class HeadsCache:
@@ -385,7 +385,8 @@ def main() -> int:
     if args.identity:
         return print_identity(data, [s for s in sessions if len(s.speakers) > 1], args.embedding)
     adapter = {"warmup": recipe.warmup, "history": recipe.history, "shrinkage": recipe.shrinkage,
-               "balance": recipe.history_balance if args.balance is None else args.balance}
+               "balance": recipe.history_balance if args.balance is None else args.balance,
+               "spread_shrinkage": recipe.spread_shrinkage}
     base = VoiceSettings(**{**VoiceSettings().__dict__, **adapter})
     grid = settings_grid(args.merge_thresholds, adapter, args.join, args.same_turn, args.confident,
                          args.pool_thresholds)

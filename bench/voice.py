@@ -692,6 +692,38 @@ def run_scale(work: Path) -> dict:
     return run_front_ends("scale", SCALE_VARIANTS, shipped_recipe())
 
 
+SPREAD_SHRINKAGES = (0.0, 1.0, 2.0, 3.0, 5.0)
+
+
+def run_spread(work: Path) -> dict:
+    """The voice's spread pulled towards 1 while it rests on few utterances (recipe spread_shrinkage, a serving
+    setting): the shipped recipe's LOSO fold heads, fitted once per fold, judged with each setting on the
+    conditions and orders of --parts rooms; then the honest choice among the settings."""
+    recipe = shipped_recipe()
+    data = load_voice_data(recipe)
+    target = data.subset(data.corpora == data.target)
+    _, features = condition_features(target, recipe)
+    copies = training_copies(data, recipe)
+    settings = {f"spread shrinkage {k:g}": dataclasses.replace(recipe, spread_shrinkage=k) for k in SPREAD_SHRINKAGES}
+    records, began = Records(), time.perf_counter()
+    for t in sorted(set(target.speakers)):
+        test = np.where(target.speakers == t)[0]
+        heads = fold_heads(data, recipe, t, True, copies)
+        for name, served in settings.items():
+            judge_in_conditions(records, name, heads, served, target, test, features)
+        print(f"spread: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
+    rows = {name: records.summary(name) for name in records.rows}
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
+            "protocol": "LOSO over the 12 speakers of uem-es, the shipped recipe's fold heads (fitted once per fold), "
+                        "the conditions and orders of --parts rooms; each setting serves the same heads with the "
+                        "voice's spread shrunk as if k more utterances of unit variance were in its history",
+            "variants": {name: {"changes": {"spread_shrinkage": served.spread_shrinkage}}
+                         for name, served in settings.items()},
+            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker", "ua_by_rank")}
+                     for name, row in rows.items()},
+            "selection": honest_selection(rows, list(settings), list(features))}
+
+
 def run_front_ends(part: str, variants: dict[str, dict], base: VoiceRecipe) -> dict:
     """Variants of `base` that may read different front ends: each front end's features of every training clip,
     copy and test clip (cached per version), judged on the LOSO folds, conditions and orders of --parts rooms."""
@@ -1041,6 +1073,14 @@ def report(out: Path) -> str:
     if scale:
         text += rooms_section(scale, "Per-voice variance normalisation (speaker_scale)", "scale")
         text += paired_section(scale, SCALE_BASELINE, "the shipped recipe")
+    spread = results.get("spread")
+    if spread:
+        text += rooms_section(spread, "A voice's spread shrunk while it rests on few utterances", "spread")
+        text += paired_section(spread, f"spread shrinkage {0.0:g}", "the spread unshrunk (model v0.8 as shipped)")
+        table = [{"setting": name.split(" | ")[0], **{f"clean, UA at {k}": f"{r['ua_by_rank'][k]:.3f}"
+                                                       for k in RANK_NAMES}}
+                 for name, r in spread["rows"].items() if name.endswith(" | clean | normalised")]
+        text += "\nClean, normalised, by the utterance's rank in its voice:\n\n" + format_table(table, list(table[0])) + "\n"
     warmup = results.get("warmup")
     if warmup:
         text += (f"\n## A new voice's first utterances ({warmup['date']})\n\n`--parts warmup`: {warmup['protocol']}. "
@@ -1092,6 +1132,8 @@ def report(out: Path) -> str:
         plot_rooms(wpe, out / "voice_wpe.png", "online WPE (front end 4)")
     if scale:
         plot_rooms(scale, out / "voice_scale.png", "per-voice variance normalisation")
+    if spread:
+        plot_rooms(spread, out / "voice_spread.png", "a voice's spread shrunk towards 1")
     return text
 
 
@@ -1220,7 +1262,8 @@ def main() -> int:
                "ensemble": lambda work: run_heads(work, ENSEMBLE_VARIANTS, "ensemble"),
                "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"),
                "consistency": lambda work: run_heads(work, CONSISTENCY_VARIANTS, "consistency"),
-               "dereverb": run_dereverb, "wpe": run_wpe, "scale": run_scale, "warmup": run_warmup, "balance": run_balance,
+               "dereverb": run_dereverb, "wpe": run_wpe, "scale": run_scale, "spread": run_spread,
+               "warmup": run_warmup, "balance": run_balance,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

@@ -59,6 +59,8 @@ def test_default_metadata_names_the_encoder_and_its_recipe():
     # v0.8: the normalised heads read the centred features divided by the voice's spread (input speaker_scale)
     assert metadata.model.get("speaker_scale", False) == recipe.get("speaker_scale", False)
     assert Classifier(DEFAULT).uses_spread == recipe.get("speaker_scale", False)
+    # the spread's shrinkage is served from the metadata (0 where a model has none)
+    assert Classifier(DEFAULT).adapter_settings.get("spread_shrinkage", 0.0) == recipe.get("spread_shrinkage", 0.0)
 
 
 def test_ds_am_metadata_matches_the_feature_code():

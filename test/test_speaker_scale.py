@@ -42,6 +42,28 @@ def test_the_spread_is_the_history_spread_with_a_floor():
     assert not np.allclose(balanced.spread(), voice_spread(vectors[:3]))
 
 
+def test_a_short_history_s_spread_is_shrunk_towards_one():
+    """spread_shrinkage k: the variance as if k more utterances of unit variance were in the history, so a voice
+    heard a few times is not divided by a noisy spread; it fades as the history grows, and the floor still holds."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((40, 4)) * np.array([0.3, 1.0, 3.0, 1e-4])
+    exact, shrunk = SpeakerAdapter(warmup=3, history=50), SpeakerAdapter(warmup=3, history=50, spread_shrinkage=2.0)
+    for n, vector in enumerate(vectors):
+        if n >= 3:
+            expected = np.sqrt((n * exact.spread() ** 2 + 2.0) / (n + 2.0))
+            np.testing.assert_allclose(shrunk.spread(), expected)
+            assert shrunk.spread()[3] >= SPREAD_FLOOR and not shrunk.spread().flags.writeable
+            np.testing.assert_allclose(shrunk.offset(), exact.offset())  # the offset is not touched
+        exact.remember(vector)
+        shrunk.remember(vector)
+    # the narrow dimension moves towards 1 and the wide one towards 1 from above, less as the history grows
+    assert shrunk.spread()[0] > exact.spread()[0] and shrunk.spread()[2] < exact.spread()[2]
+    early = np.sqrt((3 * 0.3 ** 2 + 2) / 5) - 0.3
+    assert 0 < shrunk.spread()[0] - exact.spread()[0] < early
+    with pytest.raises(ValueError, match="spread_shrinkage"):
+        SpeakerAdapter(spread_shrinkage=-1.0)
+
+
 def test_training_centres_and_scales_each_speaker():
     from ser_node.train.voice_recipe import VoiceRecipe, centre_by_speaker
 
@@ -62,10 +84,11 @@ def test_training_centres_and_scales_each_speaker():
 
 @pytest.fixture(scope="module")
 def scaled_model(voice_model, tmp_path_factory):
-    """The conftest voice model's recipe with a prosody head and speaker_scale, fitted and exported."""
+    """The conftest voice model's recipe with a prosody head and speaker_scale (served with the spread shrunk),
+    fitted and exported."""
     from ser_node.train.voice_recipe import export_voice_model, fit_heads, load_voice_data
 
-    recipe = dataclasses.replace(voice_model["recipe"], prosody_weight=1.0, speaker_scale=True)
+    recipe = dataclasses.replace(voice_model["recipe"], prosody_weight=1.0, speaker_scale=True, spread_shrinkage=2.0)
     data = load_voice_data(recipe, progress=False)
     heads = fit_heads(data, recipe)
     path = export_voice_model(heads, recipe, tmp_path_factory.mktemp("scaled") / "voice.onnx",
@@ -112,6 +135,7 @@ def test_the_node_path_scores_what_training_scores(scaled_model, real_waveforms)
 
     heads, recipe = scaled_model["heads"], scaled_model["recipe"]
     classifier = Classifier(scaled_model["path"])
+    assert classifier.adapter_settings["spread_shrinkage"] == recipe.spread_shrinkage == 2.0  # from the metadata
     utterances = [(10.0 * i, 10.0 * i + 2, a) for i, a in enumerate(real_waveforms)]
     published = classify_in_order(classifier, utterances, warmup=recipe.warmup, reset_s=1e6)
     features = np.stack([classifier.infer(classifier.prepare([a]))[0].features for _, _, a in utterances])
@@ -120,9 +144,12 @@ def test_the_node_path_scores_what_training_scores(scaled_model, real_waveforms)
     unscaled = predict_in_order(dataclasses.replace(heads, speaker_scale=False), features.astype(np.float64),
                                 dataclasses.replace(recipe, speaker_scale=False), normalise=True)
     assert np.abs(unscaled - expected).max() > 0.01  # the spread changes answers on real speech
+    unshrunk = predict_in_order(heads, features.astype(np.float64), dataclasses.replace(recipe, spread_shrinkage=0.0),
+                                normalise=True)
+    assert np.abs(unshrunk - expected).max() > 1e-4  # the metadata's spread shrinkage reached the node's path
 
     normaliser = VoiceNormaliser(VoiceSettings(threshold=-1.0, same_turn_threshold=-1.0, confident_similarity=-1.0,
-                                               warmup=recipe.warmup, shrinkage=recipe.shrinkage))
+                                               warmup=recipe.warmup, **classifier.adapter_settings))
     for start, end, audio in utterances:  # one voice for everybody: the tracker's row is the adapter's answer
         voice = next(iter(normaliser.tracker.voices.values()), None)
         offset = None if voice is None else normaliser.tracker.offset(voice)

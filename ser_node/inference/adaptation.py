@@ -33,11 +33,12 @@ class SpeakerAdapter:
     """Running-mean normalisation of one speaker's utterance vectors; `reset()` when the speaker may change."""
 
     def __init__(self, warmup: int = DEFAULT_WARMUP, history: int = 50, shrinkage: float = 5.0,
-                 balance: float = 0.0) -> None:
-        if warmup < 1 or history < warmup or shrinkage < 0 or balance < 0:
-            raise ValueError(f"need warmup >= 1, history >= warmup, shrinkage >= 0, balance >= 0; got {warmup}, "
-                             f"{history}, {shrinkage}, {balance}")
+                 balance: float = 0.0, spread_shrinkage: float = 0.0) -> None:
+        if warmup < 1 or history < warmup or min(shrinkage, balance, spread_shrinkage) < 0:
+            raise ValueError(f"need warmup >= 1, history >= warmup, shrinkage, balance and spread_shrinkage >= 0; "
+                             f"got {warmup}, {history}, {shrinkage}, {balance}, {spread_shrinkage}")
         self.warmup, self.shrinkage, self.balance = warmup, shrinkage, balance
+        self.spread_shrinkage = spread_shrinkage
         self._past: deque[Remembered] = deque(maxlen=history)
         # offset and spread of the own history alone, kept until it changes: the node asks every voice for them
         # at every utterance, and most voices were not the last one heard
@@ -67,7 +68,7 @@ class SpeakerAdapter:
 
     def spread(self, borrowed: list[Remembered] | tuple = ()) -> np.ndarray | None:
         """Per dimension, the standard deviation of the history (with `borrowed`, weighted as `offset`), floored
-        at SPREAD_FLOOR; None during warm-up. Models trained with speaker_scale divide the centred vector by it:
+        at SPREAD_FLOOR and shrunk towards 1 by spread_shrinkage; None during warm-up. Models trained with speaker_scale divide the centred vector by it:
         a room's reverberation narrows or widens how a person's utterances vary, not only where they sit."""
         return self._kept("spread", self._spread, borrowed)
 
@@ -90,7 +91,14 @@ class SpeakerAdapter:
     def _spread(self, past: list[Remembered]) -> np.ndarray | None:
         if len(past) < self.warmup:
             return None
-        return voice_spread(np.array([vector for vector, _ in past]), self._weights(past))
+        spread = voice_spread(np.array([vector for vector, _ in past]), self._weights(past))
+        if not self.spread_shrinkage:
+            return spread
+        # the variance pulled towards 1 (the standardised population's) as if spread_shrinkage more utterances of
+        # unit variance were in: a few utterances' spread is noisy, and a narrow one blows up what is divided by it.
+        # Between the floor and 1 it stays there, so the floor still holds.
+        n = len(past)
+        return np.sqrt((n * spread ** 2 + self.spread_shrinkage) / (n + self.spread_shrinkage))
 
     def _weights(self, past: list[Remembered]) -> np.ndarray | None:
         """Per utterance, its weight in the class-balanced mean (None: the plain mean). An utterance remembered

@@ -183,10 +183,11 @@ class Classifier:
 
     @property
     def adapter_settings(self) -> dict[str, Any]:
-        """SpeakerAdapter history, shrinkage and balance stored in a voice model's metadata (what its LOSO figures were
-        measured with); empty for models without them (the adapter's own defaults apply)."""
+        """SpeakerAdapter history, shrinkage, balance and spread shrinkage stored in a voice model's metadata (what its
+        LOSO figures were measured with); empty for models without them (the adapter's own defaults apply)."""
         normalisation = self.metadata.model.get("normalisation", {})
-        return {k: normalisation[k] for k in ("history", "shrinkage", "balance") if k in normalisation}
+        return {k: normalisation[k] for k in ("history", "shrinkage", "balance", "spread_shrinkage")
+                if k in normalisation}
 
     @property
     def recommended_warmup(self) -> int:

@@ -56,10 +56,11 @@ class VoiceSettings:
     history: int = 50
     shrinkage: float = 0.0
     balance: float = 0.0  # class-balanced history mean (SpeakerAdapter); 0: the plain mean
+    spread_shrinkage: float = 0.0  # a voice's spread pulled towards 1 while it rests on few utterances (SpeakerAdapter)
 
     def adapter(self) -> SpeakerAdapter:
         """A fresh normalisation state with these warm-up, history, shrinkage and balance settings."""
-        return SpeakerAdapter(self.warmup, self.history, self.shrinkage, self.balance)
+        return SpeakerAdapter(self.warmup, self.history, self.shrinkage, self.balance, self.spread_shrinkage)
 
     def __post_init__(self) -> None:
         if (not (-1 <= self.same_turn_threshold <= self.threshold <= 1) or not -1 <= self.merge_threshold <= 1

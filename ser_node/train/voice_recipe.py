@@ -80,6 +80,10 @@ class VoiceRecipe:
     # features alone; the exported graph then takes a speaker_scale input beside speaker_offset. Reverberation
     # changes how a person's utterances spread as well as their mean. Not with history_neutral_share.
     speaker_scale: bool = False
+    # With speaker_scale: the voice's spread pulled towards 1 as if this many more utterances of unit variance were
+    # in its history (SpeakerAdapter spread_shrinkage). A serving setting, in the model's metadata: it changes no
+    # head, which trained on each speaker's full spread.
+    spread_shrinkage: float = 0.0
     # Real speakers are mostly neutral, acted corpora are balanced: with a share here, the normalised head is
     # trained on clips centred by random histories of their speaker drawn with this neutral share (history_size
     # clips, history_draws draws per clip) instead of the speaker's full mean; [low, high]: a share drawn
@@ -130,7 +134,7 @@ class VoiceRecipe:
 
     def adapter(self) -> SpeakerAdapter:
         return SpeakerAdapter(warmup=self.warmup, history=self.history, shrinkage=self.shrinkage,
-                              balance=self.history_balance)
+                              balance=self.history_balance, spread_shrinkage=self.spread_shrinkage)
 
 
 @dataclass
@@ -447,9 +451,10 @@ def build_torch_model(heads: VoiceHeads, weights_path: str | Path | None = None)
 
 # The default model's version; its id ends in v<major>.<minor>. 0.6: the speaker embedding is the head on the mean of
 # layer 3's states (0.5: its last state); 0.7: prosody heads fused with the GE2E heads (input `prosody`); 0.8: the
-# normalised heads divide by the voice's spread (input `speaker_scale`); a self-voice enrolment names the model id
-# it was made with.
-MODEL_VERSION = "0.8.0"
+# normalised heads divide by the voice's spread (input `speaker_scale`); 0.8.1: that spread shrunk towards 1 while
+# a voice is new (metadata only, the heads are 0.8's, so the id and the voices files and enrolments made with it
+# stay); a self-voice enrolment names the model id it was made with.
+MODEL_VERSION = "0.8.1"
 DEFAULT_MODEL_ID = f"ser-default-ge2e-heads-v{MODEL_VERSION.rsplit('.', 1)[0]}"
 
 
@@ -520,7 +525,8 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
                              for name, head in (("plain", heads.prosody.plain),
                                                 ("normalised", heads.prosody.normalised))}}}),
                "normalisation": {"warmup": recipe.warmup, "history": recipe.history,
-                                 "shrinkage": recipe.shrinkage, "balance": recipe.history_balance}},
+                                 "shrinkage": recipe.shrinkage, "balance": recipe.history_balance,
+                                 "spread_shrinkage": recipe.spread_shrinkage}},
         training=training)
     write_metadata(graph, metadata)
     _atomic_save(graph, path)
