@@ -592,12 +592,13 @@ HEAD_VARIANTS = {  # name -> changes to model v0.4's recipe (linear heads)
 }
 
 
-def run_heads(work: Path, variants: dict[str, dict] | None = None, part: str = "heads") -> dict:
-    """Head capacity: model v0.4's recipe (linear heads) against one-hidden-layer MLP heads on the same training
-    rows (3 corpora, the augmented and room copies), each LOSO fold judged clean, in the test room and under robot
-    noise, plain and normalised, 5 orders per speaker; and the honest choice among them."""
+def run_heads(work: Path, variants: dict[str, dict] | None = None, part: str = "heads",
+              base: VoiceRecipe | None = None) -> dict:
+    """Head capacity: model v0.4's recipe (linear heads; or `base`) against one-hidden-layer MLP heads on the same
+    training rows (3 corpora, the augmented and room copies), each LOSO fold judged clean, in the test room and under
+    robot noise, plain and normalised, 5 orders per speaker; and the honest choice among them."""
     variants = HEAD_VARIANTS if variants is None else variants
-    base = dataclasses.replace(shipped_recipe(), head_hidden=0)
+    base = dataclasses.replace(shipped_recipe(), head_hidden=0) if base is None else base
     recipes = {name: dataclasses.replace(base, **changes) for name, changes in variants.items()}
     data = load_voice_data(base)
     target = data.subset(data.corpora == data.target)
@@ -677,6 +678,14 @@ def run_wpe(work: Path) -> dict:
     """Front end 4 (the STFT frames through causal block-online WPE, inference/dereverb.py OnlineWpe) against
     front end 2 under the shipped recipe's rows and heads (one MLP seed each), as --parts dereverb."""
     return run_front_ends("wpe", WPE_VARIANTS, shipped_recipe())
+
+
+ROOM_SCALE_BASELINE = "model v0.8.1 (shipped)"
+ROOM_SCALE_VARIANTS = {  # name -> changes to the shipped recipe: do scaled heads take more from the room copies?
+    ROOM_SCALE_BASELINE: {},
+    "model v0.8.1, 4 room copies of uem-es": {"room_copies": 4},
+    "model v0.8.1, room copies weight 2": {"room_weight": 2.0},
+}
 
 
 SCALE_BASELINE = "model v0.7 (shipped)"
@@ -998,6 +1007,28 @@ def _row_order(name: str) -> tuple[int, int]:
     rank = next((i for i, prefix in enumerate(SYSTEM_ORDER) if system.startswith(prefix)), len(SYSTEM_ORDER))
     return rank, 0 if regime == "plain" else 1
 
+ROOM_PARTS = (  # parts judged in the rooms protocol: part, title, baseline and what it is (paired table), plot, caption
+    ("rooms", "Multi-condition training: room copies", None, None, "voice_rooms.png", "room copies in training"),
+    ("heads", "Head capacity: linear against MLP heads", HEAD_BASELINE, "the linear heads", "voice_heads.png",
+     "linear against MLP heads"),
+    ("ensemble", "Averaged MLP heads", HEAD_BASELINE, "the linear heads", "voice_ensemble.png", "averaged MLP heads"),
+    ("copies", "Averaged MLP heads with more room copies", SHIPPED_HEADS, "model v0.5", "voice_copies.png",
+     "averaged MLP heads with more room copies"),
+    ("consistency", "Copies held to their clean clip (paired consistency)", SHIPPED_HEADS, "model v0.5",
+     "voice_consistency.png", "copies held to their clean clip"),
+    ("dereverb", "Late reverberation suppressed before the encoder", DEREVERB_BASELINE, "model v0.4's front end",
+     "voice_dereverb.png", "late reverberation suppressed"),
+    ("wpe", "Online WPE before the mel bands (front end 4)", WPE_BASELINE, "front end 2", "voice_wpe.png",
+     "online WPE (front end 4)"),
+    ("scale", "Per-voice variance normalisation (speaker_scale)", SCALE_BASELINE, "the shipped recipe",
+     "voice_scale.png", "per-voice variance normalisation"),
+    ("roomscale", "Room copies for the scaled heads", ROOM_SCALE_BASELINE, "model v0.8.1", "voice_roomscale.png",
+     "room copies for the scaled heads"),
+    ("spread", "A voice's spread shrunk while it rests on few utterances", "spread shrinkage 0",
+     "the spread unshrunk (model v0.8 as shipped)", "voice_spread.png", "a voice's spread shrunk towards 1"),
+)
+
+
 def report(out: Path) -> str:
     results = json.loads((out / "voice.json").read_text())
     text = "# The voice-encoder default against ComParE + SVM and DS-AM (uem-es, LOSO)\n\n"
@@ -1042,41 +1073,13 @@ def report(out: Path) -> str:
                                                       f" ({robust['rows'][f'{system} | {c}']['ua_mean'] - clean:+.3f})"))
                                                for c in conditions}})
         text += format_table(table, list(table[0])) + "\n"
-    rooms = results.get("rooms")
-    if rooms:
-        text += rooms_section(rooms, "Multi-condition training: room copies", "rooms")
-    heads = results.get("heads")
-    if heads:
-        text += rooms_section(heads, "Head capacity: linear against MLP heads", "heads")
-        text += paired_section(heads, HEAD_BASELINE, "the linear heads")
-    ensemble = results.get("ensemble")
-    if ensemble:
-        text += rooms_section(ensemble, "Averaged MLP heads", "ensemble")
-        text += paired_section(ensemble, HEAD_BASELINE, "the linear heads")
-    copies = results.get("copies")
-    if copies:
-        text += rooms_section(copies, "Averaged MLP heads with more room copies", "copies")
-        text += paired_section(copies, SHIPPED_HEADS, "model v0.5")
-    consistency = results.get("consistency")
-    if consistency:
-        text += rooms_section(consistency, "Copies held to their clean clip (paired consistency)", "consistency")
-        text += paired_section(consistency, SHIPPED_HEADS, "model v0.5")
-    dereverb = results.get("dereverb")
-    if dereverb:
-        text += rooms_section(dereverb, "Late reverberation suppressed before the encoder", "dereverb")
-        text += paired_section(dereverb, DEREVERB_BASELINE, "model v0.4's front end")
-    wpe = results.get("wpe")
-    if wpe:
-        text += rooms_section(wpe, "Online WPE before the mel bands (front end 4)", "wpe")
-        text += paired_section(wpe, WPE_BASELINE, "front end 2")
-    scale = results.get("scale")
-    if scale:
-        text += rooms_section(scale, "Per-voice variance normalisation (speaker_scale)", "scale")
-        text += paired_section(scale, SCALE_BASELINE, "the shipped recipe")
+    for part, title, baseline, against, _, _ in ROOM_PARTS:
+        if part in results:
+            text += rooms_section(results[part], title, part)
+            if baseline:
+                text += paired_section(results[part], baseline, against)
     spread = results.get("spread")
     if spread:
-        text += rooms_section(spread, "A voice's spread shrunk while it rests on few utterances", "spread")
-        text += paired_section(spread, f"spread shrinkage {0.0:g}", "the spread unshrunk (model v0.8 as shipped)")
         table = [{"setting": name.split(" | ")[0], **{f"clean, UA at {k}": f"{r['ua_by_rank'][k]:.3f}"
                                                        for k in RANK_NAMES}}
                  for name, r in spread["rows"].items() if name.endswith(" | clean | normalised")]
@@ -1116,24 +1119,9 @@ def report(out: Path) -> str:
     (out / "voice.md").write_text(text)
     if loso:
         plot(loso, out / "voice.png")
-    if rooms:
-        plot_rooms(rooms, out / "voice_rooms.png", "room copies in training")
-    if heads:
-        plot_rooms(heads, out / "voice_heads.png", "linear against MLP heads")
-    if ensemble:
-        plot_rooms(ensemble, out / "voice_ensemble.png", "averaged MLP heads")
-    if copies:
-        plot_rooms(copies, out / "voice_copies.png", "averaged MLP heads with more room copies")
-    if consistency:
-        plot_rooms(consistency, out / "voice_consistency.png", "copies held to their clean clip")
-    if dereverb:
-        plot_rooms(dereverb, out / "voice_dereverb.png", "late reverberation suppressed")
-    if wpe:
-        plot_rooms(wpe, out / "voice_wpe.png", "online WPE (front end 4)")
-    if scale:
-        plot_rooms(scale, out / "voice_scale.png", "per-voice variance normalisation")
-    if spread:
-        plot_rooms(spread, out / "voice_spread.png", "a voice's spread shrunk towards 1")
+    for part, _, _, _, image, caption in ROOM_PARTS:
+        if part in results:
+            plot_rooms(results[part], out / image, caption)
     return text
 
 
@@ -1263,6 +1251,7 @@ def main() -> int:
                "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"),
                "consistency": lambda work: run_heads(work, CONSISTENCY_VARIANTS, "consistency"),
                "dereverb": run_dereverb, "wpe": run_wpe, "scale": run_scale, "spread": run_spread,
+               "roomscale": lambda work: run_heads(work, ROOM_SCALE_VARIANTS, "roomscale", shipped_recipe()),
                "warmup": run_warmup, "balance": run_balance,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
