@@ -284,7 +284,8 @@ def nested_choices(sessions: list[Session], multi: list[int], judged: dict[int, 
             for i, s in enumerate(sessions)}
 
 
-SERVING = ("warmup", "history", "shrinkage", "history_balance", "spread_shrinkage")  # recipe fields read only when judging
+# recipe fields read only when judging
+SERVING = ("warmup", "history", "shrinkage", "history_balance", "spread_shrinkage")
 
 
 class HeadsCache:

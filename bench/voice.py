@@ -1083,7 +1083,8 @@ def report(out: Path) -> str:
         table = [{"setting": name.split(" | ")[0], **{f"clean, UA at {k}": f"{r['ua_by_rank'][k]:.3f}"
                                                        for k in RANK_NAMES}}
                  for name, r in spread["rows"].items() if name.endswith(" | clean | normalised")]
-        text += "\nClean, normalised, by the utterance's rank in its voice:\n\n" + format_table(table, list(table[0])) + "\n"
+        text += ("\nClean, normalised, by the utterance's rank in its voice:\n\n"
+                 + format_table(table, list(table[0])) + "\n")
     warmup = results.get("warmup")
     if warmup:
         text += (f"\n## A new voice's first utterances ({warmup['date']})\n\n`--parts warmup`: {warmup['protocol']}. "

@@ -68,8 +68,9 @@ class SpeakerAdapter:
 
     def spread(self, borrowed: list[Remembered] | tuple = ()) -> np.ndarray | None:
         """Per dimension, the standard deviation of the history (with `borrowed`, weighted as `offset`), floored
-        at SPREAD_FLOOR and shrunk towards 1 by spread_shrinkage; None during warm-up. Models trained with speaker_scale divide the centred vector by it:
-        a room's reverberation narrows or widens how a person's utterances vary, not only where they sit."""
+        at SPREAD_FLOOR and shrunk towards 1 by spread_shrinkage; None during warm-up. Models trained with
+        speaker_scale divide the centred vector by it: a room's reverberation narrows or widens how a person's
+        utterances vary, not only where they sit."""
         return self._kept("spread", self._spread, borrowed)
 
     def _kept(self, name: str, compute: Callable[[list[Remembered]], np.ndarray | None],

@@ -59,7 +59,7 @@ class VoiceSettings:
     spread_shrinkage: float = 0.0  # a voice's spread pulled towards 1 while it rests on few utterances (SpeakerAdapter)
 
     def adapter(self) -> SpeakerAdapter:
-        """A fresh normalisation state with these warm-up, history, shrinkage and balance settings."""
+        """A fresh normalisation state with these warm-up, history, shrinkage, balance and spread settings."""
         return SpeakerAdapter(self.warmup, self.history, self.shrinkage, self.balance, self.spread_shrinkage)
 
     def __post_init__(self) -> None:
