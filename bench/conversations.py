@@ -385,9 +385,7 @@ def main() -> int:
                               sizes=tuple(args.sizes))
     if args.identity:
         return print_identity(data, [s for s in sessions if len(s.speakers) > 1], args.embedding)
-    adapter = {"warmup": recipe.warmup, "history": recipe.history, "shrinkage": recipe.shrinkage,
-               "balance": recipe.history_balance if args.balance is None else args.balance,
-               "spread_shrinkage": recipe.spread_shrinkage}
+    adapter = {**recipe.serving(), **({} if args.balance is None else {"balance": args.balance})}
     base = VoiceSettings(**{**VoiceSettings().__dict__, **adapter})
     grid = settings_grid(args.merge_thresholds, adapter, args.join, args.same_turn, args.confident,
                          args.pool_thresholds)

@@ -132,9 +132,14 @@ class VoiceRecipe:
         """Where the encoder features of the clips and of their copies are cached (voice_features.clip_features)."""
         return Path(self.cache_dir).expanduser() / "voice"
 
+    def serving(self) -> dict[str, Any]:
+        """The SpeakerAdapter settings this recipe serves with, by the adapter's (and VoiceSettings') names: what
+        the model's metadata stores as `normalisation` and the benches judge with."""
+        return {"warmup": self.warmup, "history": self.history, "shrinkage": self.shrinkage,
+                "balance": self.history_balance, "spread_shrinkage": self.spread_shrinkage}
+
     def adapter(self) -> SpeakerAdapter:
-        return SpeakerAdapter(warmup=self.warmup, history=self.history, shrinkage=self.shrinkage,
-                              balance=self.history_balance, spread_shrinkage=self.spread_shrinkage)
+        return SpeakerAdapter(**self.serving())
 
 
 @dataclass
@@ -524,9 +529,7 @@ def export_voice_model(heads: VoiceHeads, recipe: VoiceRecipe, path: str | Path,
                    "heads": {name: [PROSODY_SIZE] + [int(w.shape[0]) for w, _ in head]
                              for name, head in (("plain", heads.prosody.plain),
                                                 ("normalised", heads.prosody.normalised))}}}),
-               "normalisation": {"warmup": recipe.warmup, "history": recipe.history,
-                                 "shrinkage": recipe.shrinkage, "balance": recipe.history_balance,
-                                 "spread_shrinkage": recipe.spread_shrinkage}},
+               "normalisation": recipe.serving()},
         training=training)
     write_metadata(graph, metadata)
     _atomic_save(graph, path)
