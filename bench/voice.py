@@ -35,6 +35,10 @@ Parts (--parts, default all):
               recipe (one MLP seed each), every training and test clip through each, judged as in rooms.
   scale       per-voice variance normalisation (speaker_scale: the normalised head reads the centred features
               divided by the voice's spread) against the shipped recipe (model v0.7), judged as in rooms.
+  ceiling     how far heads can take the room: the shipped recipe with the benchmark's own test room as one more
+              room copy of the training speakers (an oracle no robot has), judged as in rooms.
+  siteroom    what knowing the robot's room buys: one more room copy at the test room's RT60 and distance, in the
+              room copies' simulated rooms (not the test room), room weight 2, against the shipped recipe.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
   balance     a voice's offset as the class-balanced mean of its history (history_balance, weighed by the plain
@@ -72,6 +76,7 @@ from ser_node.train.teacher import opensmile_functionals  # noqa: E402
 from ser_node.train.voice_recipe import (  # noqa: E402
     AUGMENTED,
     ROOMS,
+    Copies,
     VoiceData,
     VoiceHeads,
     VoiceRecipe,
@@ -733,6 +738,82 @@ def run_spread(work: Path) -> dict:
             "selection": honest_selection(rows, list(settings), list(features))}
 
 
+CEILING_BASELINE = "model v0.8.1 (shipped)"
+CEILING_ORACLE = "model v0.8.1 + the test room as a room copy (oracle)"
+TEST_ROOM = "room RT60 0.6 s at 2 m"
+
+
+def run_ceiling(work: Path) -> dict:
+    """An upper bound for multi-condition training: the shipped recipe's fold heads against the same recipe with one
+    more room copy that is the benchmark's own test room (the training speakers' clips as the room condition hears
+    them, centred as "<speaker>@test room"), and that at room weight 2. No robot knows its room in advance, so this
+    is not a recipe; it says how much of the room gap heads on this encoder can close at all."""
+    recipe = shipped_recipe()
+    data, target, features, copies = recipe_rows(recipe)
+    oracle = Copies(features[TEST_ROOM], np.where(data.corpora == data.target)[0],
+                    np.char.add(target.speakers.astype(str), "@test room"), ROOMS)
+    return judge_extra_copies("ceiling", data, target, features, {
+        CEILING_BASELINE: (recipe, copies),
+        CEILING_ORACLE: (recipe, copies + [oracle]),
+        f"{CEILING_ORACLE}, room copies weight 2": (dataclasses.replace(recipe, room_weight=2.0), copies + [oracle])},
+        "the oracle rows add the test room itself as one more room copy of the 11 training speakers' clips (no "
+        "choice is made among oracles)")
+
+
+SITE_ROOM = "model v0.8.1 + a room copy at the test room's RT60 and distance (other rooms), room copies weight 2"
+
+
+def run_site_room(work: Path) -> dict:
+    """What knowing the robot's room buys without the oracle's exact room: one more room copy of every uem-es clip
+    heard at the test condition's RT60 and microphone distance, but in the simulated rooms of the room copies (each
+    speaker in one of ROOM_SEEDS, never the benchmark's room seed 0), at room weight 2: what a lab could train
+    after measuring its room's RT60 and the usual distance to the people."""
+    from ser_node.train.acoustics import AcousticSimulator, stable_seed
+    from ser_node.train.voice_features import clip_features, clip_prosody
+    from ser_node.train.voice_recipe import ROOM_SEEDS
+
+    recipe = shipped_recipe()
+    data, target, features, copies = recipe_rows(recipe)
+    condition = test_conditions()[TEST_ROOM]
+    speakers = target.speakers.astype(str)
+    simulators: dict[int, AcousticSimulator] = {}
+
+    def transform(audio: np.ndarray, i: int) -> np.ndarray:
+        seed = ROOM_SEEDS[stable_seed(speakers[i], "site room") % len(ROOM_SEEDS)]
+        return simulators.setdefault(seed, AcousticSimulator(room_seed=seed))(audio, condition)
+
+    tag = "site-" + condition.name.replace(" ", "_")
+    site = clip_features(target.paths, recipe.feature_cache, tag=tag, transform=transform)[0]
+    if recipe.prosody_weight:
+        site = np.hstack([site, clip_prosody(target.paths, recipe.feature_cache, tag, transform)])
+    copy = Copies(site, np.where(data.corpora == data.target)[0], np.char.add(speakers, "@site room"), ROOMS)
+    return judge_extra_copies("siteroom", data, target, features, {
+        CEILING_BASELINE: (recipe, copies),
+        SITE_ROOM: (dataclasses.replace(recipe, room_weight=2.0), copies + [copy])},
+        "the site-room row adds one room copy of the 11 training speakers' clips at the test room's RT60 and "
+        "distance, each speaker in one of the room copies' simulated rooms (not the test room), room weight 2")
+
+
+def judge_extra_copies(part: str, data: VoiceData, target: VoiceData, features: dict[str, np.ndarray],
+                       variants: dict[str, tuple[VoiceRecipe, list]], protocol_end: str) -> dict:
+    """Variants given as (recipe, the copies they train with) on the LOSO folds, conditions and orders of --parts
+    rooms: what parts with copies no recipe setting makes (ceiling, siteroom) write to voice.json."""
+    records, began = Records(), time.perf_counter()
+    for t in sorted(set(target.speakers)):
+        test = np.where(target.speakers == t)[0]
+        for name, (variant, variant_copies) in variants.items():
+            judge_in_conditions(records, name, fold_heads(data, variant, t, True, variant_copies), variant, target,
+                                test, features)
+        print(f"{part}: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
+            "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; "
+                        + protocol_end,
+            "variants": {name: {"changes": {"room_weight": v.room_weight, "extra_copies": len(c) - len(
+                             next(iter(variants.values()))[1])}} for name, (v, c) in variants.items()},
+            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
+                     for name, row in ((n, records.summary(n)) for n in records.rows)}}
+
+
 def run_front_ends(part: str, variants: dict[str, dict], base: VoiceRecipe) -> dict:
     """Variants of `base` that may read different front ends: each front end's features of every training clip,
     copy and test clip (cached per version), judged on the LOSO folds, conditions and orders of --parts rooms."""
@@ -1026,6 +1107,10 @@ ROOM_PARTS = (  # parts judged in the rooms protocol: part, title, baseline and 
      "room copies for the scaled heads"),
     ("spread", "A voice's spread shrunk while it rests on few utterances", "spread shrinkage 0",
      "the spread unshrunk (model v0.8 as shipped)", "voice_spread.png", "a voice's spread shrunk towards 1"),
+    ("ceiling", "How far heads can take the room: the test room in training (oracle)", CEILING_BASELINE,
+     "model v0.8.1", "voice_ceiling.png", "the test room itself in training (oracle)"),
+    ("siteroom", "A room copy at the robot's room's RT60 and distance", CEILING_BASELINE, "model v0.8.1",
+     "voice_siteroom.png", "a room copy at the test room's RT60 and distance"),
 )
 
 
@@ -1078,13 +1163,12 @@ def report(out: Path) -> str:
             text += rooms_section(results[part], title, part)
             if baseline:
                 text += paired_section(results[part], baseline, against)
-    spread = results.get("spread")
-    if spread:
-        table = [{"setting": name.split(" | ")[0], **{f"clean, UA at {k}": f"{r['ua_by_rank'][k]:.3f}"
-                                                       for k in RANK_NAMES}}
-                 for name, r in spread["rows"].items() if name.endswith(" | clean | normalised")]
-        text += ("\nClean, normalised, by the utterance's rank in its voice:\n\n"
-                 + format_table(table, list(table[0])) + "\n")
+            if part == "spread":  # what the shrinkage is for: a voice's first utterances
+                table = [{"setting": name.split(" | ")[0], **{f"clean, UA at {k}": f"{r['ua_by_rank'][k]:.3f}"
+                                                               for k in RANK_NAMES}}
+                         for name, r in results[part]["rows"].items() if name.endswith(" | clean | normalised")]
+                text += ("\nClean, normalised, by the utterance's rank in its voice:\n\n"
+                         + format_table(table, list(table[0])) + "\n")
     warmup = results.get("warmup")
     if warmup:
         text += (f"\n## A new voice's first utterances ({warmup['date']})\n\n`--parts warmup`: {warmup['protocol']}. "
@@ -1181,13 +1265,15 @@ def rooms_section(rooms: dict, title: str, part: str) -> str:
 
     table = [{"variant": name, **cells(lambda key, n=name: rooms["rows"][f"{n} | {key}"]["ua_mean"])}
              for name in rooms["variants"]]
-    choice = rooms["selection"]
+    head = f"\n## {title} ({rooms['date']})\n\n`--parts {part}`: {rooms['protocol']}."
+    choice = rooms.get("selection")
+    if choice is None:  # a part of oracles (ceiling) chooses nothing
+        return head + "\n\n" + format_table(table, list(table[0])) + "\n"
     table.append({"variant": "chosen per test speaker (honest)", **cells(lambda key: choice["rows"][key]["ua_mean"])})
     picks = list(choice["chosen"].values())
     chosen = ", ".join(f"{v} ({picks.count(v)})" for v in dict.fromkeys(picks))
-    return (f"\n## {title} ({rooms['date']})\n\n`--parts {part}`: {rooms['protocol']}. "
-            f"The choice: {choice['rule']}; chosen (test speakers): {chosen}.\n\n" + format_table(table, list(table[0]))
-            + "\n")
+    return (head + f" The choice: {choice['rule']}; chosen (test speakers): {chosen}.\n\n"
+            + format_table(table, list(table[0])) + "\n")
 
 
 def plot_rooms(rooms: dict, path: Path, title: str) -> None:
@@ -1253,7 +1339,7 @@ def main() -> int:
                "consistency": lambda work: run_heads(work, CONSISTENCY_VARIANTS, "consistency"),
                "dereverb": run_dereverb, "wpe": run_wpe, "scale": run_scale, "spread": run_spread,
                "roomscale": lambda work: run_heads(work, ROOM_SCALE_VARIANTS, "roomscale", shipped_recipe()),
-               "warmup": run_warmup, "balance": run_balance,
+               "ceiling": run_ceiling, "siteroom": run_site_room, "warmup": run_warmup, "balance": run_balance,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":
