@@ -153,6 +153,10 @@ def test_two_upstream_voices_get_separate_states_and_outputs(voice_model, real_w
         assert len({id(e) for e in encoders}) == 2 and all(e.steps > 0 and e.errors == 0 for e in encoders)
         values = harness.node.diagnostic_values()[2]
         assert values["stream_encoder_errors"] == "0"
+        # /diagnostics counts the ends of every stream's encoder: all 6 encoded while spoken, and as many prepared
+        # at the pause as the two encoders counted
+        assert values["stream_ends"] == "6"
+        assert values["stream_ends_prepared"] == str(sum(e.prepared_ends for e in encoders))
         assert values["hri_voices_held"] == "2" and values["hri_held_ids"] == f"{upstream.id('alice')},{upstream.id('bob')}"
     finally:
         harness.close()

@@ -130,9 +130,11 @@ class UtteranceEncoder:
 
     block_samples = PUSH_SAMPLES  # the segmenter hands audio over in such blocks (fewer calls; see VoiceStream)
 
-    def __init__(self, classifier: Callable[[], Any], on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, classifier: Callable[[], Any], on_error: Callable[[str], None] | None = None,
+                 on_end: Callable[[bool], None] | None = None) -> None:
         self._classifier = classifier
         self._on_error = on_error or log.warning
+        self._on_end = on_end  # told, per utterance encoded while spoken, whether its end was prepared (diagnostics)
         self._stream: VoiceStream | None = None
         self.errors = 0
         self.steps = 0  # audio blocks and utterance ends this encoder worked on
@@ -155,8 +157,11 @@ class UtteranceEncoder:
     def end(self, utterance: Any) -> None:
         stream, self._stream = self._stream, None
         if stream is not None and utterance is not None:
-            self.prepared_ends += stream.end_prepared
+            prepared = stream.end_prepared
+            self.prepared_ends += prepared
             utterance.encoded = self._guard(stream.finish)
+            if self._on_end is not None and utterance.encoded is not None:
+                self._on_end(prepared)
 
     def _guard(self, work: Callable[..., Any], *args: Any) -> Any:
         self.steps += 1

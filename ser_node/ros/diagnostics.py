@@ -24,6 +24,8 @@ def health(node: Any) -> tuple[int, str, dict[str, str]]:
                       backend=f"onnxruntime {classifier.metadata.precision}", provider=classifier.providers[0],
                       provider_requested=classifier.requested_providers[0])
     values["stream_encoder_errors"] = str(node.encoder_errors)
+    values["stream_ends"] = str(node.stream_ends)
+    values["stream_ends_prepared"] = str(node.stream_ends_prepared)
     if node.model_error:
         values["model_error"] = node.model_error
         if classifier is not None:  # a failed reload: the previous model still serves

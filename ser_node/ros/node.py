@@ -70,6 +70,9 @@ class SerNode(LifecycleNode):
         self.classifier: Classifier | None = None
         self.model_error = ""
         self.encoder_errors = 0  # streaming encoder steps that failed (the worker encoded those utterances)
+        # utterances encoded while spoken, and those whose end was ready when the VAD decided (the rest cost the
+        # last block's encoding after the decision, on the latency path: diagnostics)
+        self.stream_ends = self.stream_ends_prepared = 0
         self.reload_srv: Any = None
         self.hri: HriVoices | None = None  # ROS4HRI voices (hri_voices.py), while active
         self.outputs = Outputs(self)
@@ -176,10 +179,15 @@ class SerNode(LifecycleNode):
         a new VAD. The node's own stream also reports is_speaking (set in configure)."""
         vad = vad or make_vad(self.p("vad_backend"), webrtc_aggressiveness=self.p("webrtc_aggressiveness"))
         encoder = UtteranceEncoder(lambda: self.classifier if self.p("encode_while_speaking") else None,
-                                   self._encoder_error)
+                                   self._encoder_error, self._encoded_end)
         dropped = (lambda utterance, reason: self.listening.count(reason, utterance.start, utterance.end))
         return StreamProcessor(Segmenter(vad, self._segmenter_config(), listener=encoder, on_dropped=dropped),
                                StreamConfig(self.p("channel"), self.p("max_chunk_s"), self.p("gap_tolerance_s")))
+
+    def _encoded_end(self, prepared: bool) -> None:
+        """An utterance encoded while spoken reached its end (any stream's encoder; the intake thread)."""
+        self.stream_ends += 1
+        self.stream_ends_prepared += prepared
 
     def _encoder_error(self, text: str) -> None:
         """A streaming step failed: that utterance is encoded by the worker at its end instead (none is lost)."""
