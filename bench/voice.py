@@ -39,6 +39,8 @@ Parts (--parts, default all):
               room copy of the training speakers (an oracle no robot has), judged as in rooms.
   siteroom    what knowing the robot's room buys: one more room copy at the test room's RT60 and distance, in the
               room copies' simulated rooms (not the test room), room weight 2, against the shipped recipe.
+  widerooms   room copies with a simulated room shape per speaker and copy instead of 4 shared shapes, 2 and 4
+              copies, against the shipped recipe.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
   balance     a voice's offset as the class-balanced mean of its history (history_balance, weighed by the plain
@@ -83,6 +85,7 @@ from ser_node.train.voice_recipe import (  # noqa: E402
     augmented_copies,
     causal_normalisation,
     centre_by_speaker,
+    copy_features,
     fit_heads,
     load_voice_data,
     predict_in_order,
@@ -769,7 +772,6 @@ def run_site_room(work: Path) -> dict:
     speaker in one of ROOM_SEEDS, never the benchmark's room seed 0), at room weight 2: what a lab could train
     after measuring its room's RT60 and the usual distance to the people."""
     from ser_node.train.acoustics import AcousticSimulator, stable_seed
-    from ser_node.train.voice_features import clip_features, clip_prosody
     from ser_node.train.voice_recipe import ROOM_SEEDS
 
     recipe = shipped_recipe()
@@ -782,16 +784,52 @@ def run_site_room(work: Path) -> dict:
         seed = ROOM_SEEDS[stable_seed(speakers[i], "site room") % len(ROOM_SEEDS)]
         return simulators.setdefault(seed, AcousticSimulator(room_seed=seed))(audio, condition)
 
-    tag = "site-" + condition.name.replace(" ", "_")
-    site = clip_features(target.paths, recipe.feature_cache, tag=tag, transform=transform)[0]
-    if recipe.prosody_weight:
-        site = np.hstack([site, clip_prosody(target.paths, recipe.feature_cache, tag, transform)])
+    site = copy_features(target.paths, recipe, "site-" + condition.name.replace(" ", "_"), transform, True)
     copy = Copies(site, np.where(data.corpora == data.target)[0], np.char.add(speakers, "@site room"), ROOMS)
     return judge_extra_copies("siteroom", data, target, features, {
         CEILING_BASELINE: (recipe, copies),
         SITE_ROOM: (dataclasses.replace(recipe, room_weight=2.0), copies + [copy])},
         "the site-room row adds one room copy of the 11 training speakers' clips at the test room's RT60 and "
         "distance, each speaker in one of the room copies' simulated rooms (not the test room), room weight 2")
+
+
+WIDE_ROOMS = "model v0.8.1, room copies in rooms of their own"
+
+
+def run_wide_rooms(work: Path) -> dict:
+    """Do the room copies lack room shapes? The shipped recipe's room copies put each speaker in one of 4 simulated
+    room shapes (ROOM_SEEDS); here each speaker and copy gets a shape of its own (seeds 5-1004, never the benchmark's
+    0), at the same RT60 and distance as speaker_room draws, 2 and 4 copies, against the shipped recipe."""
+    from ser_node.train.acoustics import AcousticSimulator, room_response, stable_seed
+    from ser_node.train.voice_recipe import speaker_room
+
+    recipe = shipped_recipe()
+    data, target, features, copies = recipe_rows(recipe)
+    speakers = target.speakers.astype(str)
+    rows = np.where(data.corpora == data.target)[0]
+
+    def wide_copy(copy: int) -> Copies:
+        def transform(audio: np.ndarray, i: int) -> np.ndarray:
+            condition, _ = speaker_room(speakers[i], copy)
+            for attempt in range(50):  # the first shape the distance fits in (a small room cannot hold 3 m)
+                shape = 5 + (stable_seed(speakers[i], "room shape", copy) + attempt) % 1000
+                try:
+                    room_response(condition.rt60_s, condition.distance_m, shape)  # cached for the simulator
+                    break
+                except ValueError:
+                    continue
+            return AcousticSimulator(room_seed=shape)(audio, condition)
+        x = copy_features(target.paths, recipe, f"wide-room{copy}", transform, True)
+        return Copies(x, rows, np.char.add(speakers, f"@wide room{copy}"), ROOMS)
+
+    wide = [wide_copy(copy) for copy in range(4)]
+    plain_copies = [c for c in copies if c.corpus != ROOMS]
+    return judge_extra_copies("widerooms", data, target, features, {
+        CEILING_BASELINE: (recipe, copies),
+        f"{WIDE_ROOMS}, 2 copies": (recipe, plain_copies + wide[:2]),
+        f"{WIDE_ROOMS}, 4 copies": (recipe, plain_copies + wide)},
+        "the wide-room rows replace the shipped recipe's 2 room copies by 2 or 4 copies in which each speaker is "
+        "heard in a simulated room shape of its own (the same RT60 and distance draws)")
 
 
 def judge_extra_copies(part: str, data: VoiceData, target: VoiceData, features: dict[str, np.ndarray],
@@ -808,8 +846,9 @@ def judge_extra_copies(part: str, data: VoiceData, target: VoiceData, features: 
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
             "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; "
                         + protocol_end,
-            "variants": {name: {"changes": {"room_weight": v.room_weight, "extra_copies": len(c) - len(
-                             next(iter(variants.values()))[1])}} for name, (v, c) in variants.items()},
+            "variants": {name: {"changes": {"room_weight": v.room_weight,
+                                            "room_copies": sum(copy.corpus == ROOMS for copy in c)}}
+                         for name, (v, c) in variants.items()},
             "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
                      for name, row in ((n, records.summary(n)) for n in records.rows)}}
 
@@ -1111,6 +1150,8 @@ ROOM_PARTS = (  # parts judged in the rooms protocol: part, title, baseline and 
      "model v0.8.1", "voice_ceiling.png", "the test room itself in training (oracle)"),
     ("siteroom", "A room copy at the robot's room's RT60 and distance", CEILING_BASELINE, "model v0.8.1",
      "voice_siteroom.png", "a room copy at the test room's RT60 and distance"),
+    ("widerooms", "Room copies in room shapes of their own", CEILING_BASELINE, "model v0.8.1", "voice_widerooms.png",
+     "room copies in room shapes of their own"),
 )
 
 
@@ -1339,7 +1380,8 @@ def main() -> int:
                "consistency": lambda work: run_heads(work, CONSISTENCY_VARIANTS, "consistency"),
                "dereverb": run_dereverb, "wpe": run_wpe, "scale": run_scale, "spread": run_spread,
                "roomscale": lambda work: run_heads(work, ROOM_SCALE_VARIANTS, "roomscale", shipped_recipe()),
-               "ceiling": run_ceiling, "siteroom": run_site_room, "warmup": run_warmup, "balance": run_balance,
+               "ceiling": run_ceiling, "siteroom": run_site_room,
+               "widerooms": run_wide_rooms, "warmup": run_warmup, "balance": run_balance,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

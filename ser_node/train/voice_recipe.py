@@ -562,7 +562,7 @@ def augmented_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True
     paths = [data.paths[r] for r in rows]
     copies = []
     for copy in range(recipe.augment_copies):
-        features = _copy_features(paths, recipe, f"augment{copy}", augment_transform(data, copy), progress)
+        features = copy_features(paths, recipe, f"augment{copy}", augment_transform(data, copy), progress)
         copies.append(Copies(features, rows, data.speakers[target], AUGMENTED))
     return copies
 
@@ -621,13 +621,13 @@ def room_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> 
     speakers = data.speakers[rows]
     copies = []
     for copy in range(recipe.room_copies):
-        features = _copy_features(paths, recipe, f"room{copy}", room_transform(speakers, copy), progress)
+        features = copy_features(paths, recipe, f"room{copy}", room_transform(speakers, copy), progress)
         copies.append(Copies(features, rows, np.char.add(speakers.astype(str), f"@room{copy}"), ROOMS))
     return copies
 
 
-def _copy_features(paths: list[str], recipe: VoiceRecipe, tag: str,
-                   transform: Callable[[np.ndarray, int], np.ndarray], progress: bool) -> np.ndarray:
+def copy_features(paths: list[str], recipe: VoiceRecipe, tag: str,
+                  transform: Callable[[np.ndarray, int], np.ndarray], progress: bool) -> np.ndarray:
     """Encoder features of degraded copies of clips, cached under `tag`, and for recipes with prosody the block of
     the same degraded audio after them."""
     features = clip_features(paths, recipe.feature_cache, tag=tag, transform=transform, progress=progress,
