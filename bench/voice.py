@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -688,9 +689,9 @@ def run_wpe(work: Path) -> dict:
     return run_front_ends("wpe", WPE_VARIANTS, shipped_recipe())
 
 
-ROOM_SCALE_BASELINE = "model v0.8.1 (shipped)"
+SHIPPED_V081 = "model v0.8.1 (shipped)"
 ROOM_SCALE_VARIANTS = {  # name -> changes to the shipped recipe: do scaled heads take more from the room copies?
-    ROOM_SCALE_BASELINE: {},
+    SHIPPED_V081: {},
     "model v0.8.1, 4 room copies of uem-es": {"room_copies": 4},
     "model v0.8.1, room copies weight 2": {"room_weight": 2.0},
 }
@@ -741,7 +742,6 @@ def run_spread(work: Path) -> dict:
             "selection": honest_selection(rows, list(settings), list(features))}
 
 
-CEILING_BASELINE = "model v0.8.1 (shipped)"
 CEILING_ORACLE = "model v0.8.1 + the test room as a room copy (oracle)"
 TEST_ROOM = "room RT60 0.6 s at 2 m"
 
@@ -756,7 +756,7 @@ def run_ceiling(work: Path) -> dict:
     oracle = Copies(features[TEST_ROOM], np.where(data.corpora == data.target)[0],
                     np.char.add(target.speakers.astype(str), "@test room"), ROOMS)
     return judge_extra_copies("ceiling", data, target, features, {
-        CEILING_BASELINE: (recipe, copies),
+        SHIPPED_V081: (recipe, copies),
         CEILING_ORACLE: (recipe, copies + [oracle]),
         f"{CEILING_ORACLE}, room copies weight 2": (dataclasses.replace(recipe, room_weight=2.0), copies + [oracle])},
         "the oracle rows add the test room itself as one more room copy of the 11 training speakers' clips (no "
@@ -787,7 +787,7 @@ def run_site_room(work: Path) -> dict:
     site = copy_features(target.paths, recipe, "site-" + condition.name.replace(" ", "_"), transform, True)
     copy = Copies(site, np.where(data.corpora == data.target)[0], np.char.add(speakers, "@site room"), ROOMS)
     return judge_extra_copies("siteroom", data, target, features, {
-        CEILING_BASELINE: (recipe, copies),
+        SHIPPED_V081: (recipe, copies),
         SITE_ROOM: (dataclasses.replace(recipe, room_weight=2.0), copies + [copy])},
         "the site-room row adds one room copy of the 11 training speakers' clips at the test room's RT60 and "
         "distance, each speaker in one of the room copies' simulated rooms (not the test room), room weight 2")
@@ -800,7 +800,7 @@ def run_wide_rooms(work: Path) -> dict:
     """Do the room copies lack room shapes? The shipped recipe's room copies put each speaker in one of 4 simulated
     room shapes (ROOM_SEEDS); here each speaker and copy gets a shape of its own (seeds 5-1004, never the benchmark's
     0), at the same RT60 and distance as speaker_room draws, 2 and 4 copies, against the shipped recipe."""
-    from ser_node.train.acoustics import AcousticSimulator, room_response, stable_seed
+    from ser_node.train.acoustics import AcousticSimulator, Condition, room_response, stable_seed
     from ser_node.train.voice_recipe import speaker_room
 
     recipe = shipped_recipe()
@@ -809,15 +809,22 @@ def run_wide_rooms(work: Path) -> dict:
     rows = np.where(data.corpora == data.target)[0]
 
     def wide_copy(copy: int) -> Copies:
-        def transform(audio: np.ndarray, i: int) -> np.ndarray:
-            condition, _ = speaker_room(speakers[i], copy)
-            for attempt in range(50):  # the first shape the distance fits in (a small room cannot hold 3 m)
-                shape = 5 + (stable_seed(speakers[i], "room shape", copy) + attempt) % 1000
+        @functools.cache  # once per speaker, and only for clips not cached yet
+        def room_of(speaker: str) -> tuple[Condition, int]:
+            """speaker_room's RT60 and distance in the first shape of the speaker's own that the distance fits in
+            (a small room cannot hold 3 m)."""
+            condition, _ = speaker_room(speaker, copy)
+            for attempt in range(50):
+                shape = 5 + (stable_seed(speaker, "room shape", copy) + attempt) % 1000
                 try:
-                    room_response(condition.rt60_s, condition.distance_m, shape)  # cached for the simulator
-                    break
+                    room_response(condition.rt60_s, condition.distance_m, shape)  # kept for the simulator
+                    return condition, shape
                 except ValueError:
                     continue
+            raise ValueError(f"no room shape holds {condition.distance_m} m for {speaker}")
+
+        def transform(audio: np.ndarray, i: int) -> np.ndarray:
+            condition, shape = room_of(speakers[i])
             return AcousticSimulator(room_seed=shape)(audio, condition)
         x = copy_features(target.paths, recipe, f"wide-room{copy}", transform, True)
         return Copies(x, rows, np.char.add(speakers, f"@wide room{copy}"), ROOMS)
@@ -825,7 +832,7 @@ def run_wide_rooms(work: Path) -> dict:
     wide = [wide_copy(copy) for copy in range(4)]
     plain_copies = [c for c in copies if c.corpus != ROOMS]
     return judge_extra_copies("widerooms", data, target, features, {
-        CEILING_BASELINE: (recipe, copies),
+        SHIPPED_V081: (recipe, copies),
         f"{WIDE_ROOMS}, 2 copies": (recipe, plain_copies + wide[:2]),
         f"{WIDE_ROOMS}, 4 copies": (recipe, plain_copies + wide)},
         "the wide-room rows replace the shipped recipe's 2 room copies by 2 or 4 copies in which each speaker is "
@@ -835,7 +842,7 @@ def run_wide_rooms(work: Path) -> dict:
 def judge_extra_copies(part: str, data: VoiceData, target: VoiceData, features: dict[str, np.ndarray],
                        variants: dict[str, tuple[VoiceRecipe, list]], protocol_end: str) -> dict:
     """Variants given as (recipe, the copies they train with) on the LOSO folds, conditions and orders of --parts
-    rooms: what parts with copies no recipe setting makes (ceiling, siteroom) write to voice.json."""
+    rooms: what parts with copies no recipe setting makes (ceiling, siteroom, widerooms) write to voice.json."""
     records, began = Records(), time.perf_counter()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
@@ -1142,15 +1149,15 @@ ROOM_PARTS = (  # parts judged in the rooms protocol: part, title, baseline and 
      "online WPE (front end 4)"),
     ("scale", "Per-voice variance normalisation (speaker_scale)", SCALE_BASELINE, "the shipped recipe",
      "voice_scale.png", "per-voice variance normalisation"),
-    ("roomscale", "Room copies for the scaled heads", ROOM_SCALE_BASELINE, "model v0.8.1", "voice_roomscale.png",
+    ("roomscale", "Room copies for the scaled heads", SHIPPED_V081, "model v0.8.1", "voice_roomscale.png",
      "room copies for the scaled heads"),
     ("spread", "A voice's spread shrunk while it rests on few utterances", "spread shrinkage 0",
      "the spread unshrunk (model v0.8 as shipped)", "voice_spread.png", "a voice's spread shrunk towards 1"),
-    ("ceiling", "How far heads can take the room: the test room in training (oracle)", CEILING_BASELINE,
+    ("ceiling", "How far heads can take the room: the test room in training (oracle)", SHIPPED_V081,
      "model v0.8.1", "voice_ceiling.png", "the test room itself in training (oracle)"),
-    ("siteroom", "A room copy at the robot's room's RT60 and distance", CEILING_BASELINE, "model v0.8.1",
+    ("siteroom", "A room copy at the robot's room's RT60 and distance", SHIPPED_V081, "model v0.8.1",
      "voice_siteroom.png", "a room copy at the test room's RT60 and distance"),
-    ("widerooms", "Room copies in room shapes of their own", CEILING_BASELINE, "model v0.8.1", "voice_widerooms.png",
+    ("widerooms", "Room copies in room shapes of their own", SHIPPED_V081, "model v0.8.1", "voice_widerooms.png",
      "room copies in room shapes of their own"),
 )
 
