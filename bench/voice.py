@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import sys
 import time
@@ -794,55 +793,36 @@ def run_site_room(work: Path) -> dict:
 
 
 WIDE_ROOMS = "model v0.8.1, room copies in rooms of their own"
+WIDE_ROOM_VARIANTS = {  # name -> changes to the shipped recipe
+    SHIPPED_V081: {},
+    f"{WIDE_ROOMS}, 2 copies": {"room_shapes": "own"},
+    f"{WIDE_ROOMS}, 4 copies": {"room_shapes": "own", "room_copies": 4},
+    f"{WIDE_ROOMS}, 4 copies, weight 0.5": {"room_shapes": "own", "room_copies": 4, "room_weight": 0.5},
+}
 
 
 def run_wide_rooms(work: Path) -> dict:
     """Do the room copies lack room shapes? The shipped recipe's room copies put each speaker in one of 4 simulated
-    room shapes (ROOM_SEEDS); here each speaker and copy gets a shape of its own (seeds 5-1004, never the benchmark's
-    0), at the same RT60 and distance as speaker_room draws, 2 and 4 copies, against the shipped recipe."""
-    from ser_node.train.acoustics import AcousticSimulator, Condition, room_response, stable_seed
-    from ser_node.train.voice_recipe import speaker_room
-
+    room shapes (room_shapes "shared"); here each speaker and copy gets a shape of its own ("own", never the
+    benchmark's room seed 0), at the same RT60 and distance draws: 2 copies, 4, and 4 at half the weight (the
+    shipped copies' total weight), against the shipped recipe; and the honest choice among them."""
     recipe = shipped_recipe()
-    data, target, features, copies = recipe_rows(recipe)
-    speakers = target.speakers.astype(str)
-    rows = np.where(data.corpora == data.target)[0]
-
-    def wide_copy(copy: int) -> Copies:
-        @functools.cache  # once per speaker, and only for clips not cached yet
-        def room_of(speaker: str) -> tuple[Condition, int]:
-            """speaker_room's RT60 and distance in the first shape of the speaker's own that the distance fits in
-            (a small room cannot hold 3 m)."""
-            condition, _ = speaker_room(speaker, copy)
-            for attempt in range(50):
-                shape = 5 + (stable_seed(speaker, "room shape", copy) + attempt) % 1000
-                try:
-                    room_response(condition.rt60_s, condition.distance_m, shape)  # kept for the simulator
-                    return condition, shape
-                except ValueError:
-                    continue
-            raise ValueError(f"no room shape holds {condition.distance_m} m for {speaker}")
-
-        def transform(audio: np.ndarray, i: int) -> np.ndarray:
-            condition, shape = room_of(speakers[i])
-            return AcousticSimulator(room_seed=shape)(audio, condition)
-        x = copy_features(target.paths, recipe, f"wide-room{copy}", transform, True)
-        return Copies(x, rows, np.char.add(speakers, f"@wide room{copy}"), ROOMS)
-
-    wide = [wide_copy(copy) for copy in range(4)]
-    plain_copies = [c for c in copies if c.corpus != ROOMS]
-    return judge_extra_copies("widerooms", data, target, features, {
-        SHIPPED_V081: (recipe, copies),
-        f"{WIDE_ROOMS}, 2 copies": (recipe, plain_copies + wide[:2]),
-        f"{WIDE_ROOMS}, 4 copies": (recipe, plain_copies + wide)},
-        "the wide-room rows replace the shipped recipe's 2 room copies by 2 or 4 copies in which each speaker is "
-        "heard in a simulated room shape of its own (the same RT60 and distance draws)")
+    data, target, features, _ = recipe_rows(recipe)
+    variants = {}
+    for name, changes in WIDE_ROOM_VARIANTS.items():
+        variant = dataclasses.replace(recipe, **changes)
+        variants[name] = (variant, training_copies(data, variant))
+    return judge_extra_copies("widerooms", data, target, features, variants,
+                              "the wide-room rows replace the shipped recipe's room copies (each speaker in one of 4 "
+                              "shared simulated room shapes) by copies in which each speaker is heard in a room "
+                              "shape of its own (room_shapes own; the same RT60 and distance draws)")
 
 
 def judge_extra_copies(part: str, data: VoiceData, target: VoiceData, features: dict[str, np.ndarray],
                        variants: dict[str, tuple[VoiceRecipe, list]], protocol_end: str) -> dict:
     """Variants given as (recipe, the copies they train with) on the LOSO folds, conditions and orders of --parts
-    rooms: what parts with copies no recipe setting makes (ceiling, siteroom, widerooms) write to voice.json."""
+    rooms, with the honest choice among them: what parts whose variants train on different copies (ceiling, siteroom,
+    widerooms) write to voice.json."""
     records, began = Records(), time.perf_counter()
     for t in sorted(set(target.speakers)):
         test = np.where(target.speakers == t)[0]
@@ -850,14 +830,16 @@ def judge_extra_copies(part: str, data: VoiceData, target: VoiceData, features: 
             judge_in_conditions(records, name, fold_heads(data, variant, t, True, variant_copies), variant, target,
                                 test, features)
         print(f"{part}: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
+    rows = {name: records.summary(name) for name in records.rows}
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
             "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; "
                         + protocol_end,
-            "variants": {name: {"changes": {"room_weight": v.room_weight,
+            "variants": {name: {"changes": {"room_weight": v.room_weight, "room_shapes": v.room_shapes,
                                             "room_copies": sum(copy.corpus == ROOMS for copy in c)}}
                          for name, (v, c) in variants.items()},
             "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
-                     for name, row in ((n, records.summary(n)) for n in records.rows)}}
+                     for name, row in rows.items()},
+            "selection": honest_selection(rows, list(variants), list(features))}
 
 
 def run_front_ends(part: str, variants: dict[str, dict], base: VoiceRecipe) -> dict:

@@ -3,6 +3,7 @@ real clips, ONNX export parity with torch, the model file's metadata and checks,
 speaker normalisation on (exactly what the benchmark computes) and resetting it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -174,7 +175,6 @@ def test_mlp_heads_export_as_the_numpy_heads_compute(voice_model, tmp_path):
     """head_hidden > 0: each head is a one-hidden-layer MLP (torch at training only), or only the normalised one
     (plain_head_hidden 0); retraining gives the same heads, and the exported graph gives the numpy heads'
     probabilities on real clips (plain, and normalised with an offset), with each head's widths in the model file."""
-    import dataclasses
 
     import onnxruntime as ort
 
@@ -215,7 +215,6 @@ def test_mlp_heads_export_as_the_numpy_heads_compute(voice_model, tmp_path):
 def test_averaged_mlp_heads_are_one_wider_mlp(voice_model):
     """head_ensemble 3: three MLPs trained with their own seeds, exported as one MLP whose logits are the mean of
     theirs (the graph and the node need nothing new); the linear plain head is untouched."""
-    import dataclasses
 
     from ser_node.train.voice_recipe import fit_heads, head_logits, load_voice_data
 
@@ -575,11 +574,44 @@ def test_room_copies_hear_each_speaker_in_one_room(corpus_dir, tmp_path):
     np.testing.assert_array_equal(sample_weights(fold, recipe), np.where(rooms, 0.5, recipe.target_weight))
 
 
+def test_own_room_shapes_give_each_speaker_and_copy_a_room_of_its_own(corpus_dir, tmp_path):
+    """room_shapes "own": the same RT60 and distance as the shared shapes, but a simulated room shape per speaker
+    and copy (many shapes, never the 4 shared ones nor the benchmark's seed 0) that holds the distance; the copies
+    are cached under their own tag and differ from the shared-shape copies; an unknown setting is refused."""
+    from ser_node.train.acoustics import room_response
+    from ser_node.train.voice_recipe import (OWN_ROOM_SEEDS, ROOM_SEEDS, VoiceRecipe, load_voice_data, room_copies,
+                                             speaker_room)
+
+    speakers = [f"corpus/s{k:02d}" for k in range(20)]
+    for copy in (0, 1):
+        for speaker in speakers:
+            (condition, shared), (own_condition, own) = speaker_room(speaker, copy), speaker_room(speaker, copy, "own")
+            assert own_condition == condition and own in OWN_ROOM_SEEDS and own not in (0, *ROOM_SEEDS)
+            assert room_response(condition.rt60_s, condition.distance_m, own).rir.size > 0
+            assert speaker_room(speaker, copy, "own") == (own_condition, own)
+    assert len({speaker_room(s, c, "own")[1] for s in speakers for c in (0, 1)}) > 30
+    assert len({speaker_room(s, c)[1] for s in speakers for c in (0, 1)}) <= len(ROOM_SEEDS)
+
+    rows = ["path,label,speaker"] + [f"{corpus_dir / s / f'{stem}.flac'},{stem.split('_')[0]},{s}"
+                                     for s in ("s00", "s01") for stem in ("Ira_01", "Neutro_01")]
+    (tmp_path / "target.csv").write_text("\n".join(rows) + "\n")
+    recipe = VoiceRecipe(corpora=[{"name": "target", "kind": "manifest", "path": str(tmp_path / "target.csv")}],
+                         cache_dir=str(tmp_path / "cache"), room_copies=1)
+    data = load_voice_data(recipe, progress=False)
+    shared = room_copies(data, recipe, progress=False)[0]
+    own = room_copies(data, dataclasses.replace(recipe, room_shapes="own"), progress=False)[0]
+    assert list(own.speakers) == list(shared.speakers) and own.features.shape == shared.features.shape
+    assert not np.allclose(own.features, shared.features, atol=1e-3)
+    assert sorted(p.name.split("-fe")[1] for p in recipe.feature_cache.glob("ge2e-*room*")) == \
+        ["2-own-room0.npz", "2-room0.npz"]
+    with pytest.raises(ValueError, match="room_shapes"):
+        VoiceRecipe(room_shapes="many")
+
+
 def test_consistency_pulls_each_copy_towards_its_clean_clip(corpus_dir, tmp_path):
     """head_consistency: each room copy is paired with its clean clip by path (clean_partners), and the MLP
     trained with the pairing puts a copy's hidden units nearer its clean clip's than the same MLP trained without
     it; 0 leaves the heads exactly as before."""
-    import dataclasses
 
     from ser_node.labels import EMOTIONS
     from ser_node.train.voice_recipe import (VoiceRecipe, centre_by_speaker, clean_partners, fit_heads,

@@ -13,6 +13,7 @@ at run time each utterance is centred by the mean of the same voice's earlier ut
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import warnings
@@ -103,6 +104,11 @@ class VoiceRecipe:
     room_copies: int = 0
     room_corpora: list[str] | None = None
     room_weight: float = 1.0
+    # The simulated room shapes the room copies are heard in: "shared", each speaker and copy in one of 4 shapes
+    # (ROOM_SEEDS); "own", a shape of its own per speaker and copy (OWN_ROOM_SEEDS). Same RT60 and distance draws.
+    # With 4 copies of uem-es, "own" moved the test room +0.9 points and clean -1.1 against "shared" with 2 copies
+    # (bench/voice.py --parts widerooms, 2026-12-07, neither significant).
+    room_shapes: str = "shared"
     # A head on the utterance's prosody (inference/prosody.py: pitch, voicing, loudness dynamics, tilt; fitted like
     # the GE2E heads, with its own standardisation and per-voice offset) beside them, in late fusion: the model's
     # log-probabilities are the GE2E heads' plus this weight times the prosody head's. 0: no prosody. At 1 (model
@@ -118,6 +124,8 @@ class VoiceRecipe:
     def __post_init__(self) -> None:
         if self.speaker_scale and self.history_neutral_share is not None:
             raise ValueError("voice recipe: speaker_scale and history_neutral_share cannot be combined")
+        if self.room_shapes not in ROOM_SHAPES:
+            raise ValueError(f"voice recipe: room_shapes {self.room_shapes!r}: choose {' or '.join(ROOM_SHAPES)}")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "VoiceRecipe":
@@ -543,6 +551,8 @@ ROOMS = "rooms"  # corpus name of the room copies (weighted by room_weight)
 ROOM_RT60_S = (0.3, 0.45, 0.6, 0.75, 0.9)
 ROOM_DISTANCE_M = (0.5, 1.0, 1.5, 2.0, 3.0)
 ROOM_SEEDS = (1, 2, 3, 4)
+OWN_ROOM_SEEDS = range(5, 1005)  # room_shapes "own": a speaker's shape per copy, the first of these its distance fits
+ROOM_SHAPES = ("shared", "own")
 
 
 @dataclass
@@ -589,23 +599,36 @@ def augment_transform(data: VoiceData, copy: int) -> Callable[[np.ndarray, int],
     return transform
 
 
-def speaker_room(speaker: str, copy: int):
-    """The room a speaker's clips are heard in for room copy `copy`: (Condition, room seed), the same in every run."""
-    from .acoustics import Condition, stable_seed
+def speaker_room(speaker: str, copy: int, shapes: str = "shared"):
+    """The room a speaker's clips are heard in for room copy `copy`: (Condition, room seed), the same in every run.
+    With `shapes` "own", the seed is the first of the speaker's own OWN_ROOM_SEEDS that holds the distance (a small
+    room cannot hold 3 m); the RT60 and distance are those of "shared"."""
+    from .acoustics import Condition, room_response, stable_seed
 
     rng = np.random.default_rng(stable_seed(speaker, "room", copy))
     condition = Condition(rt60_s=float(rng.choice(ROOM_RT60_S)), distance_m=float(rng.choice(ROOM_DISTANCE_M)))
-    return condition, int(rng.choice(ROOM_SEEDS))
+    if shapes == "shared":
+        return condition, int(rng.choice(ROOM_SEEDS))
+    start = stable_seed(speaker, "room shape", copy)
+    for attempt in range(50):
+        seed = OWN_ROOM_SEEDS[(start + attempt) % len(OWN_ROOM_SEEDS)]
+        try:
+            room_response(condition.rt60_s, condition.distance_m, seed)  # cached: the simulator reuses it
+            return condition, seed
+        except ValueError:
+            continue
+    raise ValueError(f"no simulated room shape holds {condition.distance_m} m for {speaker}")
 
 
-def room_transform(speakers: np.ndarray, copy: int) -> Callable[[np.ndarray, int], np.ndarray]:
+def room_transform(speakers: np.ndarray, copy: int, shapes: str = "shared") -> Callable[[np.ndarray, int], np.ndarray]:
     """transform(audio, i): clip i (spoken by speakers[i]) heard in that speaker's room for room copy `copy`."""
     from .acoustics import AcousticSimulator
 
     simulators: dict[int, AcousticSimulator] = {}
+    rooms = functools.cache(lambda speaker: speaker_room(speaker, copy, shapes))  # searched once per speaker
 
     def transform(audio: np.ndarray, i: int) -> np.ndarray:
-        condition, seed = speaker_room(str(speakers[i]), copy)
+        condition, seed = rooms(str(speakers[i]))
         if seed not in simulators:
             simulators[seed] = AcousticSimulator(room_seed=seed)
         return simulators[seed](audio, condition)
@@ -614,14 +637,17 @@ def room_transform(speakers: np.ndarray, copy: int) -> Callable[[np.ndarray, int
 
 def room_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> list[Copies]:
     """`room_copies` copies of the clips of `room_corpora`, each speaker heard in one room per copy (speaker_room),
-    centred as the voice "<speaker>@room<copy>". Cached per copy (tag room<copy>)."""
+    centred as the voice "<speaker>@room<copy>". Cached per copy (tag room<copy>, own-room<copy> for shapes of
+    their own)."""
     corpora = recipe.room_corpora if recipe.room_corpora is not None else [c["name"] for c in recipe.corpora]
     rows = np.where(np.isin(data.corpora, corpora))[0]
     paths = [data.paths[r] for r in rows]
     speakers = data.speakers[rows]
+    prefix = "" if recipe.room_shapes == "shared" else f"{recipe.room_shapes}-"
     copies = []
     for copy in range(recipe.room_copies):
-        features = copy_features(paths, recipe, f"room{copy}", room_transform(speakers, copy), progress)
+        transform = room_transform(speakers, copy, recipe.room_shapes)
+        features = copy_features(paths, recipe, f"{prefix}room{copy}", transform, progress)
         copies.append(Copies(features, rows, np.char.add(speakers.astype(str), f"@room{copy}"), ROOMS))
     return copies
 
