@@ -39,8 +39,8 @@ Parts (--parts, default all):
               room copy of the training speakers (an oracle no robot has), judged as in rooms.
   siteroom    what knowing the robot's room buys: one more room copy at the test room's RT60 and distance, in the
               room copies' simulated rooms (not the test room), room weight 2, against the shipped recipe.
-  widerooms   room copies with a simulated room shape per speaker and copy instead of 4 shared shapes, 2 and 4
-              copies, against the shipped recipe.
+  widerooms   room copies with a simulated room shape per speaker and copy (room_shapes own) instead of 4 shared
+              shapes: 2 copies, 4, and 4 at weight 0.5, against the shipped recipe, with the same honest choice.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
   balance     a voice's offset as the class-balanced mean of its history (history_balance, weighed by the plain

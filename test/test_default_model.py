@@ -44,6 +44,8 @@ def test_default_metadata_names_the_encoder_and_its_recipe():
         {k: recipe[k] for k in ("warmup", "history", "shrinkage")}
     assert metadata.training["copies"] == {"augmented": 986 * recipe["augment_copies"],
                                            "rooms": 986 * recipe["room_copies"]}
+    # the room copies' shapes (a model from before the setting trained on the shared ones)
+    assert metadata.training["recipe"].get("room_shapes", "shared") == recipe.get("room_shapes", "shared")
     # each head's widths as the recipe says: an MLP of head_hidden units per averaged seed, or linear
     hidden = {"normalised": recipe["head_hidden"], "plain": recipe.get("plain_head_hidden", recipe["head_hidden"])}
     assert metadata.model["heads"] == {
