@@ -41,6 +41,8 @@ Parts (--parts, default all):
               room copies' simulated rooms (not the test room), room weight 2, against the shipped recipe.
   widerooms   room copies with a simulated room shape per speaker and copy (room_shapes own) instead of 4 shared
               shapes: 2 copies, 4, and 4 at weight 0.5, against the shipped recipe, with the same honest choice.
+  mixture     v0.8.1's heads and the own-shape variant's (4 copies, weight 0.5) as one ensemble: their
+              log-probabilities mixed at weights 0-1, judged as in rooms, with the honest choice of the weight.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
   balance     a voice's offset as the class-balanced mean of its history (history_balance, weighed by the plain
@@ -559,14 +561,21 @@ def judge_in_conditions(records: Records, name: str, heads: VoiceHeads, recipe: 
                         test: np.ndarray, features: dict[str, np.ndarray]) -> None:
     """One fold's heads on its test speaker's clips in each condition, 5 orders, plain and normalised: records
     "<name> | <condition> | <mode>"."""
+    judge_orders(records, lambda x, normalise: {name: predict_in_order(heads, heads.standardise(x), recipe,
+                                                                        normalise)}, target, test, features)
+
+
+def judge_orders(records: Records, predict: Callable[[np.ndarray, bool], dict[str, np.ndarray]], target: VoiceData,
+                 test: np.ndarray, features: dict[str, np.ndarray]) -> None:
+    """The test speaker's clips in each condition, 5 orders, plain and normalised: `predict(features in order,
+    normalise)` gives each system's probabilities, recorded as "<system> | <condition> | <mode>"."""
     t = str(target.speakers[test[0]])
     for order in speaker_orders(len(test), t):
         rows = test[order]
         for condition, x in features.items():
-            z = heads.standardise(x[rows])
             for mode, normalise in (("plain", False), ("normalised", True)):
-                records.add(f"{name} | {condition} | {mode}", t, target.labels[rows],
-                            predict_in_order(heads, z, recipe, normalise))
+                for name, probabilities in predict(x[rows], normalise).items():
+                    records.add(f"{name} | {condition} | {mode}", t, target.labels[rows], probabilities)
 
 
 def honest_selection(rows: dict, names: list[str], conditions: list[str]) -> dict:
@@ -816,6 +825,51 @@ def run_wide_rooms(work: Path) -> dict:
                               "the wide-room rows replace the shipped recipe's room copies (each speaker in one of 4 "
                               "shared simulated room shapes) by copies in which each speaker is heard in a room "
                               "shape of its own (room_shapes own; the same RT60 and distance draws)")
+
+
+MIX_PARTNER = {"room_shapes": "own", "room_copies": 4, "room_weight": 0.5}  # changes to the shipped recipe
+MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def mix_name(weight: float) -> str:
+    if weight == 0:
+        return SHIPPED_V081
+    if weight == 1:
+        return f"{WIDE_ROOMS}, 4 copies, weight 0.5 (alone)"
+    return f"v0.8.1 and the own-shape heads, log-probabilities mixed at {weight:g}"
+
+
+def run_mixture(work: Path) -> dict:
+    """Two recipes as one ensemble: v0.8.1's heads and the heads of its own-shape room-copy variant (4 copies at
+    weight 0.5, --parts widerooms), each fold's two head sets fitted once, each utterance's log-probabilities mixed
+    as (1 - w) v0.8.1 + w the other (the same answer as mixing their logits); judged on the conditions and orders of
+    --parts rooms, with the honest choice of w. Each member standardises and centres a voice in its own feature
+    space, so serving a mixture takes both head sets and both voice states."""
+    recipe = shipped_recipe()
+    partner = dataclasses.replace(recipe, **MIX_PARTNER)
+    data, target, features, copies = recipe_rows(recipe)
+    members = [(recipe, copies), (partner, training_copies(data, partner))]
+    records, began = Records(), time.perf_counter()
+    for t in sorted(set(target.speakers)):
+        heads = [(r, fold_heads(data, r, t, True, c)) for r, c in members]
+
+        def predict(x: np.ndarray, normalise: bool) -> dict[str, np.ndarray]:
+            first, second = (np.log(np.clip(predict_in_order(h, h.standardise(x), r, normalise), 1e-12, None))
+                             for r, h in heads)
+            return {mix_name(w): np.exp((1 - w) * first + w * second) for w in MIX_WEIGHTS}
+        judge_orders(records, predict, target, np.where(target.speakers == t)[0], features)
+        print(f"mixture: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
+    rows = {name: records.summary(name) for name in records.rows}
+    names = [mix_name(w) for w in MIX_WEIGHTS]
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
+            "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; each fold's "
+                        "v0.8.1 heads and own-shape heads (room_shapes own, 4 room copies at weight 0.5) fitted once, "
+                        "their log-probabilities mixed at weight w (w 0: v0.8.1, w 1: the own-shape heads alone)",
+            "variants": {mix_name(w): {"changes": {"mixed_weight": w, **({} if w == 0 else MIX_PARTNER)}}
+                         for w in MIX_WEIGHTS},
+            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
+                     for name, row in rows.items()},
+            "selection": honest_selection(rows, names, list(features))}
 
 
 def judge_extra_copies(part: str, data: VoiceData, target: VoiceData, features: dict[str, np.ndarray],
@@ -1141,6 +1195,8 @@ ROOM_PARTS = (  # parts judged in the rooms protocol: part, title, baseline and 
      "voice_siteroom.png", "a room copy at the test room's RT60 and distance"),
     ("widerooms", "Room copies in room shapes of their own", SHIPPED_V081, "model v0.8.1", "voice_widerooms.png",
      "room copies in room shapes of their own"),
+    ("mixture", "v0.8.1 and own-shape room-copy heads mixed", SHIPPED_V081, "model v0.8.1", "voice_mixture.png",
+     "v0.8.1 and own-shape room-copy heads mixed"),
 )
 
 
@@ -1370,7 +1426,7 @@ def main() -> int:
                "dereverb": run_dereverb, "wpe": run_wpe, "scale": run_scale, "spread": run_spread,
                "roomscale": lambda work: run_heads(work, ROOM_SCALE_VARIANTS, "roomscale", shipped_recipe()),
                "ceiling": run_ceiling, "siteroom": run_site_room,
-               "widerooms": run_wide_rooms, "warmup": run_warmup, "balance": run_balance,
+               "widerooms": run_wide_rooms, "mixture": run_mixture, "warmup": run_warmup, "balance": run_balance,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":
