@@ -106,8 +106,9 @@ class VoiceRecipe:
     room_weight: float = 1.0
     # The simulated room shapes the room copies are heard in: "shared", each speaker and copy in one of 4 shapes
     # (ROOM_SEEDS); "own", a shape of its own per speaker and copy (OWN_ROOM_SEEDS). Same RT60 and distance draws.
-    # With 4 copies of uem-es, "own" moved the test room +0.9 points and clean -1.1 against "shared" with 2 copies
-    # (bench/voice.py --parts widerooms, 2026-12-07, neither significant).
+    # "own" trades clean for room (4 copies: clean -1.2 points, room +0.8 against "shared" with 2) and the choice on
+    # the other speakers' folds kept "shared" for 7 of 12 test speakers (bench/voice.py --parts widerooms,
+    # 2026-12-07 11:10).
     room_shapes: str = "shared"
     # A head on the utterance's prosody (inference/prosody.py: pitch, voicing, loudness dynamics, tilt; fitted like
     # the GE2E heads, with its own standardisation and per-voice offset) beside them, in late fusion: the model's
@@ -620,7 +621,8 @@ def speaker_room(speaker: str, copy: int, shapes: str = "shared"):
     raise ValueError(f"no simulated room shape holds {condition.distance_m} m for {speaker}")
 
 
-def room_transform(speakers: np.ndarray, copy: int, shapes: str = "shared") -> Callable[[np.ndarray, int], np.ndarray]:
+def room_transform(speakers: np.ndarray, copy: int, shapes: str = "shared"
+                   ) -> Callable[[np.ndarray, int], np.ndarray]:
     """transform(audio, i): clip i (spoken by speakers[i]) heard in that speaker's room for room copy `copy`."""
     from .acoustics import AcousticSimulator
 
