@@ -520,17 +520,13 @@ def run_rooms(work: Path) -> dict:
     _, features = condition_features(target, base)
     copies_all = training_copies(data, base_all)  # computes (and caches) every room copy once
     rows, seconds = judge_variants("rooms", data, target, features, copies_all, recipes)
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds,
-            "protocol": "LOSO over the 12 speakers of uem-es; test clips clean, in room seed 0 (RT60 0.6 s at 2 m, "
-                        "a room no training copy is heard in) and with robot noise at 10 dB (bench/robustness.py's "
-                        "seeds); normalised: 5 random orders per speaker, centred by the speaker's earlier clips "
-                        "heard in the same condition; room copies: each training speaker heard in one room per "
-                        "copy (RT60 0.3-0.9 s, 0.5-3 m, room seeds 1-4)",
-            "variants": {name: {"changes": ROOM_VARIANTS[name][0], "other_corpora": ROOM_VARIANTS[name][1]}
-                         for name in recipes},
-            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
-                     for name, row in rows.items()},
-            "selection": honest_selection(rows, list(recipes), list(features))}
+    return choice_outcome("LOSO over the 12 speakers of uem-es; test clips clean, in room seed 0 (RT60 0.6 s at 2 m, "
+                          "a room no training copy is heard in) and with robot noise at 10 dB (bench/robustness.py's "
+                          "seeds); normalised: 5 random orders per speaker, centred by the speaker's earlier clips "
+                          "heard in the same condition; room copies: each training speaker heard in one room per "
+                          "copy (RT60 0.3-0.9 s, 0.5-3 m, room seeds 1-4)",
+                          {name: {"changes": ROOM_VARIANTS[name][0], "other_corpora": ROOM_VARIANTS[name][1]}
+                           for name in recipes}, rows, seconds, list(features))
 
 
 def judge_variants(part: str, data: VoiceData, target: VoiceData, features: dict[str, np.ndarray], copies_all: list,
@@ -624,7 +620,9 @@ def run_heads(work: Path, variants: dict[str, dict] | None = None, part: str = "
                                                                                    for r in recipes.values())))
     rows, seconds = judge_variants(part, data, target, features, copies_all,
                                    {name: (recipe, True) for name, recipe in recipes.items()})
-    return variants_outcome("unless its changes say otherwise", variants, rows, seconds, list(features))
+    return choice_outcome(V04_ROWS + "unless its changes say otherwise",
+                          {name: {"changes": changes} for name, changes in variants.items()}, rows, seconds,
+                          list(features))
 
 
 MLP_NORMALISED = {"head_hidden": 128, "plain_head_hidden": 0}
@@ -658,13 +656,12 @@ V04_ROWS = ("LOSO over the 12 speakers of uem-es, the conditions and orders of -
             "model v0.4's rows (uem-es x3, emovo, emodb, ased, 1 augmented and 2 room copies of uem-es) ")
 
 
-def variants_outcome(protocol_end: str, variants: dict[str, dict], rows: dict, seconds: float,
-                     conditions: list[str]) -> dict:
-    """What a part of recipe variants on model v0.4's rows (heads, dereverb) writes to voice.json."""
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds, "protocol": V04_ROWS + protocol_end,
-            "variants": {name: {"changes": changes} for name, changes in variants.items()},
-            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
-                     for name, row in rows.items()},
+def choice_outcome(protocol: str, variants: dict[str, dict], rows: dict, seconds: float, conditions: list[str],
+                   kept: tuple[str, ...] = ("ua_mean", "ua_std", "per_speaker")) -> dict:
+    """What a part of variants judged in the rooms protocol writes to voice.json: each variant's entry (what it
+    changes), the `kept` fields of its summary rows, and the honest choice among the variants."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": seconds, "protocol": protocol, "variants": variants,
+            "rows": {name: {k: v for k, v in row.items() if k in kept} for name, row in rows.items()},
             "selection": honest_selection(rows, list(variants), conditions)}
 
 
@@ -739,15 +736,12 @@ def run_spread(work: Path) -> dict:
             judge_in_conditions(records, name, heads, served, target, test, features)
         print(f"spread: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
     rows = {name: records.summary(name) for name in records.rows}
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
-            "protocol": "LOSO over the 12 speakers of uem-es, the shipped recipe's fold heads (fitted once per fold), "
-                        "the conditions and orders of --parts rooms; each setting serves the same heads with the "
-                        "voice's spread shrunk as if k more utterances of unit variance were in its history",
-            "variants": {name: {"changes": {"spread_shrinkage": served.spread_shrinkage}}
-                         for name, served in settings.items()},
-            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker", "ua_by_rank")}
-                     for name, row in rows.items()},
-            "selection": honest_selection(rows, list(settings), list(features))}
+    return choice_outcome("LOSO over the 12 speakers of uem-es, the shipped recipe's fold heads (fitted once per "
+                          "fold), the conditions and orders of --parts rooms; each setting serves the same heads with "
+                          "the voice's spread shrunk as if k more utterances of unit variance were in its history",
+                          {name: {"changes": {"spread_shrinkage": served.spread_shrinkage}}
+                           for name, served in settings.items()}, rows, time.perf_counter() - began, list(features),
+                          ("ua_mean", "ua_std", "per_speaker", "ua_by_rank"))
 
 
 CEILING_ORACLE = "model v0.8.1 + the test room as a room copy (oracle)"
@@ -859,17 +853,13 @@ def run_mixture(work: Path) -> dict:
             return {mix_name(w): np.exp((1 - w) * first + w * second) for w in MIX_WEIGHTS}
         judge_orders(records, predict, target, np.where(target.speakers == t)[0], features)
         print(f"mixture: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
-    rows = {name: records.summary(name) for name in records.rows}
-    names = [mix_name(w) for w in MIX_WEIGHTS]
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
-            "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; each fold's "
-                        "v0.8.1 heads and own-shape heads (room_shapes own, 4 room copies at weight 0.5) fitted once, "
-                        "their log-probabilities mixed at weight w (w 0: v0.8.1, w 1: the own-shape heads alone)",
-            "variants": {mix_name(w): {"changes": {"mixed_weight": w, **({} if w == 0 else MIX_PARTNER)}}
-                         for w in MIX_WEIGHTS},
-            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
-                     for name, row in rows.items()},
-            "selection": honest_selection(rows, names, list(features))}
+    return choice_outcome("LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; each "
+                          "fold's v0.8.1 heads and own-shape heads (room_shapes own, 4 room copies at weight 0.5) "
+                          "fitted once, their log-probabilities mixed at weight w (w 0: v0.8.1, w 1: the own-shape "
+                          "heads alone)",
+                          {mix_name(w): {"changes": {"mixed_weight": w, **({} if w == 0 else MIX_PARTNER)}}
+                           for w in MIX_WEIGHTS}, {name: records.summary(name) for name in records.rows},
+                          time.perf_counter() - began, list(features))
 
 
 def judge_extra_copies(part: str, data: VoiceData, target: VoiceData, features: dict[str, np.ndarray],
@@ -884,16 +874,13 @@ def judge_extra_copies(part: str, data: VoiceData, target: VoiceData, features: 
             judge_in_conditions(records, name, fold_heads(data, variant, t, True, variant_copies), variant, target,
                                 test, features)
         print(f"{part}: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
-    rows = {name: records.summary(name) for name in records.rows}
-    return {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
-            "protocol": "LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; "
-                        + protocol_end,
-            "variants": {name: {"changes": {"room_weight": v.room_weight, "room_shapes": v.room_shapes,
-                                            "room_copies": sum(copy.corpus == ROOMS for copy in c)}}
-                         for name, (v, c) in variants.items()},
-            "rows": {name: {k: v for k, v in row.items() if k in ("ua_mean", "ua_std", "per_speaker")}
-                     for name, row in rows.items()},
-            "selection": honest_selection(rows, list(variants), list(features))}
+    return choice_outcome("LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; "
+                          + protocol_end,
+                          {name: {"changes": {"room_weight": v.room_weight, "room_shapes": v.room_shapes,
+                                              "room_copies": sum(copy.corpus == ROOMS for copy in c)}}
+                           for name, (v, c) in variants.items()},
+                          {name: records.summary(name) for name in records.rows}, time.perf_counter() - began,
+                          list(features))
 
 
 def run_front_ends(part: str, variants: dict[str, dict], base: VoiceRecipe) -> dict:
@@ -913,7 +900,9 @@ def run_front_ends(part: str, variants: dict[str, dict], base: VoiceRecipe) -> d
                                                  {name: (r, True) for name, r in front.items()})
         rows.update(part_rows)
         seconds += part_seconds
-    return variants_outcome("through the variant's front end", variants, rows, seconds, conditions)
+    return choice_outcome(V04_ROWS + "through the variant's front end",
+                          {name: {"changes": changes} for name, changes in variants.items()}, rows, seconds,
+                          conditions)
 
 
 WARMUP_GRID = [(w, s) for w in (1, 2, 3, 5) for s in (0.0, 1.0, 3.0)]
