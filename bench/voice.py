@@ -43,6 +43,8 @@ Parts (--parts, default all):
               shapes: 2 copies, 4, and 4 at weight 0.5, against the shipped recipe, with the same honest choice.
   mixture     v0.8.1's heads and the own-shape variant's (4 copies, weight 0.5) as one ensemble: their
               log-probabilities mixed at weights 0-1, judged as in rooms, with the honest choice of the weight.
+  headsets    the mixture as one model (recipe head_sets): a head set on own-shape room copies fitted in v0.8.1's
+              standardisation, logits averaged with v0.8.1's; and, as a control, a second set on v0.8.1's rows.
   warmup      a new voice's first utterances: warm-up and offset shrinkage of the normalisation, with the same
               honest choice.
   balance     a voice's offset as the class-balanced mean of its history (history_balance, weighed by the plain
@@ -85,10 +87,13 @@ from ser_node.train.voice_recipe import (  # noqa: E402
     VoiceHeads,
     VoiceRecipe,
     augmented_copies,
+    averaged_heads,
     causal_normalisation,
     centre_by_speaker,
     copy_features,
+    fit_head_sets,
     fit_heads,
+    head_set_recipes,
     load_voice_data,
     predict_in_order,
     speaker_orders,
@@ -210,13 +215,21 @@ def dsam_predictions() -> dict[str, np.ndarray] | None:
 # ------------------------------------------------------------------ parts
 
 def fold_heads(data: VoiceData, recipe: VoiceRecipe, test_speaker: str, pooled_corpora: bool,
-               copies: list[np.ndarray] | None = None) -> VoiceHeads:
+               copies: list[Copies] | None = None) -> VoiceHeads:
     """The heads of one LOSO fold: trained without the test speaker (and without the other corpora unless
-    `pooled_corpora`), with the recipe's augmentation copies of the training speakers' clips."""
+    `pooled_corpora`), with the recipe's augmentation copies of the training speakers' clips (`copies`, the first
+    head set's) and the recipe's further head sets, averaged as the model averages them."""
+    return averaged_heads(fold_head_sets(data, recipe, test_speaker, pooled_corpora, copies))
+
+
+def fold_head_sets(data: VoiceData, recipe: VoiceRecipe, test_speaker: str, pooled_corpora: bool,
+                   copies: list[Copies] | None = None) -> list[VoiceHeads]:
+    """Each head set of one LOSO fold (fold_heads), before averaging."""
     train = data.speakers != test_speaker
     if not pooled_corpora:
         train &= data.corpora == data.target
-    return fit_heads(with_augmentation(data, copies, train) if copies else data.subset(train), recipe)
+    others = [training_copies(data, r, progress=False) for r in head_set_recipes(recipe)[1:]]
+    return fit_head_sets(data, recipe, [copies or [], *others], train)
 
 
 def variants(recipe: VoiceRecipe) -> dict[str, tuple[VoiceRecipe, bool]]:
@@ -862,6 +875,40 @@ def run_mixture(work: Path) -> dict:
                           time.perf_counter() - began, list(features))
 
 
+HEAD_SET_OWN = {"room_shapes": "own", "room_copies": 4, "room_weight": 0.5}  # the mixture's partner, as a head set
+HEAD_SET_CONTROL = {"seed": 7}  # the shipped rows again, other seeds: what a second set gives without new rooms
+HEAD_SET_VARIANTS = {  # name -> the head sets added to the shipped recipe
+    SHIPPED_V081: [],
+    "model v0.8.1 + a second set of its own heads (other seeds; control)": [HEAD_SET_CONTROL],
+    "model v0.8.1 + a head set on own-shape room copies (4, weight 0.5)": [HEAD_SET_OWN],
+}
+
+
+def run_head_sets(work: Path) -> dict:
+    """The mixture as one model (recipe head_sets): v0.8.1's heads and heads fitted on the own-shape room copies
+    (4 copies at weight 0.5) in v0.8.1's standardisation, their logits averaged (exported as one wider MLP, served
+    with one voice state); against v0.8.1, and against a second set on v0.8.1's own rows with other seeds, so the
+    gain of a second set is not taken for the gain of new rooms. Each fold fits the three sets once; judged on the
+    conditions and orders of --parts rooms, with the honest choice."""
+    recipe = shipped_recipe()
+    data, target, features, copies = recipe_rows(recipe)
+    every = dataclasses.replace(recipe, head_sets=[HEAD_SET_CONTROL, HEAD_SET_OWN])
+    records, began = Records(), time.perf_counter()
+    for t in sorted(set(target.speakers)):
+        first, control, own = fold_head_sets(data, every, t, True, copies)
+        systems = dict(zip(HEAD_SET_VARIANTS, (first, averaged_heads([first, control]), averaged_heads([first, own]))))
+        for name, heads in systems.items():
+            judge_in_conditions(records, name, heads, recipe, target, np.where(target.speakers == t)[0], features)
+        print(f"headsets: fold {t} done ({time.perf_counter() - began:.0f} s)", flush=True)
+    return choice_outcome("LOSO over the 12 speakers of uem-es, the conditions and orders of --parts rooms; each fold "
+                          "fits v0.8.1's heads, a second set on the same rows with other seeds and a set on own-shape "
+                          "room copies (4 at weight 0.5) in v0.8.1's standardisation once; a variant averages the "
+                          "logits of its sets",
+                          {name: {"changes": {"head_sets": sets}} for name, sets in HEAD_SET_VARIANTS.items()},
+                          {name: records.summary(name) for name in records.rows}, time.perf_counter() - began,
+                          list(features))
+
+
 def judge_extra_copies(part: str, data: VoiceData, target: VoiceData, features: dict[str, np.ndarray],
                        variants: dict[str, tuple[VoiceRecipe, list]], protocol_end: str) -> dict:
     """Variants given as (recipe, the copies they train with) on the LOSO folds, conditions and orders of --parts
@@ -1186,6 +1233,8 @@ ROOM_PARTS = (  # parts judged in the rooms protocol: part, title, baseline and 
      "room copies in room shapes of their own"),
     ("mixture", "v0.8.1 and own-shape room-copy heads mixed", SHIPPED_V081, "model v0.8.1", "voice_mixture.png",
      "v0.8.1 and own-shape room-copy heads mixed"),
+    ("headsets", "Head sets in one model: v0.8.1's and own-shape room-copy heads averaged", SHIPPED_V081,
+     "model v0.8.1", "voice_headsets.png", "head sets averaged in one model"),
 )
 
 
@@ -1415,7 +1464,7 @@ def main() -> int:
                "dereverb": run_dereverb, "wpe": run_wpe, "scale": run_scale, "spread": run_spread,
                "roomscale": lambda work: run_heads(work, ROOM_SCALE_VARIANTS, "roomscale", shipped_recipe()),
                "ceiling": run_ceiling, "siteroom": run_site_room,
-               "widerooms": run_wide_rooms, "mixture": run_mixture, "warmup": run_warmup, "balance": run_balance,
+               "widerooms": run_wide_rooms, "mixture": run_mixture, "headsets": run_head_sets, "warmup": run_warmup, "balance": run_balance,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
     for part in args.parts.split(","):
         if part == "report":

@@ -647,3 +647,59 @@ def test_consistency_pulls_each_copy_towards_its_clean_clip(corpus_dir, tmp_path
     skewed = fit_heads(fold, dataclasses.replace(recipe, head_consistency=10.0, history_neutral_share=0.5,
                                                  history_size=3, history_draws=2))
     assert all(np.all(np.isfinite(w)) for w, _ in skewed.normalised)
+
+
+def test_head_sets_train_on_their_own_rows_in_one_standardisation(corpus_dir, tmp_path):
+    """head_sets: a second set of heads fitted on other rows (here room copies in room shapes of their own) in the
+    first set's standardisation, the model's logits (plain, normalised, prosody) the mean of the sets'; the trainer
+    exports that one wider MLP; a set may not change the features or the serving, and fit_heads refuses a recipe
+    with sets (it would drop them)."""
+    from ser_node.labels import EMOTIONS
+    from ser_node.train.voice_recipe import (VoiceRecipe, averaged_heads, fit_head_sets, fit_heads, head_logits,
+                                             head_set_copies, head_set_recipes, load_voice_data, train_and_export,
+                                             with_augmentation)
+
+    from conftest import STEMS
+
+    rows = ["path,label,speaker"] + [f"{corpus_dir / s / f'{STEMS[e]}_01.flac'},{e},{s}"
+                                     for s in ("s00", "s01") for e in EMOTIONS]
+    (tmp_path / "target.csv").write_text("\n".join(rows) + "\n")
+    recipe = VoiceRecipe(corpora=[{"name": "target", "kind": "manifest", "path": str(tmp_path / "target.csv")}],
+                         cache_dir=str(tmp_path / "cache"), room_copies=1, head_hidden=8, plain_head_hidden=0,
+                         head_epochs=3, head_ensemble=2, prosody_weight=1.0, speaker_scale=True, warmup=2,
+                         head_sets=[{"room_shapes": "own", "room_weight": 0.5}])
+    first, second = head_set_recipes(recipe)
+    assert (first.room_shapes, first.head_sets, second.room_shapes, second.room_weight) == ("shared", [], "own", 0.5)
+    data = load_voice_data(recipe, progress=False)
+    copies = head_set_copies(data, recipe, progress=False)
+    assert not np.allclose(copies[0][0].features, copies[1][0].features, atol=1e-3)  # other rooms
+    everyone = np.ones(len(data.labels), dtype=bool)
+    sets = fit_head_sets(data, recipe, copies, everyone)
+    alone = fit_heads(with_augmentation(data, copies[0], everyone), first)
+    np.testing.assert_array_equal(sets[0].normalised[0][0], alone.normalised[0][0])  # the first set is the recipe's
+    for got, want in ((sets[1], sets[0]), (sets[1].prosody, sets[0].prosody)):
+        np.testing.assert_array_equal(got.mean, want.mean)
+        np.testing.assert_array_equal(got.scale, want.scale)
+    own_rows = with_augmentation(data, copies[1], everyone)
+    assert not np.allclose(own_rows.features[:, :1536].mean(axis=0), sets[0].mean, atol=1e-3)  # not its own mean
+    assert not np.allclose(sets[1].normalised[0][0], sets[0].normalised[0][0], atol=1e-3)
+
+    model = averaged_heads(sets)
+    assert [w.shape for w, _ in model.normalised] == [(32, 1536), (7, 32)] and model.plain[0][0].shape == (7, 1536)
+    z = model.standardise(data.features)
+    width = len(model.mean)
+    for head in ("plain", "normalised"):
+        for part, columns in ((lambda h: h, slice(None, width)), (lambda h: h.prosody, slice(width, None))):
+            mean_logits = np.mean([head_logits(getattr(part(s), head), z[:, columns]) for s in sets], axis=0)
+            np.testing.assert_allclose(head_logits(getattr(part(model), head), z[:, columns]), mean_logits, atol=1e-4)
+
+    report = train_and_export(recipe, tmp_path / "run")
+    assert report["copies"]["rooms"] == 2 * len(data.labels)
+    with np.load(tmp_path / "run" / "heads.npz") as arrays:
+        assert arrays["norm_w0"].shape == (32, 1536) and arrays["prosody_norm_w0"].shape[0] == 32
+    with pytest.raises(ValueError, match="fit_head_sets"):
+        fit_heads(data, recipe)
+    with pytest.raises(ValueError, match="head set cannot change"):
+        VoiceRecipe(head_sets=[{"layers": [2]}])
+    with pytest.raises(ValueError, match="head set cannot change"):
+        VoiceRecipe(head_sets=[{"spread_shrinkage": 2.0}])

@@ -119,6 +119,12 @@ class VoiceRecipe:
     # What reaches the encoder (inference/voice_frontend.py): 2, the causal front end; 3, the same through a
     # late-reverberation suppressor. The model file records it and the node computes the same.
     frontend_version: int = FRONTEND_VERSION
+    # Further head sets, each given as changes to this recipe's training rows or head training (HEAD_SET_FIELDS,
+    # e.g. {room_shapes: own, room_copies: 4, room_weight: 0.5}): heads fitted on those rows in the first set's
+    # standardisation, the model's logits the mean of every set's (one wider MLP, as head_ensemble, so the graph
+    # and the node are unchanged). Rooms of other shapes in one model without trading away the first set's clean
+    # accuracy (bench/voice.py --parts headsets).
+    head_sets: list[dict] = field(default_factory=list)
     seed: int = 0
     cache_dir: str = "~/.cache/ser_node"
 
@@ -127,6 +133,11 @@ class VoiceRecipe:
             raise ValueError("voice recipe: speaker_scale and history_neutral_share cannot be combined")
         if self.room_shapes not in ROOM_SHAPES:
             raise ValueError(f"voice recipe: room_shapes {self.room_shapes!r}: choose {' or '.join(ROOM_SHAPES)}")
+        for changes in self.head_sets:
+            unknown = sorted(set(changes) - set(HEAD_SET_FIELDS))
+            if unknown:
+                raise ValueError(f"voice recipe: a head set cannot change {unknown} (the sets share the features, "
+                                 f"their standardisation and the serving): choose among {sorted(HEAD_SET_FIELDS)}")
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "VoiceRecipe":
@@ -343,11 +354,17 @@ def _mlp_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, recipe: VoiceRe
     return [(layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy()) for layer in (hidden, output)]
 
 
-def averaged_mlp(heads: Sequence[Layers]) -> Layers:
-    """One-hidden-layer MLPs as the one MLP whose logits are their mean: hidden layers stacked, output weights
-    side by side divided by the count."""
+def averaged_layers(heads: Sequence[Layers]) -> Layers:
+    """Heads of one kind as the one head whose logits are their mean: linear heads' weights and biases averaged;
+    one-hidden-layer MLPs' hidden layers stacked, output weights side by side divided by the count."""
     if len(heads) == 1:
         return list(heads[0])
+    depths = {len(head) for head in heads}
+    if depths == {1}:
+        return [(np.mean([w for (w, _), in heads], axis=0).astype(np.float32),
+                 np.mean([b for (_, b), in heads], axis=0).astype(np.float32))]
+    if depths != {2}:
+        raise ValueError(f"cannot average heads of {sorted(depths)} layers: all linear or all one hidden layer")
     hidden, output = zip(*heads)  # each: (weight, bias) of every MLP
     return [(np.concatenate([w for w, _ in hidden]), np.concatenate([b for _, b in hidden])),
             ((np.concatenate([w for w, _ in output], axis=1) / len(heads)).astype(np.float32),
@@ -384,16 +401,24 @@ def clean_partners(data: VoiceData) -> np.ndarray:
     return np.array([clean_row.get(path, -1) if is_copy else -1 for path, is_copy in zip(data.paths, copy)])
 
 
-def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None = None) -> VoiceHeads:
+def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None = None,
+              like: VoiceHeads | None = None) -> VoiceHeads:
     """Both heads on every clip of `data` (target clips weighted by target_weight), on the recipe's layers'
     columns (or the given `columns`, for features other than the cached pooling); with the recipe's
-    prosody_weight, the prosody heads too, fitted the same way on PROSODY_COLUMNS."""
+    prosody_weight, the prosody heads too, fitted the same way on PROSODY_COLUMNS. The features are standardised
+    by their own mean and spread, or by those of `like` (another head set of the same model)."""
+    if recipe.head_sets:
+        raise ValueError("a recipe with head_sets trains through fit_head_sets (each set has rows of its own)")
     if recipe.prosody_weight and columns is None:
         plain_recipe = dataclasses.replace(recipe, prosody_weight=0.0)
-        return dataclasses.replace(fit_heads(data, plain_recipe), prosody_weight=recipe.prosody_weight,
-                                   prosody=fit_heads(data, plain_recipe, PROSODY_COLUMNS))
+        return dataclasses.replace(fit_heads(data, plain_recipe, like=like), prosody_weight=recipe.prosody_weight,
+                                   prosody=fit_heads(data, plain_recipe, PROSODY_COLUMNS,
+                                                     None if like is None else like.prosody))
     pooled = data.features[:, layer_columns(recipe.layers) if columns is None else columns].astype(np.float64)
-    mean, scale = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
+    if like is None:
+        mean, scale = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
+    else:
+        mean, scale = like.mean.astype(np.float64), like.scale.astype(np.float64)
     z = (pooled - mean) / scale
     weights = sample_weights(data, recipe)
     partners = clean_partners(data)
@@ -401,7 +426,7 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
     def head(x: np.ndarray, y: np.ndarray, w: np.ndarray, hidden_units: int, seed: int,
              partner: np.ndarray) -> Layers:
         if hidden_units:
-            return averaged_mlp([_mlp_head(x, y, w, recipe, hidden_units, seed + 1000 * k, partner)
+            return averaged_layers([_mlp_head(x, y, w, recipe, hidden_units, seed + 1000 * k, partner)
                                  for k in range(recipe.head_ensemble)])
         return _logistic_head(x, y, w, recipe.c)
 
@@ -417,6 +442,52 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
         normalised = head(centred, data.labels[rows], weights[rows], recipe.head_hidden, recipe.seed + 1, partner)
     return VoiceHeads(list(recipe.layers), mean.astype(np.float32), scale.astype(np.float32), plain, normalised,
                       columns=columns, speaker_scale=recipe.speaker_scale)
+
+
+# What a head set may change (VoiceRecipe.head_sets): its training rows and how its heads train, never the features,
+# their standardisation or the serving, which every set of one model shares.
+HEAD_SET_FIELDS = ("corpora", "target_weight", "augment_copies", "augment_weight", "room_copies", "room_corpora",
+                   "room_weight", "room_shapes", "c", "head_hidden", "plain_head_hidden", "head_ensemble",
+                   "head_dropout", "head_input_dropout", "head_weight_decay", "head_epochs", "head_consistency",
+                   "history_neutral_share", "history_size", "history_draws", "seed")
+
+
+def head_set_recipes(recipe: VoiceRecipe) -> list[VoiceRecipe]:
+    """The recipe of each head set: the recipe itself, then each of its head_sets' changes applied to it."""
+    first = dataclasses.replace(recipe, head_sets=[])
+    return [first] + [dataclasses.replace(first, **changes) for changes in recipe.head_sets]
+
+
+def head_set_copies(data: VoiceData, recipe: VoiceRecipe, progress: bool = True) -> list[list["Copies"]]:
+    """Every copy each head set trains with (training_copies of its recipe; cached, so sets share them)."""
+    return [training_copies(data, r, progress) for r in head_set_recipes(recipe)]
+
+
+def fit_head_sets(data: VoiceData, recipe: VoiceRecipe, copies: Sequence[Sequence["Copies"]], train: np.ndarray
+                  ) -> list[VoiceHeads]:
+    """Each head set's heads on the `train` clips of `data` plus their copies (`copies`: one list per set, as
+    head_set_copies gives), all in the first set's standardisation; averaged_heads makes them the model's heads."""
+    sets: list[VoiceHeads] = []
+    for set_recipe, set_copies in zip(head_set_recipes(recipe), copies, strict=True):
+        rows = with_augmentation(data, set_copies, train) if set_copies else data.subset(train)
+        sets.append(fit_heads(rows, set_recipe, like=sets[0] if sets else None))
+    return sets
+
+
+def averaged_heads(sets: Sequence[VoiceHeads]) -> VoiceHeads:
+    """Head sets fitted in one standardisation as one VoiceHeads whose logits (plain, normalised, and the prosody
+    heads') are the mean of the sets' logits."""
+    first = sets[0]
+    for other in sets[1:]:
+        same = (other.layers == first.layers and other.speaker_scale == first.speaker_scale
+                and other.prosody_weight == first.prosody_weight and (other.prosody is None) == (first.prosody is None)
+                and np.array_equal(other.mean, first.mean) and np.array_equal(other.scale, first.scale)
+                and (other.columns is None) == (first.columns is None))
+        if not same:
+            raise ValueError("head sets to average must share layers, standardisation, prosody and speaker_scale")
+    return dataclasses.replace(
+        first, plain=averaged_layers([s.plain for s in sets]), normalised=averaged_layers([s.normalised for s in sets]),
+        prosody=None if first.prosody is None else averaged_heads([s.prosody for s in sets]))
 
 
 def causal_normalisation(z: np.ndarray, recipe: VoiceRecipe, plain: np.ndarray | None = None
@@ -690,13 +761,13 @@ def train_and_export(recipe: VoiceRecipe, out: Path, base: Path | None = None) -
     """Fits the heads on every clip of the recipe's corpora and writes out/model.onnx, heads.npz and report.json."""
     began = time.perf_counter()
     data = load_voice_data(recipe, base)
-    copies = training_copies(data, recipe)
-    heads = fit_heads(with_augmentation(data, copies, np.ones(len(data.labels), dtype=bool)) if copies else data,
-                      recipe)
+    copies = head_set_copies(data, recipe)
+    heads = averaged_heads(fit_head_sets(data, recipe, copies, np.ones(len(data.labels), dtype=bool)))
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "heads.npz", **heads.arrays())
     counts = {str(c): int((data.corpora == c).sum()) for c in np.unique(data.corpora)}
-    copy_counts = {kind: sum(len(c.rows) for c in copies if c.corpus == kind) for kind in (AUGMENTED, ROOMS)}
+    copy_counts = {kind: sum(len(c.rows) for set_copies in copies for c in set_copies if c.corpus == kind)
+                   for kind in (AUGMENTED, ROOMS)}
     training = {"recipe": recipe.to_mapping(), "clips": counts, "copies": copy_counts,
                 "speakers": int(len(np.unique(data.speakers))),
                 "date": time.strftime("%Y-%m-%d"), "protocol": "all speakers (the shipped model)",
