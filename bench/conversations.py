@@ -29,6 +29,7 @@ candidate for the node's defaults (config/ser_node.yaml); the report gives the d
 from __future__ import annotations
 
 import argparse
+import os
 import hashlib
 import itertools
 import json
@@ -53,7 +54,8 @@ from ser_node.inference.voices import VoiceSettings, VoiceTracker  # noqa: E402
 from ser_node.labels import EMOTIONS  # noqa: E402
 from ser_node.train.reports import format_table, unweighted_average_recall, write_json  # noqa: E402
 from ser_node.train.voice_features import node_speaker_embeddings  # noqa: E402
-from ser_node.train.voice_recipe import VoiceData, fit_heads, load_voice_data, training_copies, with_augmentation  # noqa: E402
+from ser_node.train.voice_recipe import (VoiceData, averaged_heads, fit_head_sets, head_set_copies,  # noqa: E402
+                                         load_voice_data)
 
 RANK_FIRST = RANK_NAMES[0]
 SYSTEMS = ("none", "reset on silence", "estimated identity", "oracle identity")
@@ -315,8 +317,7 @@ class HeadsCache:
         if self._made is None:
             self._made = self._copies()
         train = ~np.isin(self.data.speakers, group)
-        heads = fit_heads(with_augmentation(self.data, self._made, train) if self._made
-                          else self.data.subset(train), self.recipe)
+        heads = averaged_heads(fit_head_sets(self.data, self.recipe, self._made, train))
         save_bytes_atomic(pickle.dumps(heads), path)
         return heads
 
@@ -327,7 +328,7 @@ def build_sessions(data: VoiceData, recipe, repeats: int, rng: np.random.Generat
     (cached, see HeadsCache; without them, `heads` False, the same conversations in seconds: identity only). Only
     groups of `sizes` are kept; the others are drawn all the same, so every kept session is the one a full run has."""
     lengths = durations(data.paths)
-    cache = HeadsCache(recipe, data, lambda: training_copies(data, recipe))
+    cache = HeadsCache(recipe, data, lambda: head_set_copies(data, recipe))
     target_speakers = sorted(set(data.speakers[data.corpora == data.target]))
     sessions = []
     for _ in range(repeats):
@@ -377,9 +378,11 @@ def main() -> int:
                         help="also judge a similarity-weighted history (no voices; judge_soft) and the tracker's "
                              "voices with similar utterances in place of pooling, centre and width calibrated nested "
                              "like the tracker's settings")
+    parser.add_argument("--config", type=Path, default=ROOT / "config" / "train_voice.yaml",
+                        help="the recipe whose heads are judged (a ser_train_voice config; default: the shipped one)")
     args = parser.parse_args()
     began = time.perf_counter()
-    recipe = shipped_recipe()
+    recipe = shipped_recipe(args.config)
     data = with_node_embeddings(load_voice_data(recipe), recipe, args.embedding)
     sessions = build_sessions(data, recipe, args.repeats, np.random.default_rng(1), heads=not args.identity,
                               sizes=tuple(args.sizes))
@@ -425,6 +428,7 @@ def main() -> int:
     shipped_records = [r for i in multi for r in tracked[i][grid.index(shipped)]]
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "seconds": time.perf_counter() - began,
               "command": " ".join([".venv/bin/python bench/conversations.py", *sys.argv[1:]]),
+              "config": os.path.relpath(args.config, ROOT),
               "embedding": args.embedding, "sessions": len(sessions), "conversations": len(multi),
               "balance": adapter["balance"],
               "shipped_settings": shipped.__dict__,

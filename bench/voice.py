@@ -108,10 +108,11 @@ SKEWED_NAME = "recipe trained on histories of 14-70 % neutral"
 SHIPPED = "encoder, shipped recipe (+ 3 corpora, 1 augmented copy, 2 room copies)"  # config/train_voice.yaml
 
 
-def shipped_recipe() -> VoiceRecipe:
+def shipped_recipe(path: Path = ROOT / "config" / "train_voice.yaml") -> VoiceRecipe:
+    """The recipe of a ser_train_voice config (default: the shipped model's), corpus paths made absolute."""
     import yaml
 
-    values = yaml.safe_load((ROOT / "config" / "train_voice.yaml").read_text())
+    values = yaml.safe_load(path.read_text())
     values["corpora"] = [{**c, "path": str((ROOT / c["path"]).resolve())} for c in values["corpora"]]
     return VoiceRecipe.from_mapping(values)
 
