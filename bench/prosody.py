@@ -53,7 +53,8 @@ def main() -> int:
     from ser_node.train.voice_recipe import (GE2E_WIDTH, PROSODY_COLUMNS, fit_heads, predict_in_order,
                                              with_augmentation)
 
-    base = dataclasses.replace(shipped_recipe(), head_ensemble=args.ensemble, prosody_weight=0.0)
+    # one head set: the fusion is judged on the shipped recipe's first set (fit_heads takes no further sets)
+    base = dataclasses.replace(shipped_recipe(), head_ensemble=args.ensemble, prosody_weight=0.0, head_sets=[])
     with_block = dataclasses.replace(base, prosody_weight=1.0)  # rows and test features carry the block
     data, target, features, copies = recipe_rows(with_block)
     records = Records()

@@ -42,21 +42,24 @@ def test_default_metadata_names_the_encoder_and_its_recipe():
     recipe = yaml.safe_load((ROOT / "config" / "train_voice.yaml").read_text())  # the shipped model's recipe
     assert {k: metadata.model["normalisation"][k] for k in ("warmup", "history", "shrinkage")} == \
         {k: recipe[k] for k in ("warmup", "history", "shrinkage")}
-    assert metadata.training["copies"] == {"augmented": 986 * recipe["augment_copies"],
-                                           "rooms": 986 * recipe["room_copies"]}
-    # the room copies' shapes (a model from before the setting trained on the shared ones)
+    # v0.9: head sets, each the recipe with its changes; the copies every set trains on are counted per set
+    sets = [{**recipe, **changes} for changes in [{}, *recipe.get("head_sets", [])]]
+    assert metadata.training["copies"] == {"augmented": 986 * sum(s["augment_copies"] for s in sets),
+                                           "rooms": 986 * sum(s["room_copies"] for s in sets)}
+    # the room copies' shapes (a model from before the setting trained on the shared ones) and the head sets
     assert metadata.training["recipe"].get("room_shapes", "shared") == recipe.get("room_shapes", "shared")
-    # each head's widths as the recipe says: an MLP of head_hidden units per averaged seed, or linear
+    assert metadata.training["recipe"].get("head_sets", []) == recipe.get("head_sets", [])
+    # each head's widths as the recipe says: an MLP of head_hidden units per averaged seed and head set, or linear
     hidden = {"normalised": recipe["head_hidden"], "plain": recipe.get("plain_head_hidden", recipe["head_hidden"])}
-    assert metadata.model["heads"] == {
-        name: [1536] + ([units * recipe.get("head_ensemble", 1)] if units else []) + [7] for name, units in hidden.items()}
+    units_of = {name: units * recipe.get("head_ensemble", 1) * len(sets) for name, units in hidden.items()}
+    assert metadata.model["heads"] == {name: [1536] + ([units] if units else []) + [7] for name, units in units_of.items()}
     # v0.7: prosody heads of the same shapes on the block this code computes, fused at the recipe's weight
     prosody = metadata.model.get("prosody")
     assert (prosody is not None) == bool(recipe.get("prosody_weight"))
     if prosody is not None:
         assert prosody["version"] == PROSODY_VERSION and prosody["weight"] == recipe["prosody_weight"]
-        assert prosody["heads"] == {name: [PROSODY_SIZE] + ([units * recipe.get("head_ensemble", 1)] if units else [])
-                                    + [7] for name, units in hidden.items()}
+        assert prosody["heads"] == {name: [PROSODY_SIZE] + ([units] if units else []) + [7]
+                                    for name, units in units_of.items()}
         assert metadata.model["feature_size"] == 1536 + PROSODY_SIZE
     # v0.8: the normalised heads read the centred features divided by the voice's spread (input speaker_scale)
     assert metadata.model.get("speaker_scale", False) == recipe.get("speaker_scale", False)

@@ -538,8 +538,9 @@ def build_torch_model(heads: VoiceHeads, weights_path: str | Path | None = None)
 # layer 3's states (0.5: its last state); 0.7: prosody heads fused with the GE2E heads (input `prosody`); 0.8: the
 # normalised heads divide by the voice's spread (input `speaker_scale`); 0.8.1: that spread shrunk towards 1 while
 # a voice is new (metadata only, the heads are 0.8's, so the id and the voices files and enrolments made with it
-# stay); a self-voice enrolment names the model id it was made with.
-MODEL_VERSION = "0.8.1"
+# stay); 0.9.0: a second head set on room copies in room shapes of their own, averaged with 0.8's (head_sets); a
+# self-voice enrolment names the model id it was made with.
+MODEL_VERSION = "0.9.0"
 DEFAULT_MODEL_ID = f"ser-default-ge2e-heads-v{MODEL_VERSION.rsplit('.', 1)[0]}"
 
 
