@@ -427,7 +427,7 @@ def fit_heads(data: VoiceData, recipe: VoiceRecipe, columns: np.ndarray | None =
              partner: np.ndarray) -> Layers:
         if hidden_units:
             return averaged_layers([_mlp_head(x, y, w, recipe, hidden_units, seed + 1000 * k, partner)
-                                 for k in range(recipe.head_ensemble)])
+                                    for k in range(recipe.head_ensemble)])
         return _logistic_head(x, y, w, recipe.c)
 
     plain_hidden = recipe.head_hidden if recipe.plain_head_hidden is None else recipe.plain_head_hidden
