@@ -29,10 +29,10 @@ candidate for the node's defaults (config/ser_node.yaml); the report gives the d
 from __future__ import annotations
 
 import argparse
-import os
 import hashlib
 import itertools
 import json
+import os
 import pickle
 import sys
 import time

@@ -93,12 +93,12 @@ from ser_node.train.voice_recipe import (  # noqa: E402
     copy_features,
     fit_head_sets,
     fit_heads,
+    head_set_copies,
     head_set_recipes,
     load_voice_data,
     predict_in_order,
     speaker_orders,
     training_copies,
-    with_augmentation,
 )
 
 DATA = ROOT.parent / "shared" / "data"
@@ -115,6 +115,12 @@ def shipped_recipe(path: Path = ROOT / "config" / "train_voice.yaml") -> VoiceRe
     values = yaml.safe_load(path.read_text())
     values["corpora"] = [{**c, "path": str((ROOT / c["path"]).resolve())} for c in values["corpora"]]
     return VoiceRecipe.from_mapping(values)
+
+
+def v081_recipe() -> VoiceRecipe:
+    """Model v0.8.1's recipe: the shipped one without v0.9's second head set. The parts judged against v0.8.1
+    (SHIPPED_V081) train it, so they still measure what their rows are named after."""
+    return dataclasses.replace(shipped_recipe(), head_sets=[])
 
 
 # ------------------------------------------------------------------ records and summaries
@@ -235,8 +241,9 @@ def fold_head_sets(data: VoiceData, recipe: VoiceRecipe, test_speaker: str, pool
 
 def variants(recipe: VoiceRecipe) -> dict[str, tuple[VoiceRecipe, bool]]:
     """The ablation: name -> (recipe, with the other corpora)."""
-    clean = dataclasses.replace(recipe, augment_copies=0, room_copies=0)
-    heavy = dataclasses.replace(recipe, augment_copies=2, augment_weight=recipe.target_weight, room_copies=0)
+    clean = dataclasses.replace(recipe, augment_copies=0, room_copies=0, head_sets=[])
+    heavy = dataclasses.replace(recipe, augment_copies=2, augment_weight=recipe.target_weight, room_copies=0,
+                                head_sets=[])
     return {"encoder, uem-es only, no augmentation": (clean, False),
             "encoder, + 3 corpora, no augmentation": (clean, True),
             SHIPPED: (recipe, True),
@@ -298,7 +305,8 @@ def run_frontend(work: Path, before: int = 1) -> dict:
     package filled: run its bench/voice.py or ser_train_voice first) and of this version's."""
     from ser_node.inference.voice_frontend import FRONTEND_VERSION
 
-    recipe = dataclasses.replace(shipped_recipe(), room_copies=0)  # front end 1 caches hold no room copies
+    # front end 1 caches hold no room copies (nor the head set's)
+    recipe = dataclasses.replace(shipped_recipe(), room_copies=0, head_sets=[])
     systems = {name: value for name, value in variants(recipe).items()
                if name in (SHIPPED, "encoder, uem-es only, no augmentation")}
     records = Records()
@@ -376,18 +384,17 @@ def run_loco(work: Path) -> dict:
     recipe = shipped_recipe()
     data = load_voice_data(recipe)
     x = opensmile_functionals(data.paths, "ComParE_2016", work / "cache" / "opensmile")
-    loco_copies = training_copies(data, recipe)
+    loco_copies = head_set_copies(data, recipe)
     out = {}
     for held in np.unique(data.corpora):
         train, test = data.corpora != held, np.where(data.corpora == held)[0]
         labels = sorted(set(data.labels[test]))
         allowed = [EMOTIONS.index(label) for label in labels]
         if held == data.target:  # no target corpus among the training ones: no target weight, no augmentation
-            train_data = data.subset(train)
-            train_data.target = "none"
+            fold, copies = dataclasses.replace(data, target="none"), [[] for _ in loco_copies]
         else:
-            train_data = with_augmentation(data, loco_copies, train) if loco_copies else data.subset(train)
-        heads = fit_heads(train_data, recipe)
+            fold, copies = data, loco_copies
+        heads = averaged_heads(fit_head_sets(fold, recipe, copies, train))
         svm = fit_svm(x[train], data.labels[train], data.speakers[train], (1e-4,), 2).best_estimator_
         row = {"n_test": len(test), "labels": labels}
         for system in ("encoder plain", "encoder normalised", "ComParE + SVM plain"):
@@ -450,7 +457,7 @@ def recipe_rows(recipe: VoiceRecipe) -> tuple[VoiceData, VoiceData, dict[str, np
     return data, target, condition_features(target, recipe)[1], training_copies(data, recipe)
 
 
-LINEAR = {"head_hidden": 0, "plain_head_hidden": None, "head_ensemble": 1, "prosody_weight": 0.0}
+LINEAR = {"head_hidden": 0, "plain_head_hidden": None, "head_ensemble": 1, "prosody_weight": 0.0, "head_sets": []}
 PREVIOUS = LINEAR  # model v0.4's recipe (linear heads; same rows, same serving), against this one's
 SIMPLE = {**LINEAR, "augment_copies": 0, "room_copies": 0}  # uem-es only (not pooled with the other corpora)
 
@@ -625,7 +632,7 @@ def run_heads(work: Path, variants: dict[str, dict] | None = None, part: str = "
     training rows (3 corpora, the augmented and room copies), each LOSO fold judged clean, in the test room and under
     robot noise, plain and normalised, 5 orders per speaker; and the honest choice among them."""
     variants = HEAD_VARIANTS if variants is None else variants
-    base = dataclasses.replace(shipped_recipe(), head_hidden=0) if base is None else base
+    base = dataclasses.replace(shipped_recipe(), head_hidden=0, head_sets=[]) if base is None else base
     recipes = {name: dataclasses.replace(base, **changes) for name, changes in variants.items()}
     data = load_voice_data(base)
     target = data.subset(data.corpora == data.target)
@@ -699,7 +706,8 @@ def run_dereverb(work: Path) -> dict:
     """The encoder's input with its late reverberation suppressed (front end 3, inference/dereverb.py) against
     model v0.4's front end: every training clip, copy and test clip through each front end, the same LOSO folds,
     conditions and orders as --parts rooms, and the honest choice among the variants."""
-    return run_front_ends("dereverb", DEREVERB_VARIANTS, dataclasses.replace(shipped_recipe(), head_hidden=0))
+    return run_front_ends("dereverb", DEREVERB_VARIANTS,
+                          dataclasses.replace(shipped_recipe(), head_hidden=0, head_sets=[]))
 
 
 def run_wpe(work: Path) -> dict:
@@ -709,7 +717,7 @@ def run_wpe(work: Path) -> dict:
 
 
 SHIPPED_V081 = "model v0.8.1 (shipped)"
-ROOM_SCALE_VARIANTS = {  # name -> changes to the shipped recipe: do scaled heads take more from the room copies?
+ROOM_SCALE_VARIANTS = {  # name -> changes to v0.8.1's recipe: do scaled heads take more from the room copies?
     SHIPPED_V081: {},
     "model v0.8.1, 4 room copies of uem-es": {"room_copies": 4},
     "model v0.8.1, room copies weight 2": {"room_weight": 2.0},
@@ -767,7 +775,7 @@ def run_ceiling(work: Path) -> dict:
     more room copy that is the benchmark's own test room (the training speakers' clips as the room condition hears
     them, centred as "<speaker>@test room"), and that at room weight 2. No robot knows its room in advance, so this
     is not a recipe; it says how much of the room gap heads on this encoder can close at all."""
-    recipe = shipped_recipe()
+    recipe = v081_recipe()
     data, target, features, copies = recipe_rows(recipe)
     oracle = Copies(features[TEST_ROOM], np.where(data.corpora == data.target)[0],
                     np.char.add(target.speakers.astype(str), "@test room"), ROOMS)
@@ -790,7 +798,7 @@ def run_site_room(work: Path) -> dict:
     from ser_node.train.acoustics import AcousticSimulator, stable_seed
     from ser_node.train.voice_recipe import ROOM_SEEDS
 
-    recipe = shipped_recipe()
+    recipe = v081_recipe()
     data, target, features, copies = recipe_rows(recipe)
     condition = test_conditions()[TEST_ROOM]
     speakers = target.speakers.astype(str)
@@ -823,7 +831,7 @@ def run_wide_rooms(work: Path) -> dict:
     room shapes (room_shapes "shared"); here each speaker and copy gets a shape of its own ("own", never the
     benchmark's room seed 0), at the same RT60 and distance draws: 2 copies, 4, and 4 at half the weight (the
     shipped copies' total weight), against the shipped recipe; and the honest choice among them."""
-    recipe = shipped_recipe()
+    recipe = v081_recipe()
     data, target, features, _ = recipe_rows(recipe)
     variants = {}
     for name, changes in WIDE_ROOM_VARIANTS.items():
@@ -853,7 +861,7 @@ def run_mixture(work: Path) -> dict:
     as (1 - w) v0.8.1 + w the other (the same answer as mixing their logits); judged on the conditions and orders of
     --parts rooms, with the honest choice of w. Each member standardises and centres a voice in its own feature
     space, so serving a mixture takes both head sets and both voice states."""
-    recipe = shipped_recipe()
+    recipe = v081_recipe()
     partner = dataclasses.replace(recipe, **MIX_PARTNER)
     data, target, features, copies = recipe_rows(recipe)
     members = [(recipe, copies), (partner, training_copies(data, partner))]
@@ -891,7 +899,7 @@ def run_head_sets(work: Path) -> dict:
     with one voice state); against v0.8.1, and against a second set on v0.8.1's own rows with other seeds, so the
     gain of a second set is not taken for the gain of new rooms. Each fold fits the three sets once; judged on the
     conditions and orders of --parts rooms, with the honest choice."""
-    recipe = shipped_recipe()
+    recipe = v081_recipe()
     data, target, features, copies = recipe_rows(recipe)
     every = dataclasses.replace(recipe, head_sets=[HEAD_SET_CONTROL, HEAD_SET_OWN])
     records, began = Records(), time.perf_counter()
@@ -1119,7 +1127,7 @@ def run_attention(work: Path, epochs: int = 8, heads: int = 4, finetune: bool = 
 
     from ser_node.train.voice_encoder import HIDDEN
 
-    recipe = shipped_recipe()
+    recipe = dataclasses.replace(shipped_recipe(), head_sets=[])  # heads on learned features: one set
     recipe.corpora = recipe.corpora[:1]
     data = load_voice_data(recipe)
     states = [torch.from_numpy(s.astype(np.float32)) for s in encoder_states(data.paths, work / "cache")]
@@ -1463,7 +1471,7 @@ def main() -> int:
                "copies": lambda work: run_heads(work, COPIES_VARIANTS, "copies"),
                "consistency": lambda work: run_heads(work, CONSISTENCY_VARIANTS, "consistency"),
                "dereverb": run_dereverb, "wpe": run_wpe, "scale": run_scale, "spread": run_spread,
-               "roomscale": lambda work: run_heads(work, ROOM_SCALE_VARIANTS, "roomscale", shipped_recipe()),
+               "roomscale": lambda work: run_heads(work, ROOM_SCALE_VARIANTS, "roomscale", v081_recipe()),
                "ceiling": run_ceiling, "siteroom": run_site_room,
                "widerooms": run_wide_rooms, "mixture": run_mixture, "headsets": run_head_sets, "warmup": run_warmup, "balance": run_balance,
                "attention": run_attention, "finetune": lambda work: run_attention(work, finetune=True)}
